@@ -1,0 +1,93 @@
+"""Small I/O helpers shared by every stage: atomic writes and Parquet directories.
+
+Every file kailin writes goes through :func:`atomic_path`: the data lands in a temporary file
+beside the target and is renamed into place only when complete, so a crash never leaves a
+half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it onto ``target`` on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if tmp_path.is_file():
+            os.chmod(tmp_path, 0o666 & ~_UMASK)
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(target: str | os.PathLike[str], obj: Any) -> None:
+    write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_parquet_atomic(table: pa.Table, target: str | os.PathLike[str], **kwargs: Any) -> None:
+    with atomic_path(target) as tmp:
+        pq.write_table(table, tmp, **kwargs)
+
+
+def parquet_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The Parquet files of ``path``: the file itself, or every ``*.parquet`` below a directory
+    (sorted, hidden temporaries skipped)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such Parquet file or directory")
+    return sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+
+
+def read_parquet(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file or a directory of Parquet files into one table."""
+    files = parquet_files(path)
+    if not files:
+        raise FileNotFoundError(f"{path}: holds no Parquet files")
+    tables = [pq.read_table(f, columns=columns) for f in files]
+    return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+
+
+def iter_parquet_batches(
+    path: str | os.PathLike[str], columns: list[str] | None = None, batch_size: int = 8192
+) -> Iterator[pa.RecordBatch]:
+    """Stream record batches from a Parquet file or directory with bounded memory."""
+    for f in parquet_files(path):
+        yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def user_cache_dir() -> Path:
+    """Where kailin keeps derived artefacts (model checkpoints, caches): ``$KAILIN_CACHE`` or
+    ``~/.cache/kailin``."""
+    root = os.environ.get("KAILIN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "kailin"
+    )
+    p = Path(root)
+    p.mkdir(parents=True, exist_ok=True)
+    return p

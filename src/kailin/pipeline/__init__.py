@@ -1,0 +1,5 @@
+"""Stages, executors and the ``kailin run`` orchestration."""
+
+from kailin.pipeline.stage import Stage
+
+__all__ = ["Stage"]

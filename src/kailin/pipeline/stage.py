@@ -1,0 +1,70 @@
+"""The stage protocol: Arrow batches in, Arrow batches out, nothing about where it runs.
+
+A stage is built from its config (plain, picklable values), loads heavy resources lazily in
+:meth:`Stage.setup` (once per process or Ray actor), and maps one input batch to one output
+table in :meth:`Stage.process`. Executors (``kailin.pipeline.executors``) feed it shards, write
+every output shard atomically and mark it done, so a re-run skips finished shards and a killed run
+resumes without duplicates or losses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+import kailin
+
+
+class Stage(ABC):
+    """Base class for a batch stage.
+
+    Subclasses set ``name``, keep their configuration in attributes listed by
+    :meth:`fingerprint_config`, and implement :meth:`process`. ``uses_gpu`` and ``stateful`` tell
+    the Ray executor to run the stage in an actor pool (model held across batches) with a GPU.
+    """
+
+    name: ClassVar[str] = "stage"
+    #: a model or index is held in memory: run in an actor pool on Ray
+    stateful: ClassVar[bool] = False
+    uses_gpu: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self._ready = False
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Load models / indexes. Called once per worker before the first batch."""
+
+    def ensure_setup(self) -> None:
+        if not getattr(self, "_ready", False):
+            self.setup()
+            self._ready = True
+
+    @abstractmethod
+    def process(self, batch: pa.Table) -> pa.Table:
+        """Map one input batch to one output table (may have a different row count)."""
+
+    def fingerprint_config(self) -> dict[str, Any]:
+        """The settings that change this stage's output (used in cache keys)."""
+        return {}
+
+    def fingerprint(self) -> str:
+        payload = json.dumps(
+            {
+                "stage": self.name,
+                "config": self.fingerprint_config(),
+                "code": kailin.__version__,
+            },
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def __call__(self, batch: pa.Table | pa.RecordBatch) -> pa.Table:
+        self.ensure_setup()
+        if isinstance(batch, pa.RecordBatch):
+            batch = pa.Table.from_batches([batch])
+        return self.process(batch)
