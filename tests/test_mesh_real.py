@@ -217,3 +217,26 @@ def test_mesh_dir_errors(tmp_path: Path) -> None:
         load_mesh(tmp_path)
     shutil.copytree(Path(load_mesh().root), tmp_path / "copy")
     assert len(load_mesh(tmp_path / "copy").vocab) == 30764
+
+
+@pytest.mark.parametrize("faithful", [True, False])
+@pytest.mark.parametrize("aggregate", ["mean", "bma"])
+def test_compiled_and_numpy_paths_agree(mesh, faithful: bool, aggregate: str) -> None:
+    """The numba kernels and the vectorised numpy code give the same scores."""
+    pytest.importorskip("numba")
+    v = mesh.vocab
+    rng = np.random.default_rng(3)
+    seen = np.nonzero(mesh.df > 0)[0]
+    srcs = [[v.uis[i] for i in rng.choice(seen, rng.integers(0, 15))] for _ in range(300)]
+    ctxs = [[[v.uis[i] for i in rng.choice(seen, rng.integers(0, 15))] for _ in range(4)]
+            for _ in range(300)]
+    fast = mesh.scorer(faithful=faithful, aggregate=aggregate)
+    slow = mesh.scorer(faithful=faithful, aggregate=aggregate)
+    slow.use_compiled = False
+    a = fast.doc_scores(srcs, ctxs)
+    b = slow.doc_scores(srcs, ctxs)
+    assert np.array_equal(np.isnan(a), np.isnan(b))
+    assert np.allclose(a[~np.isnan(a)], b[~np.isnan(b)], atol=1e-12)
+    pa_, pb_ = rng.choice(seen, 5000), rng.choice(seen, 5000)
+    assert np.allclose(fast.pair_similarities(pa_, pb_), slow.pair_similarities(pa_, pb_),
+                       atol=1e-12)

@@ -161,6 +161,6 @@ def evaluate(
     for r in rows:
         table.add_row(r["set"], r["rating"], str(r["n"]), *(f"{r[n]:.3f}" for n in names))
     table.add_row("mean", "", "", *(f"{np.nanmean([r[n] for r in rows]):.3f}" for n in names))
-    Console().print(table)
+    Console(width=max(120, Console().width)).print(table)
     if json_out:
         write_json_atomic(json_out, rows)

@@ -78,6 +78,12 @@ class Mesh:
             self._ic_g = global_ic(self.hierarchy, self.df, smoothing=GLOBAL_SMOOTHING)
         return self._ic_g
 
+    @cached_property
+    def category_masks(self) -> np.ndarray:
+        from kailin.mesh._kernels import category_masks
+
+        return category_masks(self.hierarchy.desc_cat)
+
     # --- vocabulary shortcuts -----------------------------------------------------------------
     @property
     def uis(self) -> list[str]:

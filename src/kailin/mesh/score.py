@@ -67,6 +67,10 @@ class MeshScorer:
         self.aggregate = aggregate
         self.last_stats = ScoreStats()
         self._embedding = None
+        self._kargs: tuple | None = None
+        self._ui_array = pa.array(mesh.vocab.uis, type=pa.string())
+        #: use the compiled kernels when numba is installed (False forces the numpy path)
+        self.use_compiled = True
         if measure == "embedding":
             from kailin.mesh.embedding import load_mesh_embeddings
 
@@ -78,12 +82,47 @@ class MeshScorer:
             _ = mesh.chain_ic
 
     @property
+    def _compiled(self) -> int | None:
+        """Kernel kind when the compiled path applies (kailin measures, numba installed)."""
+        from kailin.mesh import _kernels
+
+        if self.measure != "kailin" or not _kernels.HAVE_NUMBA or not self.use_compiled:
+            return None
+        return _kernels.FAITHFUL if self.faithful else _kernels.DEFAULT
+
+    def _kernel_args(self) -> tuple:
+        if self._kargs is None:
+            h = self.mesh.hierarchy
+            f2 = np.zeros((1, 1))
+
+            if self.faithful:
+                cic = self.mesh.ic_faithful
+                ic, max_ic, has_cat = cic.ic, cic.max_ic, h.desc_cat
+                chain, gic, gmax = np.zeros(1), np.zeros(1), 1.0
+            else:
+                ic, max_ic, has_cat = f2, np.zeros(1), np.zeros((1, 1), dtype=bool)
+                chain, gic = self.mesh.chain_ic, self.mesh.ic_global
+                gmax = float(gic.max()) or 1.0
+            self._kargs = (
+                h.desc_tn_ptr, h.desc_tn, np.ascontiguousarray(h.prefix), h.tn_depth, h.tn_desc,
+                h.desc_cat_ptr, h.desc_cat_list, np.ascontiguousarray(has_cat),
+                np.ascontiguousarray(ic), max_ic, chain, gic, gmax, self.mesh.category_masks,
+            )
+        return self._kargs
+
+    @property
     def label(self) -> str:
         return "kailin (faithful)" if self.faithful else self.measure
 
     # --- pairs --------------------------------------------------------------------------------
     def _compute(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         h = self.mesh.hierarchy
+        kind = self._compiled
+        if kind is not None:
+            from kailin.mesh._kernels import pair_kernel
+
+            return pair_kernel(kind, a.astype(np.int64), b.astype(np.int64),
+                               *self._kernel_args())
         if self.measure == "kailin":
             if self.faithful:
                 return kailin_faithful(h, self.mesh.ic_faithful, a, b)
@@ -99,7 +138,7 @@ class MeshScorer:
         once."""
         a = np.asarray(a, dtype=np.int64)
         b = np.asarray(b, dtype=np.int64)
-        if len(a) < DEDUP_MIN_PAIRS:
+        if len(a) < DEDUP_MIN_PAIRS or self._compiled is not None:
             return self._compute(a, b)
         n = len(self.mesh.vocab)
         enc = pc.dictionary_encode(pa.array(a * n + b))
@@ -115,20 +154,29 @@ class MeshScorer:
         return float(self._compute(np.array([ia]), np.array([ib]))[0])
 
     # --- sets and documents -------------------------------------------------------------------
-    def _ids(self, uis: Sequence[str] | None) -> np.ndarray:
-        id_of = self.mesh.vocab.id_of
-        out = []
-        for u in uis or ():
-            i = id_of.get(u)
-            if i is None:
-                i = id_of.get(self.mesh.lookup(u)) if u else None
-            if i is None:
-                self.last_stats.unknown_descriptors += 1
-                if len(self.last_stats.unknown_examples) < 10:
-                    self.last_stats.unknown_examples.append(str(u))
-            else:
-                out.append(i)
-        return np.array(out, dtype=np.int64)
+    def _csr(self, lists: Sequence[Sequence[str] | None]) -> tuple[np.ndarray, np.ndarray]:
+        """Descriptor ids of many UI lists as CSR ``(ptr, ids)`` (hash lookups in Arrow).
+        Entries that are not UIs are tried as names; unknown ones are dropped and counted."""
+        lens = np.fromiter((len(x) if x is not None else 0 for x in lists), dtype=np.int64,
+                           count=len(lists))
+        flat = pa.array([u for x in lists if x is not None for u in x], type=pa.string())
+        idx = pc.index_in(flat, value_set=self._ui_array)
+        ids = idx.fill_null(-1).to_numpy().astype(np.int64)
+        miss = np.flatnonzero(ids < 0)
+        if len(miss):
+            values = flat.to_pylist()
+            for k in miss:
+                ui = self.mesh.lookup(values[k]) if values[k] else None
+                if ui is None:
+                    self.last_stats.unknown_descriptors += 1
+                    if len(self.last_stats.unknown_examples) < 10:
+                        self.last_stats.unknown_examples.append(str(values[k]))
+                else:
+                    ids[k] = self.mesh.vocab.id_of[ui]
+        owner = np.repeat(np.arange(len(lists)), lens)
+        keep = ids >= 0
+        new_lens = np.bincount(owner[keep], minlength=len(lists))
+        return np.r_[0, np.cumsum(new_lens)].astype(np.int64), ids[keep]
 
     def set_similarity(self, a: Sequence[str], b: Sequence[str]) -> float:
         """Similarity of two descriptor sets (``aggregate``); NaN when either is empty."""
@@ -141,44 +189,44 @@ class MeshScorer:
         if len(sources) != len(contexts):
             raise ValueError("sources and contexts must have the same length")
         self.last_stats = st = ScoreStats(records=len(sources))
-        src_ids = [self._ids(s) for s in sources]
-        # flatten contexts: ctx_rec[j] = record of context j
-        ctx_ids: list[np.ndarray] = []
-        ctx_rec: list[int] = []
-        for r, ctxs in enumerate(contexts):
-            for c in ctxs:
-                ids = self._ids(c)
-                if len(ids) == 0:
-                    st.empty_contexts += 1
-                    continue
-                ctx_ids.append(ids)
-                ctx_rec.append(r)
         n_rec = len(sources)
+        src_ptr, src_flat = self._csr(sources)
+        flat_ctx = [c for ctxs in contexts for c in ctxs]
+        ctx_rec = np.repeat(np.arange(n_rec), [len(c) for c in contexts]).astype(np.int64)
+        ctx_ptr, ctx_flat = self._csr(flat_ctx)
+        c_len = np.diff(ctx_ptr)
+        st.empty_contexts = int((c_len == 0).sum())
+        # drop empty contexts: they are skipped, not scored 0
+        keep = c_len > 0
+        ctx_rec, c_len = ctx_rec[keep], c_len[keep]
+        ctx_ptr = np.r_[0, np.cumsum(c_len)].astype(np.int64)
+        s_len = np.diff(src_ptr)
         out = np.full(n_rec, np.nan)
-        if not ctx_ids:
+        if len(ctx_rec) == 0:
             st.undefined_records = n_rec
             return out
-        ctx_rec_a = np.array(ctx_rec, dtype=np.int64)
-        s_len = np.array([len(x) for x in src_ids], dtype=np.int64)
-        c_len = np.array([len(x) for x in ctx_ids], dtype=np.int64)
-        ls = s_len[ctx_rec_a]  # source size per context
-        npairs = ls * c_len
+        kind = self._compiled
+        if kind is not None:
+            from kailin.mesh._kernels import doc_kernel
+
+            out, pairs = doc_kernel(kind, self.aggregate == "bma", src_ptr, src_flat, ctx_rec,
+                                    ctx_ptr, ctx_flat, n_rec, *self._kernel_args())
+            st.pairs = int(pairs)
+            st.undefined_records = int(np.isnan(out).sum())
+            return out
+        npairs = s_len[ctx_rec] * c_len
         total = int(npairs.sum())
         st.pairs = total
         # build pair arrays, source-major within each context
-        src_flat = np.concatenate(src_ids) if any(len(x) for x in src_ids) else np.zeros(0, int)
-        src_off = np.r_[0, np.cumsum(s_len)][:-1]
-        ctx_flat = np.concatenate(ctx_ids)
-        ctx_off = np.r_[0, np.cumsum(c_len)][:-1]
-        ctx_of_pair = np.repeat(np.arange(len(ctx_ids)), npairs)
+        ctx_of_pair = np.repeat(np.arange(len(ctx_rec)), npairs)
         local = np.arange(total) - np.repeat(np.cumsum(npairs) - npairs, npairs)
         cl = c_len[ctx_of_pair]
         si = local // cl
         ci = local - si * cl
-        a = src_flat[src_off[ctx_rec_a][ctx_of_pair] + si]
-        b = ctx_flat[ctx_off[ctx_of_pair] + ci]
+        a = src_flat[src_ptr[:-1][ctx_rec][ctx_of_pair] + si]
+        b = ctx_flat[ctx_ptr[:-1][ctx_of_pair] + ci]
         sims = self.pair_similarities(a, b)
-        n_ctx = len(ctx_ids)
+        n_ctx = len(ctx_rec)
         if self.aggregate == "mean":
             ctx_score = np.bincount(ctx_of_pair, weights=sims, minlength=n_ctx)
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -186,15 +234,13 @@ class MeshScorer:
         else:
             row_key = ctx_of_pair * (s_len.max() + 1) + si
             col_key = ctx_of_pair * (c_len.max() + 1) + ci
-            ctx_score = np.full(n_ctx, np.nan)
-            valid = npairs > 0
             rows = _segment_mean_of_max(row_key, ctx_of_pair, sims, n_ctx)
             cols = _segment_mean_of_max(col_key, ctx_of_pair, sims, n_ctx)
-            ctx_score[valid] = ((rows + cols) / 2)[valid]
+            ctx_score = (rows + cols) / 2
         ctx_score = np.where(npairs > 0, ctx_score, np.nan)
         ok = ~np.isnan(ctx_score)
-        tot = np.bincount(ctx_rec_a[ok], weights=ctx_score[ok], minlength=n_rec)
-        cnt = np.bincount(ctx_rec_a[ok], minlength=n_rec)
+        tot = np.bincount(ctx_rec[ok], weights=ctx_score[ok], minlength=n_rec)
+        cnt = np.bincount(ctx_rec[ok], minlength=n_rec)
         with np.errstate(invalid="ignore", divide="ignore"):
             out = np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
         st.undefined_records = int(np.isnan(out).sum())
