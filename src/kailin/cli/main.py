@@ -49,27 +49,10 @@ def _root(
 from kailin.cli import mesh as _mesh  # noqa: E402
 
 app.add_typer(_mesh.app, name="mesh")
-from kailin.cli import evaluate as _evaluate  # noqa: E402
-
-app.add_typer(_evaluate.app, name="evaluate")
-from kailin.cli import dataset as _dataset  # noqa: E402
-
-app.add_typer(_dataset.app, name="dataset")
-from kailin.cli import align as _align  # noqa: E402
-
-app.command("score")(_align.score)
-app.command("prefer")(_align.prefer)
-from kailin.cli import evaluate_generator as _evaluate_generator  # noqa: E402, F401
-from kailin.cli import train as _train  # noqa: E402
-
-app.add_typer(_train.app, name="train")
 from kailin.cli import corpus as _corpus  # noqa: E402
 
 app.add_typer(_corpus.app, name="corpus")
 app.command("ingest")(_corpus.ingest_cmd)
-from kailin.cli import index as _index  # noqa: E402
-
-app.add_typer(_index.app, name="index")
 
 
 def main() -> None:

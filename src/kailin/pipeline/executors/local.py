@@ -51,6 +51,22 @@ def iter_input_shards(src: str | Path | pa.Table, rows_per_shard: int) -> Iterat
         yield pa.Table.from_batches(pending).combine_chunks()
 
 
+def prepare_output(stage: Stage, out: Path) -> None:
+    """Create ``out``; if it holds parts of a stage with other settings, clear them first."""
+    done_dir = out / "_done"
+    fp = stage.fingerprint()
+    meta_path = out / "_stage.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("fingerprint") != fp:
+            log.warning("%s: settings changed (fingerprint %s -> %s); recomputing",
+                        out, meta.get("fingerprint"), fp)
+            for p in list(out.glob("part-*.parquet")) + list(done_dir.glob("*.json")):
+                p.unlink()
+    done_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(meta_path, {"stage": stage.name, "fingerprint": fp})
+
+
 class LocalExecutor:
     """Runs a stage over shards of its input in the current process."""
 
@@ -61,17 +77,7 @@ class LocalExecutor:
     def run(self, stage: Stage, src: str | Path | pa.Table, out_dir: str | Path) -> dict:
         out = Path(out_dir)
         done_dir = out / "_done"
-        fp = stage.fingerprint()
-        meta_path = out / "_stage.json"
-        if meta_path.exists():
-            meta = json.loads(meta_path.read_text())
-            if meta.get("fingerprint") != fp:
-                log.warning("%s: settings changed (fingerprint %s -> %s); recomputing",
-                            out, meta.get("fingerprint"), fp)
-                for p in list(out.glob("part-*.parquet")) + list(done_dir.glob("*.json")):
-                    p.unlink()
-        done_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(meta_path, {"stage": stage.name, "fingerprint": fp})
+        prepare_output(stage, out)
         shards = list(iter_input_shards(src, self.rows_per_shard))
         stats = {"stage": stage.name, "shards": len(shards), "skipped": 0, "rows_in": 0,
                  "rows_out": 0, "seconds": 0.0}

@@ -1,0 +1,146 @@
+"""``kailin ingest`` and ``kailin corpus ...``: thin wrappers over :mod:`kailin.corpus`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="Inspect, query and select from a corpus directory (see docs/corpus.md).",
+    no_args_is_help=True,
+)
+
+
+def _echo_json(obj: object) -> None:
+    typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+def ingest_cmd(
+    files: list[Path] = typer.Argument(
+        ...,
+        help="PubMed XML (.xml/.xml.gz), JSONL, Parquet, PubMedQA JSON or .TiAbMe files, "
+        "or directories holding them.",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Corpus directory (created or updated)."),
+    exclude_pmids: Path | None = typer.Option(
+        None, "--exclude-pmids", help="File of PMIDs to keep out (one per line, or JSON)."
+    ),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Parallel parser processes."),
+    no_default_exclusions: bool = typer.Option(
+        False,
+        "--no-default-exclusions",
+        help="Do not exclude the PubMedQA test PMIDs (excluded by default for decontamination).",
+    ),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+) -> None:
+    """Ingest PubMed/MEDLINE files into a columnar corpus (resumable; re-runs are no-ops)."""
+    from kailin.corpus.store import ingest
+
+    report = ingest(
+        files,
+        out,
+        exclude_pmids=exclude_pmids,
+        default_exclude=not no_default_exclusions,
+        workers=workers,
+        progress=not no_progress,
+    )
+    _echo_json(report.summary())
+
+
+@app.command("stats")
+def stats_cmd(corpus_dir: Path = typer.Argument(..., help="Corpus directory.")) -> None:
+    """Counts: records, abstracts, MeSH coverage, years, journals, ingestion totals."""
+    from kailin.corpus.query import stats
+
+    _echo_json(stats(corpus_dir))
+
+
+@app.command("show")
+def show_cmd(
+    corpus_dir: Path = typer.Argument(..., help="Corpus directory."),
+    pmid: int = typer.Argument(..., help="PubMed ID."),
+) -> None:
+    """Print the live record of PMID as JSON."""
+    from kailin.corpus.query import show
+
+    rec = show(corpus_dir, pmid)
+    if rec is None:
+        typer.echo(f"PMID {pmid} is not in {corpus_dir}", err=True)
+        raise typer.Exit(1)
+    _echo_json(rec)
+
+
+@app.command("sql")
+def sql_cmd(
+    corpus_dir: Path = typer.Argument(..., help="Corpus directory."),
+    query: str = typer.Argument(..., help="SQL; the view `corpus` holds the live records."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, csv or jsonl."),
+    limit: int = typer.Option(50, "--limit", help="Rows shown in table format (0 = all)."),
+) -> None:
+    """Plain SQL over the shards with DuckDB, e.g. "select year, count(*) from corpus group by 1"."""
+    from kailin.corpus.query import sql
+
+    t = sql(corpus_dir, query)
+    rows = t.to_pylist()
+    if fmt == "jsonl":
+        for r in rows:
+            typer.echo(json.dumps(r, ensure_ascii=False, default=str))
+    elif fmt == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(t.column_names)
+        for r in rows:
+            w.writerow([r[c] for c in t.column_names])
+    elif fmt == "table":
+        from rich.console import Console
+        from rich.table import Table
+
+        tab = Table(*t.column_names)
+        for r in rows[: limit or None]:
+            tab.add_row(*[str(r[c])[:120] for c in t.column_names])
+        Console().print(tab)
+        if limit and len(rows) > limit:
+            typer.echo(f"({len(rows)} rows, {limit} shown; --limit 0 for all)")
+    else:
+        raise typer.BadParameter("--format must be table, csv or jsonl")
+
+
+@app.command("select")
+def select_cmd(
+    corpus_dir: Path = typer.Argument(..., help="Corpus directory."),
+    mesh: list[str] = typer.Option(
+        ..., "--mesh", "-m", help="MeSH descriptor (name, entry term or UI); repeatable."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Subset corpus directory to write."),
+    major_only: bool = typer.Option(False, "--major-only", help="Only major-topic headings."),
+    no_descendants: bool = typer.Option(
+        False, "--no-descendants", help="Match the descriptors only, not those below them."
+    ),
+    years: str | None = typer.Option(None, "--years", help="e.g. 2000-2024, 2010-, -1999."),
+) -> None:
+    """Write the records annotated with these descriptors (or any descendant) as a corpus."""
+    from kailin.corpus.query import select
+
+    _echo_json(
+        select(
+            corpus_dir,
+            mesh,
+            out,
+            major_only=major_only,
+            descendants=not no_descendants,
+            years=years,
+        )
+    )
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Corpus directory to build."),
+) -> None:
+    """Build the bundled demo corpus (~2,160 real abstracts with MeSH) from the repo's samples."""
+    from kailin.corpus.demo import build_demo_corpus
+
+    _echo_json(build_demo_corpus(out).summary())

@@ -1,0 +1,595 @@
+"""Ingestion into a corpus directory: staged per file, committed atomically, resumable.
+
+Layout of ``CORPUS_DIR``::
+
+    manifest.json          per source file: path, sha256, counts, status; live record count
+    data/part-*.parquet    exactly the live records (one row per PMID), CORPUS_SCHEMA, sorted by pmid
+    tombstones.parquet     PMIDs deleted by DeleteCitation (pmid, source_file)
+    staging/<sha>.parquet  a parsed source file waiting to be committed (+ <sha>.json when complete)
+    .next/                 the next generation while a commit is being written (+ COMMIT marker)
+
+Protocol (every step is atomic or idempotent, so a kill at any point resumes cleanly):
+
+1. each new source file (by SHA-256; one already in the manifest is skipped) is parsed into
+   ``staging/<sha>.parquet`` and then ``staging/<sha>.json`` (written last: its presence means the
+   file is fully staged, and a resumed run re-uses it);
+2. the live shards, the staged files and all deletions are merged with DuckDB into ``.next/``
+   (latest version per PMID; files ordered by name, so ``pubmed24n0001`` < ``pubmed24n1220`` and
+   updates win over the baseline; a deletion removes the PMID unless a later file brings it back;
+   excluded PMIDs are dropped); then ``.next/COMMIT`` is written;
+3. roll forward: ``data`` is swapped for ``.next/data``, the tombstones and manifest replaced, the
+   committed staging files removed. A run that finds ``.next/COMMIT`` finishes these steps first;
+   a ``.next`` without ``COMMIT`` is discarded (the staged files are still there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import queue as _queue
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kailin.corpus.pubmed_xml import MeshResolver, ParseStats
+from kailin.corpus.schema import CORPUS_SCHEMA
+from kailin.corpus.sources import (
+    AutoMesh,
+    default_exclusions,
+    detect_format,
+    expand_inputs,
+    iter_source,
+    load_pmid_list,
+)
+from kailin.errors import InputError, KailinError
+from kailin.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+STAGE_SCHEMA = CORPUS_SCHEMA.append(pa.field("_seq", pa.int64()))
+TOMB_SCHEMA = pa.schema([("pmid", pa.int64()), ("source_file", pa.string())])
+MANIFEST_FORMAT = "kailin-corpus/1"
+ROWS_PER_SHARD = 500_000
+_BATCH = 2000
+
+
+def arrow_reader(rel: Any, batch_size: int = 65536) -> pa.RecordBatchReader:
+    """A DuckDB relation (``con.sql(...)``) as an Arrow batch reader (DuckDB 1.x and 2.x spell
+    this differently)."""
+    for name in ("to_arrow_reader", "fetch_arrow_reader", "record_batch", "fetch_record_batch"):
+        fn = getattr(rel, name, None)
+        if fn is not None:
+            return fn(batch_size)
+    raise AttributeError("this DuckDB version offers no Arrow reader")  # pragma: no cover
+
+
+def arrow_table(rel: Any) -> pa.Table:
+    for name in ("to_arrow_table", "fetch_arrow_table", "arrow"):
+        fn = getattr(rel, name, None)
+        if fn is not None:
+            return fn()
+    raise AttributeError("this DuckDB version offers no Arrow table")  # pragma: no cover
+
+
+def _checkpoint(name: str) -> None:
+    """A named point of the commit protocol (tests patch this to simulate a crash there)."""
+
+
+def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- staging (workers)
+_PROGRESS: Any = None  # a multiprocessing queue in pool workers
+
+
+def _pool_init(progress_q: Any) -> None:
+    global _PROGRESS
+    _PROGRESS = progress_q
+
+
+@dataclass
+class _Task:
+    path: str
+    staging: str
+    committed: frozenset[str]
+    exclusions: frozenset[int]
+    resolver: Any
+
+
+def _report(n: int, local_cb: Any) -> None:
+    if local_cb is not None:
+        local_cb(n)
+    elif _PROGRESS is not None:
+        _PROGRESS.put(n)
+
+
+def _stage_file(task: _Task, local_cb: Any = None) -> dict:
+    """Parse one source file into ``staging/<sha>.parquet`` + ``<sha>.json``; returns the meta."""
+    path = Path(task.path)
+    staging = Path(task.staging)
+    sha = sha256_file(path)
+    base = {
+        "path": str(path.resolve()),
+        "name": path.name,
+        "sha256": sha,
+        "size": path.stat().st_size,
+        "format": detect_format(path),
+    }
+    if sha in task.committed:
+        return {**base, "status": "unchanged"}
+    meta_path = staging / f"{sha}.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta["reused_staging"] = True
+        _report(meta.get("records", 0), local_cb)
+        return meta
+    staging.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    stats = ParseStats()
+    deletes: list[int] = []
+    excluded = 0
+    tmp = staging / f".{sha}.parquet.{os.getpid()}.tmp"
+    writer: pq.ParquetWriter | None = None
+    rows: list[dict] = []
+    seq = 0
+    pending_report = 0
+
+    def flush() -> None:
+        nonlocal writer, rows
+        if not rows:
+            return
+        if writer is None:
+            writer = pq.ParquetWriter(tmp, STAGE_SCHEMA, compression="zstd")
+        writer.write_table(pa.Table.from_pylist(rows, schema=STAGE_SCHEMA))
+        rows = []
+
+    try:
+        for kind, item in iter_source(path, task.resolver, stats):
+            if kind == "record":
+                seq += 1
+                if item["pmid"] in task.exclusions:
+                    excluded += 1
+                    continue
+                item.pop("_line", None)
+                item["_seq"] = seq
+                rows.append(item)
+                pending_report += 1
+                if len(rows) >= _BATCH:
+                    flush()
+                    _report(pending_report, local_cb)
+                    pending_report = 0
+            elif kind == "delete":
+                seq += 1
+                deletes.append(item)
+            elif kind == "restart":  # ill-formed XML: start over in salvage mode
+                if writer is not None:
+                    writer.close()
+                    writer = None
+                tmp.unlink(missing_ok=True)
+                rows, deletes, excluded, seq = [], [], 0, 0
+        flush()
+        if writer is None:
+            writer = pq.ParquetWriter(tmp, STAGE_SCHEMA, compression="zstd")
+        writer.close()
+        writer = None
+        _report(pending_report, local_cb)
+        os.replace(tmp, staging / f"{sha}.parquet")
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    meta = {
+        **base,
+        "status": "staged",
+        "records": stats.records,
+        "kept": stats.records - excluded,
+        "deleted": stats.deleted,
+        "malformed": stats.malformed,
+        "malformed_positions": stats.malformed_positions,
+        "excluded": excluded,
+        "unresolved_mesh": stats.unresolved_mesh,
+        "unresolved_mesh_top": dict(
+            sorted(stats.unresolved_names.items(), key=lambda kv: -kv[1])[:20]
+        ),
+        "books_skipped": stats.books_skipped,
+        "deletes": deletes,
+        "parse_seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_json_atomic(meta_path, meta)
+    return meta
+
+
+def _stage_file_safe(task: _Task, local_cb: Any = None) -> dict:
+    try:
+        return _stage_file(task, local_cb)
+    except KailinError as exc:
+        return {
+            "path": str(Path(task.path).resolve()),
+            "name": Path(task.path).name,
+            "status": "failed",
+            "error": str(exc),
+        }
+
+
+# --------------------------------------------------------------------------- commit protocol
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    fh = open(root / ".lock", "a+")  # noqa: SIM115
+    try:
+        try:
+            import fcntl
+
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - non-POSIX
+            pass
+        except OSError as exc:
+            raise KailinError(f"{root}: another ingestion is running on this corpus") from exc
+        yield
+    finally:
+        fh.close()
+
+
+def recover(root: Path) -> None:
+    """Finish a commit whose ``.next/COMMIT`` marker exists; discard an unfinished ``.next``."""
+    nxt = root / ".next"
+    old = root / ".old"
+    if not nxt.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        return
+    marker = nxt / "COMMIT"
+    if not marker.exists():
+        shutil.rmtree(nxt)
+        if old.exists():
+            shutil.rmtree(old)
+        return
+    info = json.loads(marker.read_text(encoding="utf-8"))
+    if (nxt / "data").exists():
+        if (root / "data").exists():
+            old.mkdir(exist_ok=True)
+            if (old / "data").exists():
+                shutil.rmtree(old / "data")
+            os.rename(root / "data", old / "data")
+        _checkpoint("swap")
+        os.rename(nxt / "data", root / "data")
+    _checkpoint("after-swap")
+    for name in ("tombstones.parquet", "manifest.json"):
+        if (nxt / name).exists():
+            os.replace(nxt / name, root / name)
+    _checkpoint("after-manifest")
+    staging = root / "staging"
+    for sha in info.get("staged", []):
+        for suffix in (".parquet", ".json"):
+            (staging / f"{sha}{suffix}").unlink(missing_ok=True)
+    if old.exists():
+        shutil.rmtree(old)
+    shutil.rmtree(nxt)
+
+
+def _merge(
+    root: Path,
+    manifest: dict,
+    new_entries: list[dict],
+    exclusions: frozenset[int],
+) -> int:
+    """Write the next generation (data, tombstones, manifest, COMMIT) into ``root/.next``."""
+    import duckdb
+
+    nxt = root / ".next"
+    if nxt.exists():
+        shutil.rmtree(nxt)
+    (nxt / "data").mkdir(parents=True)
+    staging = root / "staging"
+
+    all_entries = [e for e in manifest.get("files", []) if e.get("status") == "committed"]
+    all_entries += new_entries
+    # global order: by file name (NLM numbering), then by ingestion sequence
+    order = sorted(
+        range(len(all_entries)), key=lambda i: (all_entries[i]["name"], all_entries[i]["seq"])
+    )
+    rank_of_entry = {i: r for r, i in enumerate(order)}
+    name_rank: dict[str, int] = {}
+    for i, e in enumerate(all_entries):
+        name_rank[e["name"]] = max(name_rank.get(e["name"], -1), rank_of_entry[i])
+    n_old = len(all_entries) - len(new_entries)
+
+    con = duckdb.connect()
+    tmpdir = root / ".duckdb_tmp"
+    con.execute(f"SET temp_directory='{tmpdir.as_posix()}'")
+    con.execute("SET preserve_insertion_order=false")
+    ranks = pa.table({"name": list(name_rank), "rank": list(name_rank.values())})
+    con.register("ranks_t", ranks)
+    con.execute("CREATE TEMP TABLE ranks AS SELECT name, rank::INTEGER AS rank FROM ranks_t")
+
+    # tombstones: previous ones + this run's deletions
+    tomb_parts = []
+    if (root / "tombstones.parquet").exists():
+        tomb_parts.append(pq.read_table(root / "tombstones.parquet"))
+    new_tomb = pa.table(
+        {
+            "pmid": pa.array([p for e in new_entries for p in e.get("deletes", [])], pa.int64()),
+            "source_file": pa.array(
+                [e["name"] for e in new_entries for _ in e.get("deletes", [])], pa.string()
+            ),
+        }
+    )
+    tomb_parts.append(new_tomb)
+    tombs = pa.concat_tables(tomb_parts).cast(TOMB_SCHEMA)
+    con.register("tombs_t", tombs)
+    con.execute(
+        "CREATE TEMP TABLE tomb AS SELECT t.pmid, max(coalesce(r.rank, -1)) AS rank "
+        "FROM tombs_t t LEFT JOIN ranks r ON r.name = t.source_file GROUP BY t.pmid"
+    )
+    con.register("excl_t", pa.table({"pmid": pa.array(sorted(exclusions), pa.int64())}))
+    con.execute("CREATE TEMP TABLE excl AS SELECT pmid FROM excl_t")
+
+    cols = ", ".join(f'"{c}"' for c in CORPUS_SCHEMA.names)
+    parts = []
+    live = sorted((root / "data").glob("*.parquet")) if (root / "data").exists() else []
+    if live:
+        files = ", ".join(f"'{f.as_posix()}'" for f in live)
+        parts.append(
+            f"SELECT {cols}, coalesce(r.rank, -1) AS _rank, 0::BIGINT AS _seq "
+            f"FROM read_parquet([{files}]) l LEFT JOIN ranks r ON r.name = l.source_file"
+        )
+    for k, e in enumerate(new_entries):
+        f = staging / f"{e['sha256']}.parquet"
+        parts.append(
+            f"SELECT {cols}, {rank_of_entry[n_old + k]}::INTEGER AS _rank, _seq "
+            f"FROM read_parquet('{f.as_posix()}')"
+        )
+    n_live = 0
+    if parts:
+        union = " UNION ALL ".join(parts)
+        sql = (
+            f"WITH c AS ({union}) SELECT {cols} FROM c "
+            "WHERE NOT EXISTS (SELECT 1 FROM tomb t WHERE t.pmid = c.pmid AND t.rank >= c._rank) "
+            "AND c.pmid NOT IN (SELECT pmid FROM excl) "
+            "QUALIFY row_number() OVER (PARTITION BY c.pmid ORDER BY c._rank DESC, c._seq DESC) = 1 "
+            "ORDER BY c.pmid"
+        )
+        reader = arrow_reader(con.sql(sql))
+        shard = 0
+        writer: pq.ParquetWriter | None = None
+        in_shard = 0
+        for batch in reader:
+            if batch.num_rows == 0:
+                continue
+            tbl = pa.Table.from_batches([batch]).cast(CORPUS_SCHEMA)
+            if writer is None:
+                writer = pq.ParquetWriter(
+                    nxt / "data" / f"part-{shard:05d}.parquet", CORPUS_SCHEMA, compression="zstd"
+                )
+            writer.write_table(tbl)
+            in_shard += tbl.num_rows
+            n_live += tbl.num_rows
+            if in_shard >= ROWS_PER_SHARD:
+                writer.close()
+                writer, in_shard, shard = None, 0, shard + 1
+        if writer is not None:
+            writer.close()
+    # keep tombstones only for PMIDs not live (a later file may have resurrected them)
+    live_tomb = arrow_table(
+        con.sql(
+            "SELECT DISTINCT t.pmid, t.source_file FROM tombs_t t JOIN tomb m ON m.pmid = t.pmid "
+            "JOIN ranks r ON r.name = t.source_file AND r.rank = m.rank"
+        )
+    )
+    pq.write_table(live_tomb.cast(TOMB_SCHEMA), nxt / "tombstones.parquet")
+    con.close()
+    shutil.rmtree(tmpdir, ignore_errors=True)
+    _checkpoint("merged")
+
+    files_out = [e for e in manifest.get("files", []) if e.get("status") == "committed"]
+    for e in new_entries:
+        clean = {k: v for k, v in e.items() if k not in ("deletes", "reused_staging")}
+        clean["status"] = "committed"
+        clean["committed_at"] = _now()
+        files_out.append(clean)
+    new_manifest = {
+        "format": MANIFEST_FORMAT,
+        "created_at": manifest.get("created_at") or _now(),
+        "updated_at": _now(),
+        "records": n_live,
+        "schema": CORPUS_SCHEMA.names,
+        "exclusions": manifest.get("exclusions", {}),
+        "files": files_out,
+        "failed": manifest.get("failed", []),
+    }
+    write_json_atomic(nxt / "manifest.json", new_manifest)
+    write_json_atomic(nxt / "COMMIT", {"staged": [e["sha256"] for e in new_entries]})
+    _checkpoint("commit-marker")
+    return n_live
+
+
+# --------------------------------------------------------------------------- public API
+@dataclass
+class IngestReport:
+    corpus_dir: Path
+    files: list[dict] = field(default_factory=list)
+    records: int = 0  # live records after ingestion
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[dict]:
+        return [f for f in self.files if f.get("status") == "failed"]
+
+    def summary(self) -> dict:
+        by: dict[str, int] = {}
+        for f in self.files:
+            by[f["status"]] = by.get(f["status"], 0) + 1
+        parsed = sum(f.get("records", 0) for f in self.files if f["status"] == "committed")
+        return {
+            "corpus_dir": str(self.corpus_dir),
+            "files": by,
+            "parsed_records": parsed,
+            "deleted": sum(f.get("deleted", 0) for f in self.files if f["status"] == "committed"),
+            "malformed": sum(
+                f.get("malformed", 0) for f in self.files if f["status"] == "committed"
+            ),
+            "excluded": sum(f.get("excluded", 0) for f in self.files if f["status"] == "committed"),
+            "unresolved_mesh": sum(
+                f.get("unresolved_mesh", 0) for f in self.files if f["status"] == "committed"
+            ),
+            "live_records": self.records,
+            "seconds": round(self.seconds, 2),
+            "records_per_s": round(parsed / self.seconds, 1) if self.seconds else None,
+        }
+
+
+def _run_staging(tasks: list[_Task], workers: int, progress: bool) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=None,
+        unit=" rec",
+        unit_scale=True,
+        disable=not progress,
+        desc="ingest",
+        dynamic_ncols=True,
+    )
+    results: list[dict | None] = [None] * len(tasks)
+    try:
+        if workers <= 1 or len(tasks) <= 1:
+            for i, t in enumerate(tasks):
+                results[i] = _stage_file_safe(t, bar.update)
+                bar.set_postfix(files=f"{i + 1}/{len(tasks)}")
+        else:
+            ctx = mp.get_context("spawn") if os.name == "nt" else mp.get_context()
+            q = ctx.Queue()
+            with ProcessPoolExecutor(
+                max_workers=min(workers, len(tasks)),
+                mp_context=ctx,
+                initializer=_pool_init,
+                initargs=(q,),
+            ) as pool:
+                futs = {pool.submit(_stage_file_safe, t): i for i, t in enumerate(tasks)}
+                pending = set(futs)
+                done_n = 0
+                while pending:
+                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                    with contextlib.suppress(_queue.Empty):
+                        while True:
+                            bar.update(q.get_nowait())
+                    for f in done:
+                        results[futs[f]] = f.result()
+                        done_n += 1
+                        bar.set_postfix(files=f"{done_n}/{len(tasks)}")
+                with contextlib.suppress(_queue.Empty):
+                    while True:
+                        bar.update(q.get(timeout=0.05))
+    finally:
+        bar.close()
+    return [r for r in results if r is not None]
+
+
+def ingest(
+    inputs: Iterable[str | Path],
+    out: str | Path,
+    *,
+    exclude_pmids: str | Path | Iterable[int] | None = None,
+    default_exclude: bool = True,
+    workers: int = 1,
+    resolver: MeshResolver | str | None = "auto",
+    progress: bool = True,
+) -> IngestReport:
+    """Ingest PubMed XML (and pre-parsed) files into the corpus directory ``out``.
+
+    Re-running with the same files is a no-op; a killed run resumes where it stopped. Files are
+    committed together at the end of a run; a file that fails (truncated, not PubMed) is not
+    committed, the others are, and :class:`InputError` is raised afterwards naming it.
+    """
+    t0 = time.perf_counter()
+    root = Path(out)
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise InputError("no input files given")
+    if resolver == "auto":
+        resolver = AutoMesh()
+    excl: set[int] = set(default_exclusions()) if default_exclude else set()
+    excl_files: list[str] = []
+    if exclude_pmids is not None:
+        if isinstance(exclude_pmids, (str, Path)):
+            excl |= load_pmid_list(exclude_pmids)
+            excl_files.append(str(Path(exclude_pmids).resolve()))
+        else:
+            excl |= {int(p) for p in exclude_pmids}
+    exclusions = frozenset(excl)
+    report = IngestReport(corpus_dir=root)
+    with _locked(root):
+        recover(root)
+        manifest = (
+            json.loads((root / "manifest.json").read_text("utf-8"))
+            if (root / "manifest.json").exists()
+            else {}
+        )
+        committed = frozenset(
+            e["sha256"] for e in manifest.get("files", []) if e.get("status") == "committed"
+        )
+        tasks = [
+            _Task(str(p), str(root / "staging"), committed, exclusions, resolver) for p in paths
+        ]
+        metas = _run_staging(tasks, workers, progress)
+        seen: set[str] = set()
+        new_entries: list[dict] = []
+        seq0 = max((e.get("seq", 0) for e in manifest.get("files", [])), default=0)
+        for m in metas:
+            if m["status"] == "staged":
+                if m["sha256"] in seen:
+                    m = {**m, "status": "duplicate"}
+                else:
+                    seen.add(m["sha256"])
+                    seq0 += 1
+                    m["seq"] = seq0
+                    new_entries.append(m)
+                    continue
+            report.files.append({k: v for k, v in m.items() if k != "deletes"})
+        manifest.setdefault("exclusions", {})
+        manifest["exclusions"] = {
+            "pubmedqa_test_default": bool(default_exclude),
+            "pmids": len(exclusions),
+            "files": excl_files,
+        }
+        failed = [f for f in report.files if f["status"] == "failed"]
+        manifest["failed"] = [
+            {"path": f["path"], "error": f["error"], "at": _now()} for f in failed
+        ]
+        if new_entries or (not (root / "data").exists() and not failed):
+            _merge(root, manifest, new_entries, exclusions)
+            recover(root)
+            for e in new_entries:
+                report.files.append(
+                    {**{k: v for k, v in e.items() if k != "deletes"}, "status": "committed"}
+                )
+        elif failed and (root / "manifest.json").exists():
+            write_json_atomic(root / "manifest.json", {**manifest, "updated_at": _now()})
+        if (root / "manifest.json").exists():
+            report.records = json.loads((root / "manifest.json").read_text("utf-8"))["records"]
+    report.seconds = time.perf_counter() - t0
+    if failed:
+        names = "; ".join(f["error"] for f in failed)
+        others = "the other files were committed" if new_entries else "nothing new was committed"
+        raise InputError(f"{len(failed)} file(s) not ingested ({others}): {names}")
+    return report

@@ -1,0 +1,173 @@
+"""Command-line tests: `kailin ingest` and `kailin corpus stats|show|sql|select|demo`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from kailin.cli import corpus as corpus_cli
+from kailin.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+XML = ROOT / "data" / "samples" / "pubmed_xml_samples"
+
+
+def _app() -> typer.Typer:
+    # the same registration as kailin.cli.main
+    app = typer.Typer()
+    app.add_typer(corpus_cli.app, name="corpus")
+    app.command("ingest")(corpus_cli.ingest_cmd)
+    return app
+
+
+def _json_out(text: str) -> dict:
+    return json.loads(text[text.index("{") :])
+
+
+def test_cli_ingest_stats_show_sql(tmp_path: Path) -> None:
+    r = CliRunner()
+    app = _app()
+    out = tmp_path / "c"
+    ex = tmp_path / "ex.txt"
+    ex.write_text("973217\n")
+    res = r.invoke(
+        app,
+        [
+            "ingest",
+            str(XML / "pubmedsample18n0001.xml.gz"),
+            str(XML / "pubmed26n1334_excerpt.xml.gz"),
+            "--out",
+            str(out),
+            "--exclude-pmids",
+            str(ex),
+            "--workers",
+            "2",
+            "--no-progress",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    s = _json_out(res.stdout)
+    assert s["live_records"] == 206 and s["excluded"] == 1 and s["files"] == {"committed": 2}
+    res = r.invoke(
+        app, ["ingest", str(XML / "pubmedsample18n0001.xml.gz"), "--out", str(out), "--no-progress"]
+    )
+    assert _json_out(res.stdout)["files"] == {"unchanged": 1}
+
+    st = _json_out(r.invoke(app, ["corpus", "stats", str(out)]).stdout)
+    assert st["records"] == 206 and st["with_mesh"] > 150
+
+    res = r.invoke(app, ["corpus", "show", str(out), "8941094"])
+    assert res.exit_code == 0 and _json_out(res.stdout)["pmid"] == 8941094
+    res = r.invoke(app, ["corpus", "show", str(out), "973217"])  # excluded
+    assert res.exit_code == 1
+
+    res = r.invoke(
+        app, ["corpus", "sql", str(out), "select count(*) as n from corpus", "-f", "csv"]
+    )
+    assert res.exit_code == 0 and res.stdout.splitlines() == ["n", "206"]
+    res = r.invoke(
+        app,
+        [
+            "corpus",
+            "sql",
+            str(out),
+            "select pmid, year from corpus order by pmid limit 2",
+            "-f",
+            "jsonl",
+        ],
+    )
+    rows = [json.loads(x) for x in res.stdout.splitlines()]
+    assert len(rows) == 2 and rows[0]["pmid"] < rows[1]["pmid"]
+    res = r.invoke(app, ["corpus", "sql", str(out), "select year, count(*) from corpus group by 1"])
+    assert res.exit_code == 0 and "year" in res.stdout
+
+    for cmd in (
+        ["ingest"],
+        ["corpus", "stats"],
+        ["corpus", "show"],
+        ["corpus", "sql"],
+        ["corpus", "select"],
+        ["corpus", "demo"],
+    ):
+        assert r.invoke(app, [*cmd, "--help"]).exit_code == 0
+
+
+def test_cli_bad_input_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "feed.xml"
+    bad.write_text('<?xml version="1.0"?>\n<rss version="2.0"><channel/></rss>\n')
+    res = CliRunner().invoke(
+        _app(), ["ingest", str(bad), "--out", str(tmp_path / "c"), "--no-progress"]
+    )
+    assert isinstance(res.exception, InputError)
+    assert "not PubMed XML" in str(res.exception) and "feed.xml" in str(res.exception)
+
+
+@pytest.mark.slow
+def test_cli_demo_and_select_with_packaged_mesh(tmp_path: Path) -> None:
+    pytest.importorskip("kailin.mesh", reason="MeSH engine not available")
+    from kailin.mesh import load_mesh
+
+    try:
+        load_mesh()
+    except Exception as exc:  # pragma: no cover - packaged MeSH missing
+        pytest.skip(f"packaged MeSH unavailable: {exc}")
+    r = CliRunner()
+    app = _app()
+    demo = tmp_path / "demo"
+    res = r.invoke(app, ["corpus", "demo", "--out", str(demo)])
+    assert res.exit_code == 0, res.output
+    s = _json_out(res.stdout)
+    # 264 XML (after dedup/deletions) + 1,400 NLM + 500 PubMedQA outside its test set
+    assert s["live_records"] == 2164 and s["excluded"] == 500
+    test_pmids = {
+        int(p)
+        for p in json.loads((ROOT / "src/kailin/data/pubmedqa/test_ground_truth.json").read_text())
+    }
+    from kailin.corpus import open_corpus
+
+    pmids = set(open_corpus(demo).read(["pmid"]).column("pmid").to_pylist())
+    assert not pmids & test_pmids
+    st = _json_out(r.invoke(app, ["corpus", "stats", str(demo)]).stdout)
+    assert st["with_mesh"] > 2000 and st["unresolved_mesh"] < 0.03 * st["mesh_headings"]
+
+    sub = tmp_path / "neo"
+    res = r.invoke(
+        app,
+        [
+            "corpus",
+            "select",
+            str(demo),
+            "--mesh",
+            "Neoplasms",
+            "--mesh",
+            "D001943",
+            "--years",
+            "1990-2024",
+            "--out",
+            str(sub),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    sel = _json_out(res.stdout)
+    assert sel["records"] > 50 and sel["query"]["matched_uis"] > 500
+    only = _json_out(
+        r.invoke(
+            app,
+            [
+                "corpus",
+                "select",
+                str(demo),
+                "--mesh",
+                "Neoplasms",
+                "--no-descendants",
+                "--major-only",
+                "--out",
+                str(tmp_path / "n2"),
+            ],
+        ).stdout
+    )
+    assert only["records"] < sel["records"]
