@@ -53,6 +53,9 @@ from kailin.cli import corpus as _corpus  # noqa: E402
 
 app.add_typer(_corpus.app, name="corpus")
 app.command("ingest")(_corpus.ingest_cmd)
+from kailin.cli import index as _index  # noqa: E402
+
+app.add_typer(_index.app, name="index")
 
 
 def main() -> None:

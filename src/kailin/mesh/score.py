@@ -72,7 +72,7 @@ class MeshScorer:
         #: use the compiled kernels when numba is installed (False forces the numpy path)
         self.use_compiled = True
         if measure == "embedding":
-            from kailin.mesh.embedding import load_mesh_embeddings
+            from kailin.retrieval.mesh_embeddings import load_mesh_embeddings
 
             self._embedding = load_mesh_embeddings(mesh)
         # touch the IC this measure needs so that errors surface now, not mid-batch

@@ -1,0 +1,278 @@
+"""``kailin index``: build, search and evaluate retrieval indexes (see docs/retrieval.md)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+
+# third-party chatter at INFO/DEBUG (FAISS CPU-feature probing, bm25s internals)
+for _name in ("faiss.loader", "bm25s", "sentence_transformers.base.model"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+app = typer.Typer(
+    help="Context retrieval indexes over a corpus: BM25, dense (FAISS), hybrid, Qdrant.",
+    no_args_is_help=True,
+)
+
+
+def _years(from_year: int | None, to_year: int | None) -> tuple[int | None, int | None] | None:
+    return None if from_year is None and to_year is None else (from_year, to_year)
+
+
+def _load(index_dir: Path, corpus: Path | None):
+    from kailin.retrieval import load_index
+
+    return load_index(index_dir, corpus=corpus, on_stale="error")
+
+
+@app.command("build")
+def build(
+    corpus_dir: Path = typer.Argument(..., help="Corpus directory (manifest.json + data/)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Index directory to write."),
+    kind: str = typer.Option("bm25", "--kind", help="bm25, dense, hybrid or qdrant."),
+    backend: str = typer.Option(
+        "faiss", "--backend", help="Vector store for dense: faiss, or qdrant (= --kind qdrant)."
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="Embedding model: local path or hub id (default: packaged MiniLM)."
+    ),
+    query_model: str | None = typer.Option(
+        None, "--query-model", help="Separate query encoder (e.g. MedCPT-Query-Encoder)."
+    ),
+    faiss_index: str = typer.Option(
+        "auto",
+        "--faiss-index",
+        help="auto (flat below --exact-threshold, else hnsw), flat, ivf or hnsw.",
+    ),
+    exact_threshold: int | None = typer.Option(
+        None, "--exact-threshold", help="Largest corpus searched exactly with auto (100000)."
+    ),
+    nlist: int | None = typer.Option(None, "--nlist", help="IVF lists (default 4*sqrt(N))."),
+    nprobe: int | None = typer.Option(None, "--nprobe", help="IVF lists searched per query."),
+    ef_search: int | None = typer.Option(None, "--ef-search", help="HNSW efSearch (128)."),
+    max_seq_length: int | None = typer.Option(
+        None, "--max-seq-length", help="Encoder token limit per document."
+    ),
+    rrf_k: float | None = typer.Option(None, "--rrf-k", help="Hybrid: RRF constant (60)."),
+    reuse_dense: Path | None = typer.Option(
+        None,
+        "--reuse-dense",
+        help="Hybrid/qdrant: reuse the vectors of this dense index (same "
+        "corpus) instead of encoding again.",
+    ),
+    qdrant_url: str | None = typer.Option(
+        None,
+        "--qdrant-url",
+        help="Qdrant server (API key from $QDRANT_API_KEY); default: "
+        "embedded local storage in the index directory.",
+    ),
+    collection: str | None = typer.Option(None, "--collection", help="Qdrant collection name."),
+    batch_size: int = typer.Option(1024, "--batch-size", help="Corpus rows read per batch."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Build an index over CORPUS_DIR into --out."""
+    from kailin.errors import InputError
+    from kailin.retrieval import build_index
+
+    if backend not in ("faiss", "qdrant"):
+        raise InputError(f"unknown --backend {backend!r}: use faiss or qdrant")
+    if backend == "qdrant":
+        if kind not in ("dense", "qdrant"):
+            raise InputError("--backend qdrant stores dense vectors: use it with --kind dense")
+        kind = "qdrant"
+    opts = {
+        "model": model,
+        "query_model": query_model,
+        "max_seq_length": max_seq_length,
+    }
+    if kind in ("dense", "hybrid"):
+        opts.update(
+            faiss_index=faiss_index,
+            exact_threshold=exact_threshold,
+            nlist=nlist,
+            nprobe=nprobe,
+            ef_search=ef_search,
+        )
+    if kind == "hybrid":
+        opts.update(rrf_k=rrf_k, reuse_dense=str(reuse_dense) if reuse_dense else None)
+    if kind == "qdrant":
+        opts.update(
+            qdrant_url=qdrant_url,
+            collection=collection,
+            reuse_dense=str(reuse_dense) if reuse_dense else None,
+        )
+    if kind == "bm25":
+        opts = {}
+    index = build_index(
+        corpus_dir,
+        out,
+        kind=kind,
+        overwrite=overwrite,
+        batch_size=batch_size,
+        progress=not quiet,
+        **opts,
+    )
+    m = index.meta
+    typer.echo(
+        f"{m['kind']} index of {m['counts']['documents']} documents in {out} "
+        f"(corpus {m['corpus']['manifest_hash']})"
+    )
+    index.close()
+
+
+def _mesh_namer():
+    try:
+        from kailin.mesh import load_mesh
+
+        mesh = load_mesh()
+    except Exception:  # no MeSH build available: show UIs
+        return lambda ui: ui
+
+    def name(ui: str) -> str:
+        try:
+            return mesh.names(ui)
+        except (KeyError, IndexError):
+            return ui
+
+    return name
+
+
+@app.command("search")
+def search(
+    index_dir: Path = typer.Argument(..., help="Index directory."),
+    query: list[str] = typer.Argument(..., help="One or more queries."),
+    k: int = typer.Option(4, "-k", "--top-k", help="Hits per query."),
+    exclude_pmid: int | None = typer.Option(
+        None, "--exclude-pmid", help="Leave this PMID out (the question's source document)."
+    ),
+    from_year: int | None = typer.Option(None, "--from-year", help="Earliest publication year."),
+    to_year: int | None = typer.Option(None, "--to-year", help="Latest publication year."),
+    corpus: Path | None = typer.Option(
+        None, "--corpus", help="Check the index is up to date with this corpus directory."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the hits as JSON."),
+) -> None:
+    """Search the index; print a table of hits with their MeSH names."""
+    from rich.console import Console
+    from rich.table import Table
+
+    index = _load(index_dir, corpus)
+    try:
+        hits = index.search(
+            query,
+            k=k,
+            exclude_pmids=[exclude_pmid] * len(query) if exclude_pmid else None,
+            years=_years(from_year, to_year),
+        )
+    finally:
+        index.close()
+    if json_out:
+        typer.echo(
+            json.dumps(
+                [
+                    {"query": q, "hits": [h.to_dict() for h in hs]}
+                    for q, hs in zip(query, hits, strict=True)
+                ],
+                indent=2,
+            )
+        )
+        return
+    name = _mesh_namer()
+    console = Console(width=max(Console().width, 120))
+    for q, hs in zip(query, hits, strict=True):
+        t = Table(title=f"{q}  ({index.kind}, top {k})", show_lines=True)
+        t.add_column("#", justify="right")
+        t.add_column("PMID")
+        t.add_column("score", justify="right")
+        t.add_column("year")
+        t.add_column("title / abstract", overflow="fold", ratio=3)
+        t.add_column("MeSH", overflow="fold", ratio=2)
+        for rank, h in enumerate(hs, 1):
+            text = h.title or h.abstract
+            text = text if len(text) <= 160 else text[:157] + "..."
+            t.add_row(
+                str(rank),
+                str(h.pmid),
+                f"{h.score:.4f}",
+                str(h.year or ""),
+                text,
+                "; ".join(name(ui) for ui in h.mesh_uis),
+            )
+        if not hs:
+            t.caption = "no hits"
+        console.print(t)
+
+
+@app.command("evaluate")
+def evaluate(
+    index_dir: Path = typer.Argument(..., help="Index directory."),
+    queries: Path = typer.Option(
+        ..., "--queries", help="PubMedQA JSON (QUESTION per PMID key) or TSV query<TAB>PMID."
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N queries."),
+    corpus: Path | None = typer.Option(
+        None, "--corpus", help="Check the index is up to date with this corpus directory."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the metrics as a JSON object."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """recall@1/4/10 and MRR of the index on labelled queries (the source is not left out)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kailin.retrieval.evaluate import evaluate as run_eval
+    from kailin.retrieval.evaluate import load_queries
+
+    labelled = load_queries(queries)[:limit]
+    index = _load(index_dir, corpus)
+    try:
+        res = run_eval(index, labelled, progress=not quiet and not json_out)
+    finally:
+        index.close()
+    res["queries"] = str(queries)
+    if json_out:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    t = Table(title=f"{index_dir} ({res['kind']}, {res['documents']} documents)")
+    for col in ("queries", "recall@1", "recall@4", "recall@10", f"MRR@{res['mrr_depth']}"):
+        t.add_column(col, justify="right")
+    t.add_row(
+        str(res["n"]), *(f"{res[f'recall@{k}']:.3f}" for k in (1, 4, 10)), f"{res['mrr']:.3f}"
+    )
+    Console().print(t)
+
+
+@app.command("embed-mesh")
+def embed_mesh(
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Folder for mesh_embeddings.npy/.json (default: a cache folder; give "
+        "the MeSH build folder to store them with the build).",
+    ),
+    mesh_dir: Path | None = typer.Option(
+        None, "--mesh", help="MeSH build folder (default: the packaged MeSH 2024 build)."
+    ),
+    model: str | None = typer.Option(None, "--model", help="Encoder (default: packaged MiniLM)."),
+    mode: str = typer.Option("full", "--mode", help="Text: name, name+entries or full (+ tree)."),
+    pairs: list[Path] = typer.Option(
+        [], "--pairs", help="Only the descriptors of these rated-pair CSV files (repeatable)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Embed MeSH descriptors (name, entry terms, tree path) for the `embedding` measure."""
+    from kailin.mesh import load_mesh
+    from kailin.retrieval.mesh_embeddings import build_mesh_embeddings, rated_pair_uis
+
+    mesh = load_mesh(mesh_dir)
+    uis = rated_pair_uis(pairs, mesh) if pairs else None
+    path = build_mesh_embeddings(mesh, model, out, uis=uis, mode=mode, progress=not quiet)
+    meta = json.loads((path / "mesh_embeddings.json").read_text(encoding="utf-8"))
+    typer.echo(
+        f"{path}: {meta['embedded']} of {meta['descriptors']} descriptors embedded "
+        f"({meta['dim']} dims, {meta['mode']})"
+    )

@@ -1,0 +1,86 @@
+"""Context retrieval: BM25, dense, hybrid and Qdrant indexes over a corpus.
+
+>>> from kailin.retrieval import build_index, load_index
+>>> index = build_index("corpus/", "index/", kind="bm25")          # doctest: +SKIP
+>>> hits = index.search(["Do statins reduce mortality?"], k=4)    # doctest: +SKIP
+>>> hits[0][0].pmid, hits[0][0].mesh_uis                          # doctest: +SKIP
+
+See ``docs/retrieval.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from kailin.retrieval.base import Hit, Index, StaleIndexError, check_fresh, read_meta
+from kailin.retrieval.registry import KINDS, index_class
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "KINDS",
+    "Hit",
+    "Index",
+    "StaleIndexError",
+    "build_index",
+    "load_index",
+]
+
+
+def build_index(
+    corpus_dir: str | Path,
+    out_dir: str | Path,
+    kind: str = "bm25",
+    *,
+    overwrite: bool = False,
+    batch_size: int = 1024,
+    progress: bool = True,
+    **opts: Any,
+) -> Index:
+    """Build an index of ``kind`` (bm25, dense, hybrid, qdrant) over the corpus at
+    ``corpus_dir`` into ``out_dir``; return it loaded.
+
+    Options (``opts``): BM25 ``k1``, ``b``, ``method``, ``stemmer``, ``stopwords``; dense/qdrant
+    ``model`` (local path or hub id; default: the packaged all-MiniLM-L6-v2), ``query_model``,
+    ``document_prefix``, ``query_prefix``, ``max_seq_length``, ``encode_batch_size``; FAISS
+    ``faiss_index`` (auto|flat|ivf|hnsw), ``exact_threshold``, ``nlist``, ``nprobe``, ``hnsw_m``,
+    ``ef_construction``, ``ef_search``; hybrid ``rrf_k`` (60), ``rrf_depth`` (100),
+    ``bm25_weight``, ``dense_weight``; qdrant ``qdrant_url``, ``collection``.
+    """
+    from kailin.retrieval.base import build
+
+    cls = index_class(kind)
+    return build(
+        cls,
+        corpus_dir,
+        out_dir,
+        opts,
+        overwrite=overwrite,
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
+def load_index(
+    index_dir: str | Path,
+    corpus: str | Path | None = None,
+    on_stale: str = "error",
+) -> Index:
+    """Load the index at ``index_dir``.
+
+    With ``corpus``, the index is checked against that corpus directory and a
+    :class:`StaleIndexError` raised (``on_stale="error"``) or a warning logged (``"warn"``) when
+    the corpus changed since the build. Without it, the corpus recorded at build time is checked
+    when it still exists, and staleness is only warned about.
+    """
+    root = Path(index_dir)
+    meta = read_meta(root)
+    if corpus is not None:
+        check_fresh(root, meta, corpus, on_stale)
+    else:
+        recorded = meta.get("corpus", {}).get("path")
+        if recorded and (Path(recorded) / "data").is_dir():
+            check_fresh(root, meta, recorded, "warn")
+    return index_class(meta.get("kind", ""))(root, meta)
