@@ -56,6 +56,9 @@ app.command("ingest")(_corpus.ingest_cmd)
 from kailin.cli import index as _index  # noqa: E402
 
 app.add_typer(_index.app, name="index")
+from kailin.cli import generate as _generate  # noqa: E402
+
+app.add_typer(_generate.app, name="generate")
 
 
 def main() -> None:

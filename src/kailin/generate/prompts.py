@@ -1,0 +1,122 @@
+"""Prompt templates for question generation.
+
+The default is KAILIN's prompt, verbatim from the authors' DPO script (the 「」 are full-width
+brackets; note the space and two newlines before ``assistant:``)::
+
+    user:Please analyze the information in the context in the field of bioinformatics:「{abstract}」 from bioinfo and generate a question for it. \\n\\nassistant:
+
+Two modes:
+
+* ``raw``: the rendered template is the whole prompt, completed as plain text. This is what the
+  KAILIN generators were fine-tuned on, so it is the right mode for them.
+* ``chat``: the instruction (the template without its ``user:`` / ``assistant:`` markers) becomes
+  the user message and the model's own chat template wraps it; an optional ``response_prefix``
+  starts the assistant's answer (e.g. ``"Question:"``). Instruction-tuned models that were never
+  trained on the raw format (SmolLM2-Instruct, Llama-3-Instruct...) do much better this way.
+
+Templates are Python format strings with the fields ``{abstract}``, ``{title}`` and ``{pmid}``;
+:func:`load_template` reads one from a file when given a path.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kailin.errors import InputError
+from kailin.llm.base import Request
+
+KAILIN_TEMPLATE = (
+    "user:Please analyze the information in the context in the field of bioinformatics:"
+    "「{abstract}」 from bioinfo and generate a question for it. \n\nassistant:"
+)
+#: the prefill that makes small instruct models write a question instead of a summary
+DEFAULT_CHAT_PREFIX = "Question:"
+FIELDS = frozenset({"abstract", "title", "pmid"})
+MODES = ("raw", "chat")
+
+
+def load_template(value: str) -> str:
+    """``value`` itself, or the contents of the file it names (UTF-8, trailing newline kept
+    off)."""
+    p = Path(value).expanduser()
+    if len(value) < 4096 and "{" not in value and p.is_file():
+        text = p.read_text(encoding="utf-8")
+        return text[:-1] if text.endswith("\n") and not text.endswith("\n\n") else text
+    if "{" not in value and (value.endswith((".txt", ".tmpl", ".j2")) or "/" in value):
+        raise InputError(f"{value}: no such template file")
+    return value
+
+
+def template_fields(template: str) -> set[str]:
+    try:
+        return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise InputError(f"prompt template is not a valid format string: {exc}") from exc
+
+
+def chat_instruction(template: str) -> str:
+    """Strip KAILIN's role markers (``user:`` ... ``assistant:``) for use as a chat message."""
+    t = template.strip()
+    if t.lower().startswith("user:"):
+        t = t[len("user:"):]
+    if t.lower().endswith("assistant:"):
+        t = t[: -len("assistant:")]
+    return t.strip()
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How an abstract becomes a request (prompt string or chat messages)."""
+
+    template: str = KAILIN_TEMPLATE
+    mode: str = "raw"
+    system: str | None = None
+    response_prefix: str = ""
+    max_abstract_chars: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"prompt mode must be one of {MODES}, got {self.mode!r}")
+        fields = template_fields(self.template)
+        unknown = fields - FIELDS
+        if unknown:
+            raise InputError(
+                f"prompt template uses unknown field(s) {sorted(unknown)}; available: "
+                f"{sorted(FIELDS)} (write literal braces as {{{{ and }}}})"
+            )
+        if "abstract" not in fields and "title" not in fields:
+            raise InputError("prompt template must contain {abstract} (or {title})")
+        if self.mode == "raw" and self.system:
+            raise InputError("a system message needs --mode chat")
+
+    def _values(self, pmid: Any, title: str | None, abstract: str | None) -> dict[str, str]:
+        a = abstract or ""
+        if self.max_abstract_chars is not None and len(a) > self.max_abstract_chars:
+            a = a[: self.max_abstract_chars].rsplit(" ", 1)[0]
+        return {"abstract": a, "title": title or "", "pmid": "" if pmid is None else str(pmid)}
+
+    def prompt_text(self, pmid: Any, title: str | None, abstract: str | None) -> str:
+        """The text recorded in the ``prompt`` column: the full prompt in raw mode, the user
+        instruction in chat mode."""
+        v = self._values(pmid, title, abstract)
+        if self.mode == "raw":
+            return self.template.format(**v) + self.response_prefix
+        return chat_instruction(self.template).format(**v)
+
+    def render(self, pmid: Any, title: str | None, abstract: str | None) -> Request:
+        text = self.prompt_text(pmid, title, abstract)
+        if self.mode == "raw":
+            return text
+        msgs = []
+        if self.system:
+            msgs.append({"role": "system", "content": self.system})
+        msgs.append({"role": "user", "content": text})
+        if self.response_prefix:
+            msgs.append({"role": "assistant", "content": self.response_prefix})
+        return msgs
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

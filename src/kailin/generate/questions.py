@@ -1,0 +1,288 @@
+"""Question generation: every configured generator writes one question per abstract.
+
+:class:`QuestionGenerationStage` is a :class:`~kailin.pipeline.stage.Stage`: it maps a corpus
+batch (``pmid``, ``title``, ``abstract``) to question rows, so the local executor or the Ray
+executor can run it. Responses go through the SQLite response cache, so a re-run, or a run
+resumed after a kill, sends no request it has already paid for.
+
+Output rows (:data:`QUESTIONS_SCHEMA`), one per (record, generator):
+``pmid, generator, backend, model, prompt_mode, prompt, question, raw, reject_reason,
+finish_reason, prompt_tokens, completion_tokens``. ``question`` is ``""`` when the raw text was
+rejected; ``reject_reason`` says why (see :mod:`kailin.generate.extract`, plus ``no_abstract``
+for records without an abstract, which are not sent to any model).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kailin.errors import InputError
+from kailin.generate.extract import REJECT_REASONS, extract_question
+from kailin.generate.prompts import PromptTemplate
+from kailin.llm.base import Backend, SamplingParams
+from kailin.llm.cache import CachedBackend, ResponseCache
+from kailin.llm.spec import BackendOptions, GeneratorSpec, build_backend, parse_generator
+from kailin.pipeline.stage import Stage
+
+log = logging.getLogger(__name__)
+
+QUESTIONS_SCHEMA = pa.schema(
+    [
+        ("pmid", pa.int64()),
+        ("generator", pa.string()),
+        ("backend", pa.string()),
+        ("model", pa.string()),
+        ("prompt_mode", pa.string()),
+        ("prompt", pa.string()),
+        ("question", pa.string()),
+        ("raw", pa.string()),
+        ("reject_reason", pa.string()),
+        ("finish_reason", pa.string()),
+        ("prompt_tokens", pa.int32()),
+        ("completion_tokens", pa.int32()),
+    ]
+)
+ALL_REJECT_REASONS = (*REJECT_REASONS, "no_abstract")
+INPUT_COLUMNS = ["pmid", "title", "abstract"]
+
+
+def _as_spec(g: GeneratorSpec | str) -> GeneratorSpec:
+    return parse_generator(g) if isinstance(g, str) else g
+
+
+class QuestionGenerationStage(Stage):
+    """Corpus batch -> one question row per (record, generator).
+
+    Args:
+        generators: ``NAME=SPEC`` strings or parsed :class:`GeneratorSpec` (with names).
+        template: how an abstract becomes a prompt (default: KAILIN's raw prompt).
+        params: decoding settings (default greedy, 64 new tokens).
+        options: backend settings (device, batch size, HTTP concurrency, API-key variable...).
+        cache_path: the SQLite response cache (default ``user_cache_dir()/llm_cache.sqlite``).
+        use_cache: ``False`` sends every request to the backend.
+        min_words, max_words: bounds on an accepted question's length.
+    """
+
+    name = "generate_questions"
+    stateful = True
+
+    def __init__(
+        self,
+        generators: Sequence[GeneratorSpec | str],
+        template: PromptTemplate | None = None,
+        params: SamplingParams | None = None,
+        options: BackendOptions | None = None,
+        cache_path: str | os.PathLike[str] | None = None,
+        use_cache: bool = True,
+        min_words: int = 3,
+        max_words: int = 80,
+    ) -> None:
+        super().__init__()
+        self.generators = [_as_spec(g) for g in generators]
+        if not self.generators:
+            raise InputError("question generation needs at least one generator")
+        names = [g.name for g in self.generators]
+        if any(not n for n in names) or len(set(names)) != len(names):
+            raise InputError(f"generators need distinct, non-empty names, got {names}")
+        self.template = template or PromptTemplate()
+        self.params = params or SamplingParams()
+        self.options = options or BackendOptions()
+        self.cache_path = str(cache_path) if cache_path is not None else None
+        self.use_cache = use_cache
+        self.min_words = min_words
+        self.max_words = max_words
+        self.uses_gpu = any(  # type: ignore[misc]
+            g.backend == "vllm" or (g.backend == "transformers"
+                                    and self.options.device.startswith("cuda"))
+            for g in self.generators
+        )
+        self._backends: dict[str, Backend] = {}
+
+    # -- Stage protocol -----------------------------------------------------------------------
+    def setup(self) -> None:
+        cache = ResponseCache(self.cache_path) if self.use_cache else None
+        for g in self.generators:
+            b = build_backend(g, self.options)
+            self._backends[g.name] = CachedBackend(b, cache) if cache is not None else b
+
+    def fingerprint_config(self) -> dict[str, Any]:
+        return {
+            "generators": [g.to_dict() for g in self.generators],
+            "template": self.template.to_dict(),
+            "params": self.params.to_dict(),
+            "min_words": self.min_words,
+            "max_words": self.max_words,
+        }
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Cache hits / misses / backend calls of this process, per generator."""
+        out = {}
+        for name, b in self._backends.items():
+            if isinstance(b, CachedBackend):
+                out[name] = {"cache_hits": b.hits, "cache_misses": b.misses,
+                             "backend_calls": b.backend_calls}
+        return out
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        missing = [c for c in ("pmid", "abstract") if c not in batch.column_names]
+        if missing:
+            raise InputError(
+                f"question generation input lacks column(s) {missing}; it needs a corpus table "
+                f"with {INPUT_COLUMNS} (see kailin.corpus.schema)"
+            )
+        pmids = batch.column("pmid").to_pylist()
+        abstracts = batch.column("abstract").to_pylist()
+        titles = (batch.column("title").to_pylist() if "title" in batch.column_names
+                  else [None] * batch.num_rows)
+        has_text = [bool(a and a.strip()) for a in abstracts]
+        todo = [i for i, ok in enumerate(has_text) if ok]
+        prompts = [self.template.prompt_text(p, t, a)
+                   for p, t, a in zip(pmids, titles, abstracts, strict=True)]
+        requests = [self.template.render(pmids[i], titles[i], abstracts[i]) for i in todo]
+        per_gen: dict[str, dict[int, Any]] = {}
+        for g in self.generators:
+            backend = self._backends[g.name]
+            completions = backend.generate(requests, self.params) if requests else []
+            per_gen[g.name] = dict(zip(todo, completions, strict=True))
+        cols: dict[str, list[Any]] = {f.name: [] for f in QUESTIONS_SCHEMA}
+        for i in range(batch.num_rows):
+            for g in self.generators:
+                backend = self._backends[g.name]
+                c = per_gen[g.name].get(i)
+                if c is None:
+                    question, reason, raw, finish, pt, ct = "", "no_abstract", "", None, None, None
+                else:
+                    ex = extract_question(c.text, self.min_words, self.max_words)
+                    question, reason = ex.question, ex.reject_reason
+                    raw, finish, pt, ct = (c.text, c.finish_reason, c.prompt_tokens,
+                                           c.completion_tokens)
+                cols["pmid"].append(pmids[i])
+                cols["generator"].append(g.name)
+                cols["backend"].append(g.backend)
+                cols["model"].append(g.model if g.backend != "openai"
+                                     else f"{g.base_url}#{g.model}")
+                cols["prompt_mode"].append(self.template.mode)
+                cols["prompt"].append(prompts[i])
+                cols["question"].append(question)
+                cols["raw"].append(raw)
+                cols["reject_reason"].append(reason)
+                cols["finish_reason"].append(finish)
+                cols["prompt_tokens"].append(pt)
+                cols["completion_tokens"].append(ct)
+        return pa.table(cols, schema=QUESTIONS_SCHEMA)
+
+
+def question_stats(table: pa.Table) -> dict[str, Any]:
+    """Per-generator row, acceptance, rejection-reason and token counts of a questions table."""
+    out: dict[str, Any] = {"rows": table.num_rows, "accepted": 0,
+                           "rejections": dict.fromkeys(ALL_REJECT_REASONS, 0), "generators": {}}
+    gens = table.column("generator").to_pylist()
+    reasons = table.column("reject_reason").to_pylist()
+    pt = table.column("prompt_tokens").to_pylist()
+    ct = table.column("completion_tokens").to_pylist()
+    for name in dict.fromkeys(gens):
+        idx = [i for i, g in enumerate(gens) if g == name]
+        counts = Counter(reasons[i] for i in idx if reasons[i] is not None)
+        accepted = sum(1 for i in idx if reasons[i] is None)
+        out["generators"][name] = {
+            "rows": len(idx),
+            "accepted": accepted,
+            "rejected": len(idx) - accepted,
+            "reject_reasons": {r: counts.get(r, 0) for r in ALL_REJECT_REASONS}
+            | {r: n for r, n in counts.items() if r not in ALL_REJECT_REASONS},
+            "prompt_tokens": sum(pt[i] or 0 for i in idx),
+            "completion_tokens": sum(ct[i] or 0 for i in idx),
+        }
+        out["accepted"] += accepted
+        for r, n in counts.items():
+            out["rejections"][r] = out["rejections"].get(r, 0) + n
+    out["rejected"] = out["rows"] - out["accepted"]
+    return out
+
+
+def generate_questions(
+    corpus_dir: str | os.PathLike[str],
+    generators: Sequence[GeneratorSpec | str],
+    out_dir: str | os.PathLike[str],
+    *,
+    template: PromptTemplate | None = None,
+    params: SamplingParams | None = None,
+    options: BackendOptions | None = None,
+    cache_path: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    rows_per_shard: int = 64,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run :class:`QuestionGenerationStage` over a corpus directory into ``out_dir``.
+
+    ``out_dir`` receives ``part-*.parquet`` (the questions table), the executor's resume markers,
+    and ``stats.json`` (rejection counts, tokens, this run's cache hits and backend calls).
+    A re-run skips finished shards; a killed run resumes where it stopped.
+    """
+    from kailin.corpus.reader import open_corpus
+    from kailin.io import read_parquet, write_json_atomic
+    from kailin.pipeline.executors.local import LocalExecutor
+
+    corpus = open_corpus(corpus_dir)
+    table = corpus.read(columns=INPUT_COLUMNS)
+    if limit is not None:
+        table = table.slice(0, limit)
+    stage = QuestionGenerationStage(generators, template=template, params=params,
+                                    options=options, cache_path=cache_path, use_cache=use_cache)
+    out = Path(out_dir)
+    _check_input(out, {"corpus": corpus.manifest_hash(), "records": table.num_rows,
+                       "rows_per_shard": rows_per_shard})
+    run = LocalExecutor(rows_per_shard=rows_per_shard, progress=progress).run(stage, table, out)
+    result = read_parquet(out) if run["rows_out"] else QUESTIONS_SCHEMA.empty_table()
+    stats = question_stats(result)
+    stats = {
+        "corpus": str(corpus_dir),
+        "records": table.num_rows,
+        **stats,
+        "generators_config": [g.to_dict() for g in stage.generators],
+        "template": stage.template.to_dict(),
+        "params": stage.params.to_dict(),
+        "this_run": {
+            "shards": run["shards"],
+            "skipped_shards": run["skipped"],
+            "seconds": round(run["seconds"], 3),
+            "generators": stage.counters(),
+        },
+    }
+    write_json_atomic(out / "stats.json", stats)
+    return stats
+
+
+def _check_input(out: Path, signature: dict[str, Any]) -> None:
+    """Shards are resumed by position, so a different input (corpus, --limit, shard size)
+    invalidates the finished shards of an earlier run: drop them, then record the new input."""
+    import json
+
+    from kailin.io import write_json_atomic
+
+    path = out / "_input.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None
+        if old != signature:
+            log.warning("%s: the input changed since the last run (%s -> %s); regenerating",
+                        out, old, signature)
+            for p in [*out.glob("part-*.parquet"), *(out / "_done").glob("*.json")]:
+                p.unlink()
+    write_json_atomic(path, signature)
+
+
+def accepted(table: pa.Table) -> pa.Table:
+    """Only the rows with an accepted question."""
+    return table.filter(pc.is_null(table.column("reject_reason")))
