@@ -59,6 +59,13 @@ app.add_typer(_index.app, name="index")
 from kailin.cli import generate as _generate  # noqa: E402
 
 app.add_typer(_generate.app, name="generate")
+from kailin.cli import align as _align  # noqa: E402
+
+app.command("score")(_align.score)
+app.command("prefer")(_align.prefer)
+from kailin.cli import train as _train  # noqa: E402
+
+app.add_typer(_train.app, name="train")
 
 
 def main() -> None:

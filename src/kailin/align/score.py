@@ -1,0 +1,265 @@
+"""Questions -> MeSH scores (KAILIN step 2-3): retrieve contexts for every question, then score
+how well the contexts' MeSH terms match the source abstract's in the MeSH hierarchy.
+
+:class:`ScoreStage` maps a batch of the questions table (``pmid``, ``generator``, ``prompt``,
+``question``, ...) to the same rows plus
+
+* ``context_pmids`` (list<int64>): the top-k retrieved PMIDs, best first;
+* ``context_titles`` (list<string>): their titles, or the first 200 characters of the abstract
+  for a record without a title (what the evaluator agent reads);
+* ``score`` (float64): ``mesh.scorer(measure).doc_scores`` of the source MeSH against the
+  contexts' MeSH: the mean over contexts of the all-pairs mean similarity. NaN when the question
+  is empty, nothing was retrieved, or the source or every context lacks known MeSH.
+
+The source abstract's MeSH UIs come from the questions table's ``mesh_uis`` column when it has
+one, else from the corpus (``corpus_dir``) looked up per batch with DuckDB. By default the source
+PMID is excluded from its own retrieval results (``exclude_source``; the authors' code does not
+exclude it: with it in the index the score mostly rewards re-finding the source itself).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from kailin.errors import InputError
+from kailin.pipeline.stage import Stage
+
+log = logging.getLogger(__name__)
+
+QUESTION_COLUMNS = ("pmid", "question")
+
+
+class ScoreStage(Stage):
+    """Retrieve top-k contexts per question and MeSH-score them against the source."""
+
+    name: ClassVar[str] = "score"
+    stateful: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        index_dir: str | os.PathLike[str],
+        corpus_dir: str | os.PathLike[str] | None = None,
+        mesh_dir: str | os.PathLike[str] | None = None,
+        k: int = 4,
+        measure: str = "kailin",
+        faithful: bool = False,
+        exclude_source: bool = True,
+        aggregate: str = "mean",
+        index: Any = None,
+        mesh: Any = None,
+    ) -> None:
+        super().__init__()
+        if k < 1:
+            raise InputError(f"k={k}: retrieve at least one context")
+        self.index_dir = str(index_dir)
+        self.corpus_dir = str(corpus_dir) if corpus_dir else None
+        self.mesh_dir = str(mesh_dir) if mesh_dir else None
+        self.k = k
+        self.measure = measure
+        self.faithful = faithful
+        self.exclude_source = exclude_source
+        self.aggregate = aggregate
+        # prebuilt resources (tests, notebooks); otherwise loaded in setup()
+        self._index = index
+        self._mesh = mesh
+        self._scorer: Any = None
+        self._corpus_files: list[str] | None = None
+
+    def fingerprint_config(self) -> dict[str, Any]:
+        return {
+            "index": os.path.abspath(self.index_dir),
+            "index_stamp": _dir_stamp(self.index_dir),
+            "corpus": os.path.abspath(self.corpus_dir) if self.corpus_dir else None,
+            "mesh": os.path.abspath(self.mesh_dir) if self.mesh_dir else None,
+            "k": self.k,
+            "measure": self.measure,
+            "faithful": self.faithful,
+            "exclude_source": self.exclude_source,
+            "aggregate": self.aggregate,
+        }
+
+    def __getstate__(self) -> dict[str, Any]:
+        # heavy resources are rebuilt by setup() in the worker
+        state = dict(self.__dict__)
+        state.update(_index=None, _mesh=None, _scorer=None, _ready=False)
+        return state
+
+    def setup(self) -> None:
+        if self._index is None:
+            from kailin.retrieval import load_index
+
+            self._index = load_index(self.index_dir)
+        if self._mesh is None:
+            from kailin.mesh import load_mesh
+
+            self._mesh = load_mesh(self.mesh_dir)
+        kw = {"aggregate": self.aggregate} if self.aggregate != "mean" else {}
+        self._scorer = self._mesh.scorer(measure=self.measure, faithful=self.faithful, **kw)
+        if self.corpus_dir:
+            from kailin.corpus.reader import open_corpus
+
+            self._corpus_files = [str(f) for f in open_corpus(self.corpus_dir).files()]
+
+    # -- the work -------------------------------------------------------------------------
+    def process(self, batch: pa.Table) -> pa.Table:
+        missing = [c for c in QUESTION_COLUMNS if c not in batch.column_names]
+        if missing:
+            raise InputError(
+                f"questions table: missing column(s) {missing}; give the output of "
+                "`kailin generate questions`"
+            )
+        pmids = [int(p) for p in batch["pmid"].to_pylist()]
+        questions = [q if isinstance(q, str) else "" for q in batch["question"].to_pylist()]
+        sources = self._source_mesh(batch, pmids)
+
+        live = [i for i, q in enumerate(questions) if q.strip()]
+        context_pmids: list[list[int]] = [[] for _ in pmids]
+        context_titles: list[list[str]] = [[] for _ in pmids]
+        context_mesh: list[list[list[str]]] = [[] for _ in pmids]
+        if live:
+            excl = [pmids[i] if self.exclude_source else None for i in live]
+            hits = self._index.search([questions[i] for i in live], k=self.k, exclude_pmids=excl)
+            if len(hits) != len(live):
+                raise RuntimeError(f"index returned {len(hits)} result lists for {len(live)} queries")
+            for i, hs in zip(live, hits, strict=True):
+                context_pmids[i] = [int(h.pmid) for h in hs]
+                context_titles[i] = [_short_text(h) for h in hs]
+                context_mesh[i] = [list(h.mesh_uis or []) for h in hs]
+
+        scores = np.full(len(pmids), np.nan, dtype=np.float64)
+        todo = [i for i in live if context_mesh[i]]
+        if todo:
+            s = np.asarray(
+                self._scorer.doc_scores([sources[i] for i in todo], [context_mesh[i] for i in todo]),
+                dtype=np.float64,
+            )
+            scores[todo] = s
+        out = batch
+        for name, col in (
+            ("context_pmids", pa.array(context_pmids, type=pa.list_(pa.int64()))),
+            ("context_titles", pa.array(context_titles, type=pa.list_(pa.string()))),
+            ("score", pa.array(scores, type=pa.float64())),
+        ):
+            if name in out.column_names:
+                out = out.drop_columns([name])
+            out = out.append_column(name, col)
+        return out
+
+    def _source_mesh(self, batch: pa.Table, pmids: list[int]) -> list[list[str]]:
+        if "mesh_uis" in batch.column_names:
+            return [list(m or []) for m in batch["mesh_uis"].to_pylist()]
+        if not self._corpus_files:
+            found = _docstore_mesh(self._index, pmids)
+            if found is None:
+                raise InputError(
+                    "questions table has no mesh_uis column and the index has no docstore: give "
+                    "the corpus (--corpus DIR) so the source abstracts' MeSH can be looked up"
+                )
+            return _report_lost(found, pmids)
+        import duckdb
+
+        con = duckdb.connect()
+        con.register("want", pa.table({"pmid": pa.array(sorted(set(pmids)), pa.int64())}))
+        rows = con.execute(
+            "SELECT c.pmid, c.mesh_uis FROM read_parquet($files) c "
+            "JOIN want w ON c.pmid = w.pmid",
+            {"files": self._corpus_files},
+        ).fetchall()
+        con.close()
+        return _report_lost({int(p): list(m or []) for p, m in rows}, pmids)
+
+
+def _short_text(hit: Any, limit: int = 200) -> str:
+    """A context's title, or the start of its abstract when it has none."""
+    title = str(getattr(hit, "title", "") or "").strip()
+    if title:
+        return title
+    ab = str(getattr(hit, "abstract", "") or "").strip()
+    return ab if len(ab) <= limit else ab[:limit].rsplit(" ", 1)[0]
+
+
+def _report_lost(found: dict[int, list[str]], pmids: list[int]) -> list[list[str]]:
+    lost = [p for p in pmids if p not in found]
+    if lost:
+        log.warning("%d source PMID(s) not found (e.g. %s): their score is NaN",
+                    len(set(lost)), lost[0])
+    return [found.get(p, []) for p in pmids]
+
+
+def _docstore_mesh(index: Any, pmids: list[int]) -> dict[int, list[str]] | None:
+    """Source MeSH from the index's own docstore (when the sources are indexed documents)."""
+    store = getattr(index, "docstore", None)
+    if store is None or not hasattr(store, "pmids") or not hasattr(store, "table"):
+        return None
+    want = np.asarray(sorted(set(pmids)), dtype=np.int64)
+    rows = np.flatnonzero(np.isin(store.pmids, want))
+    if len(rows) == 0:
+        return {}
+    sub = store.table.take(pa.array(rows, type=pa.int64())).select(["pmid", "mesh_uis"])
+    return {int(p): list(m or []) for p, m in zip(sub["pmid"].to_pylist(),
+                                                   sub["mesh_uis"].to_pylist(), strict=True)}
+
+
+def _dir_stamp(path: str) -> str | None:
+    """A cheap change marker of an index directory (newest mtime and total size)."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    files = [f for f in p.rglob("*") if f.is_file()]
+    if not files:
+        return None
+    return f"{max(f.stat().st_mtime for f in files):.0f}-{sum(f.stat().st_size for f in files)}"
+
+
+def score_questions(
+    questions: str | os.PathLike[str],
+    index_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    corpus_dir: str | os.PathLike[str] | None = None,
+    mesh_dir: str | os.PathLike[str] | None = None,
+    k: int = 4,
+    measure: str = "kailin",
+    faithful: bool = False,
+    exclude_source: bool = True,
+    aggregate: str = "mean",
+    rows_per_shard: int = 256,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run :class:`ScoreStage` locally over a questions Parquet file/directory into ``out_dir``."""
+    from kailin.pipeline.executors.local import LocalExecutor
+
+    qpath = Path(questions)
+    if not qpath.exists():
+        raise InputError(f"{qpath}: no such questions file or directory")
+    stage = ScoreStage(index_dir, corpus_dir=corpus_dir, mesh_dir=mesh_dir, k=k, measure=measure,
+                       faithful=faithful, exclude_source=exclude_source, aggregate=aggregate)
+    stats = LocalExecutor(rows_per_shard=rows_per_shard, progress=progress).run(
+        stage, qpath, out_dir
+    )
+    return stats
+
+
+def summarize_scores(table: pa.Table) -> dict[str, Any]:
+    """Per-generator count, NaN count and mean score (for the CLI table)."""
+    gens = table["generator"].to_pylist() if "generator" in table.column_names else [""] * len(table)
+    scores = table["score"].to_pylist()
+    out: dict[str, dict[str, Any]] = {}
+    for g, s in zip(gens, scores, strict=True):
+        d = out.setdefault(str(g), {"n": 0, "nan": 0, "sum": 0.0})
+        d["n"] += 1
+        if s is None or math.isnan(s):
+            d["nan"] += 1
+        else:
+            d["sum"] += s
+    return {
+        g: {"n": d["n"], "nan": d["nan"],
+            "mean": (d["sum"] / (d["n"] - d["nan"])) if d["n"] > d["nan"] else float("nan")}
+        for g, d in out.items()
+    }

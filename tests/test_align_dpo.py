@@ -1,0 +1,101 @@
+"""DPO of the question generator: the authors' defaults reach TRL, a few LoRA steps of
+SmolLM2-135M on pairs built by `kailin prefer` from real PubMedQA questions, crash and resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from kailin.align.dpo import DPOSettings, load_pairs, train_dpo
+from kailin.align.prefer import prefer
+from kailin.align.sft import format_prompt, pubmedqa_json_examples
+from kailin.errors import InputError
+
+
+def test_defaults_are_the_authors_run() -> None:
+    s = DPOSettings()
+    assert (s.beta, s.learning_rate, s.lr_scheduler, s.warmup_steps, s.weight_decay) == (
+        0.1, 5e-4, "cosine", 100, 0.05)
+    assert (s.lora.r, s.lora.alpha, s.lora.dropout) == (8, 16, 0.05)
+    assert s.lora.target_modules == ("q_proj", "k_proj", "v_proj")
+    assert (s.batch_size, s.grad_accum, s.epochs, s.max_length, s.save_steps, s.seed) == (
+        16, 4, 3.0, 1024, 50, 0)
+
+
+def test_load_pairs_checks_columns(tmp_path: Path) -> None:
+    p = tmp_path / "p.jsonl"
+    p.write_text(json.dumps({"prompt": "a", "chosen": "b"}) + "\n")
+    with pytest.raises(InputError, match="rejected"):
+        load_pairs(p)
+    p.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n")
+    assert load_pairs(p).num_rows == 1
+
+
+@pytest.fixture()
+def prefs(tmp_path: Path) -> Path:
+    """`kailin prefer` output over real PubMedQA abstracts: the abstract's own question scored
+    above the question of another abstract."""
+    ex = list(pubmedqa_json_examples())[:10]
+    rows = []
+    for i, e in enumerate(ex):
+        rows.append({"pmid": e.pmid, "generator": "real", "prompt": format_prompt(e.document),
+                     "question": e.question, "score": 0.40})
+        rows.append({"pmid": e.pmid, "generator": "other", "prompt": format_prompt(e.document),
+                     "question": ex[(i + 3) % len(ex)].question, "score": 0.15})
+    stats = prefer("scores", tmp_path / "prefs", scores=pa.Table.from_pylist(rows))
+    assert stats["kept"] == 10
+    return tmp_path / "prefs"
+
+
+@pytest.fixture()
+def one_thread():
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.slow
+def test_dpo_steps_checkpoint_resume_cli(prefs: Path, tmp_path: Path, one_thread) -> None:
+    pytest.importorskip("trl")
+    import torch
+    from transformers import TrainerCallback
+    from typer.testing import CliRunner
+
+    from kailin.cli.main import app
+
+    class Crash(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            raise KeyboardInterrupt("simulated crash")
+
+    out = tmp_path / "dpo"
+    s = DPOSettings(max_steps=2, batch_size=2, grad_accum=1, max_length=128, save_steps=1,
+                    logging_steps=1)
+    with pytest.raises(KeyboardInterrupt):
+        train_dpo(prefs, out, s, callbacks=[Crash()])
+    ck = out / "checkpoints" / "checkpoint-1"
+    assert (ck / "adapter_model.safetensors").is_file()
+    args = torch.load(ck / "training_args.bin", weights_only=False)
+    assert (args.beta, args.learning_rate, args.weight_decay, args.warmup_steps) == (
+        0.1, 5e-4, 0.05, 100)
+    assert getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type) == "cosine"
+    adapter_cfg = json.loads((ck / "adapter_config.json").read_text())
+    assert (adapter_cfg["r"], adapter_cfg["lora_alpha"]) == (8, 16)
+    assert set(adapter_cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj"}
+
+    # resume through the command line with the same settings
+    res = CliRunner().invoke(app, ["train", "dpo", str(prefs), "--out", str(out),
+                                   "--max-steps", "2", "--batch-size", "2", "--grad-accum", "1",
+                                   "--max-length", "128", "--save-steps", "1"])
+    assert res.exit_code == 0, res.output
+    assert "resumed from" in res.output and "checkpoint-1" in res.output
+    meta = json.loads((out / "kailin_train.json").read_text())
+    assert meta["global_step"] == 2 and meta["n_records"] == 10
+    logged = [h for h in meta["log_history"] if "rewards/chosen" in h]
+    assert logged, meta["log_history"]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "model" / "model.safetensors").is_file()

@@ -1,0 +1,218 @@
+"""Preference construction: every rule of `kailin prefer` on hand-made score tables."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from kailin.align.prefer import (
+    FILTERS,
+    PREFERENCES_FILE,
+    STATS_FILE,
+    PreferSettings,
+    build_preferences,
+    parse_tau,
+    prefer,
+)
+from kailin.errors import InputError
+
+NAN = float("nan")
+
+
+def table(rows: list[tuple[int, str, str | None, float | None]]) -> pa.Table:
+    """rows of (pmid, generator, question, score); prompt is derived from the pmid."""
+    return pa.table(
+        {
+            "pmid": pa.array([r[0] for r in rows], pa.int64()),
+            "generator": [r[1] for r in rows],
+            "prompt": [f"prompt {r[0]}" for r in rows],
+            "question": [r[2] for r in rows],
+            "score": pa.array([r[3] for r in rows], pa.float64()),
+        }
+    )
+
+
+def pairs_by_pmid(t: pa.Table) -> dict[int, dict]:
+    return {r["pmid"]: r for r in t.to_pylist()}
+
+
+def test_chosen_is_highest_rejected_is_lowest() -> None:
+    t = table([
+        (1, "llama", "What is A?", 0.30),
+        (1, "bio", "What is B?", 0.10),
+        (1, "third", "What is C?", 0.20),
+    ])
+    out, stats = build_preferences(t)
+    (row,) = out.to_pylist()
+    assert row["chosen"] == "What is A?" and row["rejected"] == "What is B?"
+    assert row["chosen_score"] == pytest.approx(0.30)
+    assert row["rejected_score"] == pytest.approx(0.10)
+    assert row["chosen_generator"] == "llama" and row["rejected_generator"] == "bio"
+    assert row["prompt"] == "prompt 1" and row["n_questions"] == 3
+    assert stats["kept"] == 1 and sum(stats["dropped"].values()) == 0
+
+
+def test_tau_filter_every_score_must_be_at_most_tau() -> None:
+    t = table([
+        (1, "a", "q1a?", 0.5), (1, "b", "q1b?", 0.1),     # 0.5 <= 0.5: kept
+        (2, "a", "q2a?", 0.51), (2, "b", "q2b?", 0.1),    # one above tau: dropped
+        (3, "a", "q3a?", 0.9), (3, "b", "q3b?", 0.7),     # both above
+    ])
+    out, stats = build_preferences(t)
+    assert out["pmid"].to_pylist() == [1]
+    assert stats["dropped"]["tau"] == 2
+    out, stats = build_preferences(t, PreferSettings(tau=None))
+    assert out["pmid"].to_pylist() == [1, 2, 3]
+    assert stats["dropped"]["tau"] == 0
+    out, _ = build_preferences(t, PreferSettings(tau=0.8))
+    assert out["pmid"].to_pylist() == [1, 2]
+
+
+def test_nan_scores_are_dropped_by_tau_then_band_then_nan_rule() -> None:
+    t = table([
+        (1, "a", "q1a?", NAN), (1, "b", "q1b?", 0.1),
+        (2, "a", "q2a?", None), (2, "b", "q2b?", 0.3),   # null counts as NaN
+        (3, "a", "q3a?", 0.3), (3, "b", "q3b?", 0.1),
+    ])
+    out, stats = build_preferences(t)
+    assert out["pmid"].to_pylist() == [3] and stats["dropped"]["tau"] == 2
+    out, stats = build_preferences(t, PreferSettings(tau=None, band=(0.0, 1.0)))
+    assert out["pmid"].to_pylist() == [3] and stats["dropped"]["band"] == 2
+    out, stats = build_preferences(t, PreferSettings(tau=None))
+    assert out["pmid"].to_pylist() == [3] and stats["dropped"]["nan_score"] == 2
+
+
+def test_band_is_strict_on_both_ends() -> None:
+    t = table([
+        (1, "a", "q1a?", 0.6), (1, "b", "q1b?", 0.3),    # inside (0.2, 0.7)
+        (2, "a", "q2a?", 0.7), (2, "b", "q2b?", 0.3),    # 0.7 is not < 0.7
+        (3, "a", "q3a?", 0.5), (3, "b", "q3b?", 0.2),    # 0.2 is not > 0.2
+        (4, "a", "q4a?", 0.5), (4, "b", "q4b?", 0.1),    # 0.1 outside
+    ])
+    out, stats = build_preferences(t, PreferSettings(tau=None, band=(0.2, 0.7)))
+    assert out["pmid"].to_pylist() == [1]
+    assert stats["dropped"]["band"] == 3
+    # tau runs first: pmid 2 (0.7 > 0.5) and 1 (0.6) are counted under tau
+    out, stats = build_preferences(t, PreferSettings(tau=0.5, band=(0.2, 0.7)))
+    assert out.num_rows == 0
+    assert stats["dropped"]["tau"] == 2 and stats["dropped"]["band"] == 2
+
+
+def test_ties_and_margin() -> None:
+    t = table([
+        (1, "a", "q1a?", 0.30), (1, "b", "q1b?", 0.30),   # tie
+        (2, "a", "q2a?", 0.30), (2, "b", "q2b?", 0.295),  # 0.005 apart
+        (3, "a", "q3a?", 0.30), (3, "b", "q3b?", 0.20),   # 0.1 apart
+    ])
+    out, stats = build_preferences(t)
+    assert out["pmid"].to_pylist() == [2, 3] and stats["dropped"]["tie"] == 1
+    out, stats = build_preferences(t, PreferSettings(min_margin=0.01))
+    assert out["pmid"].to_pylist() == [3]
+    assert stats["dropped"]["tie"] == 1 and stats["dropped"]["margin"] == 1
+    # exactly the margin is kept ("closer than the margin" is dropped)
+    out, _ = build_preferences(t, PreferSettings(min_margin=0.1 - 1e-12))
+    assert out["pmid"].to_pylist() == [3]
+
+
+def test_fewer_than_two_nonempty_questions() -> None:
+    t = table([
+        (1, "a", "q1a?", 0.3),                            # one question
+        (2, "a", "q2a?", 0.3), (2, "b", "   ", 0.1),      # blank
+        (3, "a", "q3a?", 0.3), (3, "b", None, 0.1),       # null
+        (4, "a", "", 0.3), (4, "b", None, 0.1),           # none at all
+        (5, "a", "q5a?", 0.3), (5, "b", "q5b?", 0.1), (5, "c", "", 0.45),
+    ])
+    out, stats = build_preferences(t)
+    assert stats["dropped"]["too_few_questions"] == 4
+    (row,) = out.to_pylist()
+    assert row["pmid"] == 5 and row["n_questions"] == 2  # the blank one is ignored
+
+
+def test_empty_questions_scores_do_not_count_for_tau() -> None:
+    # the empty question's score (0.9) is not a score "of a question": tau looks at real ones
+    t = table([(1, "a", "q1a?", 0.3), (1, "b", "q1b?", 0.1), (1, "c", "", 0.9)])
+    out, _ = build_preferences(t)
+    assert out["pmid"].to_pylist() == [1]
+
+
+def test_identical_chosen_and_rejected_text_dropped() -> None:
+    t = table([(1, "a", "Is X true?", 0.3), (1, "b", " Is X true? ", 0.1)])
+    out, stats = build_preferences(t)
+    assert out.num_rows == 0 and stats["dropped"]["same_question"] == 1
+
+
+def test_counts_add_up_and_cover_every_filter() -> None:
+    t = table([
+        (1, "a", "q?", 0.3), (1, "b", "r?", 0.1),
+        (2, "a", "q?", 0.3),
+        (3, "a", "q?", 0.9), (3, "b", "r?", 0.1),
+        (4, "a", "q?", 0.2), (4, "b", "r?", 0.2),
+    ])
+    _, stats = build_preferences(t)
+    assert set(stats["dropped"]) == set(FILTERS)
+    assert stats["pmids"] == 4 and stats["input_rows"] == 7
+    assert stats["kept"] + sum(stats["dropped"].values()) == stats["pmids"]
+
+
+def test_missing_columns_is_an_input_error() -> None:
+    t = table([(1, "a", "q?", 0.3)]).drop_columns(["score"])
+    with pytest.raises(InputError, match="score"):
+        build_preferences(t, source="x.parquet")
+
+
+def test_bad_settings() -> None:
+    with pytest.raises(InputError):
+        PreferSettings(band=(0.7, 0.2))
+    with pytest.raises(InputError):
+        PreferSettings(min_margin=-1)
+    assert parse_tau("none") is None and parse_tau("0.4") == 0.4
+    with pytest.raises(InputError):
+        parse_tau("high")
+
+
+def test_prefer_writes_hf_loadable_parquet_and_stats(tmp_path) -> None:
+    t = table([(1, "a", "q1a?", 0.3), (1, "b", "q1b?", 0.1),
+               (2, "a", "q2a?", 0.9), (2, "b", "q2b?", 0.1)])
+    src = tmp_path / "scores"
+    src.mkdir()
+    pq.write_table(t.slice(0, 2), src / "part-00000.parquet")
+    pq.write_table(t.slice(2), src / "part-00001.parquet")
+    stats = prefer(src, tmp_path / "prefs")
+    saved = json.loads((tmp_path / "prefs" / STATS_FILE).read_text())
+    assert saved["kept"] == 1 and saved["dropped"]["tau"] == 1 and stats == saved
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.load_dataset(str(tmp_path / "prefs"), split="train")
+    assert ds.num_rows == 1
+    assert {"prompt", "chosen", "rejected", "pmid", "chosen_score", "rejected_score"} <= set(
+        ds.column_names
+    )
+    assert ds[0]["chosen"] == "q1a?"
+    ds2 = datasets.load_dataset("parquet", data_files=str(tmp_path / "prefs" / PREFERENCES_FILE))
+    assert ds2["train"].num_rows == 1
+
+
+def test_cli_prefer(tmp_path) -> None:
+    from kailin.cli.main import app
+
+    t = table([(1, "a", "q1a?", 0.3), (1, "b", "q1b?", 0.1),
+               (2, "a", "q2a?", 0.9), (2, "b", "q2b?", 0.1),
+               (3, "a", "q3a?", 0.3), (3, "b", "q3b?", 0.29)])
+    pq.write_table(t, tmp_path / "scores.parquet")
+    res = CliRunner().invoke(app, ["prefer", str(tmp_path / "scores.parquet"), "--out",
+                                   str(tmp_path / "o"), "--tau", "none", "--min-margin", "0.05"])
+    assert res.exit_code == 0, res.output
+    stats = json.loads((tmp_path / "o" / STATS_FILE).read_text())
+    assert stats["kept"] == 2 and stats["dropped"]["margin"] == 1
+    assert stats["settings"]["tau"] is None
+    res = CliRunner().invoke(app, ["prefer", str(tmp_path / "scores.parquet"), "--out",
+                                   str(tmp_path / "o2"), "--band", "0.2", "0.5"])
+    assert res.exit_code == 0, res.output
+    stats = json.loads((tmp_path / "o2" / STATS_FILE).read_text())
+    assert stats["kept"] == 1 and stats["dropped"]["band"] == 1 and stats["dropped"]["tau"] == 1
+    assert not math.isnan(pq.read_table(tmp_path / "o2" / PREFERENCES_FILE)["chosen_score"][0]
+                          .as_py())
