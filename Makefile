@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   - create .venv, install kailin with its extras, run the pipeline on the bundled sample
+#   make demo   - create .venv, install kailin with its extras, run the whole pipeline on the
+#                 bundled sample (configs/demo.yaml; results in runs/demo)
 #   make test   - same set-up, then the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,8 +20,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/kailin mesh build --descriptors data/samples/mesh2024/mesh_id_label_mappings.tsv --frequencies data/samples/mesh_frequency_pmc_oa/mesh_heading_doc_freq_with_ui.tsv --out runs/demo/mesh
-	$(VENV)/bin/kailin mesh evaluate data/samples/term_similarity_dev/*.csv --mesh runs/demo/mesh
+	$(VENV)/bin/kailin run configs/demo.yaml
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

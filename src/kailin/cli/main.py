@@ -49,6 +49,21 @@ def _root(
 from kailin.cli import mesh as _mesh  # noqa: E402
 
 app.add_typer(_mesh.app, name="mesh")
+from kailin.cli import evaluate as _evaluate  # noqa: E402
+
+app.add_typer(_evaluate.app, name="evaluate")
+from kailin.cli import dataset as _dataset  # noqa: E402
+
+app.add_typer(_dataset.app, name="dataset")
+from kailin.cli import align as _align  # noqa: E402
+
+app.command("score")(_align.score)
+app.command("prefer")(_align.prefer)
+from kailin.cli import evaluate_generator as _evaluate_generator  # noqa: E402, F401
+from kailin.cli import train as _train  # noqa: E402
+from kailin.cli import train_downstream as _train_downstream  # noqa: E402, F401
+
+app.add_typer(_train.app, name="train")
 from kailin.cli import corpus as _corpus  # noqa: E402
 
 app.add_typer(_corpus.app, name="corpus")
@@ -59,13 +74,10 @@ app.add_typer(_index.app, name="index")
 from kailin.cli import generate as _generate  # noqa: E402
 
 app.add_typer(_generate.app, name="generate")
-from kailin.cli import align as _align  # noqa: E402
+from kailin.cli import run as _run  # noqa: E402
 
-app.command("score")(_align.score)
-app.command("prefer")(_align.prefer)
-from kailin.cli import train as _train  # noqa: E402
-
-app.add_typer(_train.app, name="train")
+app.command("run")(_run.run)
+app.command("status")(_run.status)
 
 
 def main() -> None:

@@ -1,0 +1,326 @@
+"""Answer PubMedQA with a causal LM: log-likelihood scoring of yes/no/maybe, or generation.
+
+Two settings (MET §7.9, m-KAILIN "reasoning-required vs question-only"):
+
+* ``reasoning_required``: the model sees the abstract's contexts (without its conclusion) and the
+  question;
+* ``question_only``: the model sees the question alone.
+
+Two ways to answer, both zero-shot and greedy:
+
+* ``loglik`` (default): the answer is the label whose continuation has the highest summed
+  log-probability after the prompt. Every item gets a valid label, which makes the metric
+  meaningful even for a 135M model that rarely follows an answer format. When each label is a
+  single token (the usual case) one forward pass per prompt gives all three scores; otherwise each
+  (prompt, label) pair is scored. Prompts are batched (left padding, explicit position ids, and
+  only the needed logits are materialised).
+* ``generate``: greedy generation; the first ``yes``/``no``/``maybe`` word in the output is the
+  answer. Outputs without one count as ``maybe`` and are reported as ``unparsed``.
+
+With ``chat="auto"`` the prompt is wrapped in the tokenizer's chat template when it has one (the
+label is then the start of the assistant turn); ``chat="never"`` uses the plain prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kailin.errors import InputError
+from kailin.evaluate.pubmedqa import (
+    LABELS,
+    PubMedQAItem,
+    load_ground_truth,
+    score_predictions,
+    test_items,
+)
+from kailin.io import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+SETTINGS: tuple[str, ...] = ("reasoning_required", "question_only")
+METHODS: tuple[str, ...] = ("loglik", "generate")
+INSTRUCTION = "Answer the question with yes, no, or maybe."
+
+_ANSWER_RE = re.compile(r"\b(yes|no|maybe)\b", re.IGNORECASE)
+
+
+def build_prompt(item: PubMedQAItem, setting: str) -> str:
+    """The zero-shot prompt of one item (the answer follows ``Answer:``)."""
+    if setting not in SETTINGS:
+        raise InputError(f"unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
+    parts = []
+    if setting == "reasoning_required":
+        parts.append("Context: " + " ".join(c.strip() for c in item.contexts))
+    parts.append(f"Question: {item.question.strip()}")
+    parts.append(INSTRUCTION)
+    return "\n".join(parts) + "\nAnswer:"
+
+
+def parse_answer(text: str) -> str | None:
+    """The first yes/no/maybe word of a generated answer, or None."""
+    m = _ANSWER_RE.search(text)
+    return m.group(1).lower() if m else None
+
+
+class LMAnswerer:
+    """A causal LM (plus tokenizer) that answers PubMedQA prompts in batches."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        batch_size: int = 8,
+        max_length: int = 1024,
+        chat: str = "auto",
+        max_new_tokens: int = 32,
+    ) -> None:
+        if chat not in ("auto", "always", "never"):
+            raise InputError(f"chat must be auto, always or never, got {chat!r}")
+        self.model = model.eval()
+        self.tok = tokenizer
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.max_new_tokens = max_new_tokens
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if chat == "always" and not has_template:
+            raise InputError("chat='always' but the tokenizer has no chat template")
+        self.use_chat = chat == "always" or (chat == "auto" and has_template)
+
+    # --- prompt handling ----------------------------------------------------------------------
+
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        if self.use_chat:
+            text = self.tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+            ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = self.tok(prompt)["input_ids"]
+        return ids
+
+    def _choice_ids(self, choices: Sequence[str]) -> dict[str, list[int]]:
+        sep = "" if self.use_chat else " "
+        return {lab: self.tok(sep + lab, add_special_tokens=False)["input_ids"] for lab in choices}
+
+    def _truncate(self, ids: list[int], room: int) -> list[int]:
+        # keep the end (question and answer cue); contexts come first and lose their beginning
+        limit = self.max_length - room
+        return ids[-limit:] if len(ids) > limit else ids
+
+    def _batch(self, seqs: Sequence[list[int]]) -> tuple[Any, Any, Any]:
+        import torch
+
+        width = max(len(s) for s in seqs)
+        pad = self.tok.pad_token_id
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):  # left padding: every row ends at the last column
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        dev = self.model.device
+        return ids.to(dev), mask.to(dev), pos.to(dev)
+
+    def _last_logits(self, ids: Any, mask: Any, pos: Any, keep: int) -> Any:
+        """Log-softmax of the last ``keep`` positions' logits, shape [B, keep, V]."""
+        import torch
+
+        try:
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                             logits_to_keep=keep, use_cache=False)
+        except TypeError:  # a model without logits_to_keep
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+        return torch.log_softmax(out.logits[:, -keep:, :].float(), dim=-1)
+
+    # --- answering ----------------------------------------------------------------------------
+
+    def loglik(
+        self, prompts: Sequence[str], labels: Sequence[str] = LABELS, progress: bool = True
+    ) -> list[dict[str, float]]:
+        """Summed log-probability of each label (default yes/no/maybe) after each prompt."""
+        import torch
+        from tqdm.auto import tqdm
+
+        labels = tuple(labels)
+        choices = self._choice_ids(labels)
+        room = max(len(c) for c in choices.values())
+        prompt_ids = [self._truncate(self._prompt_ids(p), room) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompt_ids[i]))
+        out: list[dict[str, float]] = [{} for _ in prompts]
+        single = all(len(c) == 1 for c in choices.values())
+        bar = tqdm(total=len(prompts), desc="loglik", unit="q", disable=not progress, leave=False)
+        with torch.inference_mode():
+            if single:
+                label_ids = [choices[lab][0] for lab in labels]
+                for s in range(0, len(order), self.batch_size):
+                    idx = order[s:s + self.batch_size]
+                    lp = self._last_logits(*self._batch([prompt_ids[i] for i in idx]), keep=1)
+                    for row, i in enumerate(idx):
+                        out[i] = {lab: float(lp[row, 0, t]) for lab, t in zip(labels, label_ids, strict=True)}
+                    bar.update(len(idx))
+            else:
+                pairs = [(i, lab) for i in order for lab in labels]
+                step = max(1, self.batch_size)
+                for s in range(0, len(pairs), step):
+                    chunk = pairs[s:s + step]
+                    seqs = [prompt_ids[i] + choices[lab] for i, lab in chunk]
+                    keep = room + 1
+                    lp = self._last_logits(*self._batch(seqs), keep=keep)
+                    for row, (i, lab) in enumerate(chunk):
+                        c = choices[lab]
+                        # logits at position t predict token t+1; the label's tokens are the
+                        # last len(c) tokens, predicted by the len(c) positions before the end
+                        total = 0.0
+                        for j, tok in enumerate(c):
+                            total += float(lp[row, keep - 1 - len(c) + j, tok])
+                        out[i][lab] = total
+                    bar.update(len(chunk) / len(labels))
+        bar.close()
+        return out
+
+    def generate(self, prompts: Sequence[str], progress: bool = True) -> list[str]:
+        """Greedy completions of the prompts."""
+        import torch
+        from tqdm.auto import tqdm
+
+        prompt_ids = [self._truncate(self._prompt_ids(p), self.max_new_tokens) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompt_ids[i]))
+        out = [""] * len(prompts)
+        bar = tqdm(total=len(prompts), desc="generate", unit="q", disable=not progress,
+                   leave=False)
+        with torch.inference_mode():
+            for s in range(0, len(order), self.batch_size):
+                idx = order[s:s + self.batch_size]
+                ids, mask, _ = self._batch([prompt_ids[i] for i in idx])
+                gen = self.model.generate(
+                    input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens,
+                    do_sample=False, pad_token_id=self.tok.pad_token_id,
+                )
+                for row, i in enumerate(idx):
+                    out[i] = self.tok.decode(gen[row, ids.shape[1]:], skip_special_tokens=True)
+                bar.update(len(idx))
+        bar.close()
+        return out
+
+
+def load_answerer(
+    model: str | os.PathLike[str],
+    adapter: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+    **kwargs: Any,
+) -> LMAnswerer:
+    """An :class:`LMAnswerer` for a model spec (local path, hub id, ``smollm2``, or a kailin
+    training output), optionally with a LoRA adapter directory applied on top."""
+    from kailin.train.common import load_model, load_tokenizer
+
+    tok = load_tokenizer(model, padding_side="left")
+    lm = load_model(model, device=device)
+    if adapter is not None:
+        ad = Path(adapter)
+        if not (ad / "adapter_config.json").is_file():
+            raise InputError(f"--adapter {ad}: not a PEFT adapter directory "
+                             "(no adapter_config.json)")
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, str(ad)).merge_and_unload()
+    return LMAnswerer(lm, tok, **kwargs)
+
+
+def answer_items(
+    answerer: LMAnswerer,
+    items: Sequence[PubMedQAItem],
+    setting: str,
+    method: str = "loglik",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Predictions (``{pmid: label}``) and per-item details for one setting."""
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    prompts = [build_prompt(it, setting) for it in items]
+    preds: dict[str, str] = {}
+    details: dict[str, Any] = {}
+    unparsed = 0
+    if method == "loglik":
+        scores = answerer.loglik(prompts, progress=progress)
+        for it, sc in zip(items, scores, strict=True):
+            preds[it.pmid] = max(LABELS, key=lambda lab: sc[lab])
+            details[it.pmid] = {lab: round(v, 4) for lab, v in sc.items()}
+    else:
+        texts = answerer.generate(prompts, progress=progress)
+        for it, text in zip(items, texts, strict=True):
+            lab = parse_answer(text)
+            if lab is None:
+                unparsed += 1
+                lab = "maybe"
+            preds[it.pmid] = lab
+            details[it.pmid] = text
+    return {"predictions": preds, "details": details, "unparsed": unparsed}
+
+
+def evaluate_model(
+    model: str | os.PathLike[str],
+    adapter: str | os.PathLike[str] | None = None,
+    settings: Sequence[str] = SETTINGS,
+    method: str = "loglik",
+    limit: int | None = None,
+    batch_size: int = 8,
+    max_length: int = 1024,
+    chat: str = "auto",
+    max_new_tokens: int = 32,
+    device: str | None = None,
+    predictions_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    answerer: LMAnswerer | None = None,
+) -> dict[str, Any]:
+    """Evaluate a causal LM on the official PQA-L test split in each setting.
+
+    Returns ``{"model", "adapter", "method", "chat_template", "limit", "n", "settings":
+    {setting: {"accuracy", "macro_f1", "n", "per_label_f1", "label_counts", "by_year",
+    "by_mesh", "unparsed"}}, "seconds"}``. With ``predictions_dir`` the official-format
+    predictions of each setting are written to ``pred_{setting}.json`` there.
+    """
+    for s in settings:
+        if s not in SETTINGS:
+            raise InputError(f"unknown setting {s!r}; choose from {', '.join(SETTINGS)}")
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    items = test_items(limit)
+    gt_all = load_ground_truth()
+    gt = {it.pmid: gt_all[it.pmid] for it in items}
+    t0 = time.perf_counter()
+    ans = answerer or load_answerer(
+        model, adapter, device=device, batch_size=batch_size, max_length=max_length, chat=chat,
+        max_new_tokens=max_new_tokens,
+    )
+    result: dict[str, Any] = {
+        "model": str(model),
+        "adapter": str(adapter) if adapter else None,
+        "method": method,
+        "chat_template": ans.use_chat,
+        "limit": limit,
+        "n": len(items),
+        "settings": {},
+    }
+    for s in settings:
+        t1 = time.perf_counter()
+        out = answer_items(ans, items, s, method, progress=progress)
+        res = score_predictions(out["predictions"], gt, source=f"{s} predictions")
+        res["unparsed"] = out["unparsed"]
+        res["seconds"] = round(time.perf_counter() - t1, 2)
+        if predictions_dir is not None:
+            p = Path(predictions_dir) / f"pred_{s}.json"
+            write_json_atomic(p, out["predictions"])
+            res["predictions_file"] = str(p)
+        result["settings"][s] = res
+        log.info("%s: accuracy %.4f macro-F1 %.4f (n=%d)", s, res["accuracy"], res["macro_f1"],
+                 res["n"])
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result

@@ -1,0 +1,203 @@
+"""The ``kailin run`` configuration: one YAML file, validated with pydantic.
+
+Every section has working defaults, so a config only states what differs. Unknown keys are
+errors (a typo must not silently fall back to a default). Paths are relative to the config
+file's folder unless absolute.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kailin.errors import InputError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExecutorConfig(_Section):
+    kind: Literal["local", "ray"] = "local"
+    rows_per_shard: int = Field(64, ge=1)
+    num_cpus: int | None = Field(None, ge=1, description="Ray: CPUs of a local instance")
+    address: str | None = Field(None, description="Ray: address of an existing cluster")
+    concurrency: int | None = Field(None, ge=1, description="Ray: actors per model stage")
+    num_gpus_per_worker: float = Field(0.0, ge=0)
+
+
+class CorpusConfig(_Section):
+    demo: bool = Field(False, description="build the bundled demo corpus (real sample data)")
+    inputs: list[str] = Field(default_factory=list, description="files/folders to ingest")
+    corpus_dir: str | None = Field(None, description="an existing corpus folder to use as is")
+    exclude_pmids: str | None = None
+    workers: int = Field(1, ge=1)
+    select_mesh: list[str] = Field(default_factory=list)
+    select_years: str | None = None
+    limit: int | None = Field(None, ge=1, description="abstracts to distil (first N by pmid "
+                              "with MeSH and abstract)")
+    heldout: int = Field(0, ge=0, description="abstracts kept apart for the generator "
+                         "evaluation")
+
+
+class MeshConfig(_Section):
+    dir: str | None = Field(None, description="MeSH build folder; default: the packaged one")
+    measure: str = "kailin"
+    faithful: bool = False
+    aggregate: Literal["mean", "bma"] = "mean"
+
+
+class IndexConfig(_Section):
+    kind: Literal["bm25", "dense", "hybrid"] = "bm25"
+    model: str | None = None
+    k: int = Field(4, ge=1)
+    leave_source_out: bool = True
+
+
+class SFTConfig(_Section):
+    enabled: bool = True
+    data: str = Field("pubmedqa", description="pubmedqa (packaged PQA-L, test set excluded), "
+                      "or a PubMedQA/BioASQ JSON path")
+    limit: int | None = Field(None, ge=1)
+    max_steps: int = Field(10, ge=1)
+    batch_size: int = Field(2, ge=1)
+    learning_rate: float | None = None
+    max_length: int = Field(256, ge=32)
+    lora: bool = True
+
+
+class GeneratorConfig(_Section):
+    name: str
+    model: str = Field("smollm2", description="smollm2, a local path or a hub id")
+    question_type: Literal["any", "general", "yesno"] = "any"
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or not v.replace("_", "").replace("-", "").isalnum():
+            raise ValueError("generator names are letters, digits, '-' and '_'")
+        return v
+
+
+class GenerationConfig(_Section):
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+    template: str | None = None
+    mode: Literal["raw", "chat"] = Field("raw", description="raw: the KAILIN prompt as text "
+                                         "(what SFT trains on); chat: the model's chat template")
+    max_abstract_chars: int | None = Field(2000, ge=100)
+    threads: int | None = Field(None, ge=1, description="torch threads per worker")
+
+
+class PreferenceConfig(_Section):
+    tau: float | None = 0.5
+    band: tuple[float, float] | None = None
+    min_margin: float = Field(0.0, ge=0)
+    labeller: Literal["mesh", "evaluator"] = "mesh"
+
+
+class DPOConfig(_Section):
+    enabled: bool = True
+    generator: str | None = Field(None, description="which generator to align (default: the "
+                                  "first)")
+    max_steps: int = Field(10, ge=1)
+    batch_size: int = Field(2, ge=1)
+    learning_rate: float = 5e-4
+    warmup_steps: int = Field(100, ge=0)
+    beta: float = 0.1
+    max_length: int = Field(512, ge=32)
+
+
+class EvaluatorConfig(_Section):
+    enabled: bool = False
+
+
+class AnswerConfig(_Section):
+    enabled: bool = True
+    teacher: str = "smollm2"
+    max_new_tokens: int = Field(96, ge=1)
+    grounding: Literal["lexical", "embedding", "nli", "llm", "none"] = "embedding"
+    filter_ungrounded: bool = False
+    limit: int | None = Field(None, ge=1)
+
+
+class ExportConfig(_Section):
+    template: str | None = None
+    exclude_pubmedqa_test: bool = True
+
+
+class DownstreamConfig(_Section):
+    enabled: bool = True
+    model: str = "smollm2"
+    cpt_steps: int = Field(10, ge=1)
+    sft_steps: int = Field(0, ge=0)
+    batch_size: int = Field(2, ge=1)
+    max_length: int = Field(512, ge=32)
+    learning_rate: float = 2e-5
+
+
+class PubMedQAConfig(_Section):
+    enabled: bool = True
+    settings: list[Literal["reasoning_required", "question_only"]] = Field(
+        default_factory=lambda: ["reasoning_required", "question_only"])
+    limit: int | None = Field(None, ge=1, description="first N test PMIDs (all 500 if unset)")
+    method: Literal["loglik", "generate"] = "loglik"
+    batch_size: int = Field(8, ge=1)
+
+
+class RunConfig(_Section):
+    run_dir: str = "runs/kailin"
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    mesh: MeshConfig = Field(default_factory=MeshConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    generators: list[GeneratorConfig] = Field(
+        default_factory=lambda: [GeneratorConfig(name="general"),
+                                 GeneratorConfig(name="yesno", question_type="yesno")])
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    preferences: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+    evaluator: EvaluatorConfig = Field(default_factory=EvaluatorConfig)
+    answers: AnswerConfig = Field(default_factory=AnswerConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    downstream: DownstreamConfig = Field(default_factory=DownstreamConfig)
+    pubmedqa: PubMedQAConfig = Field(default_factory=PubMedQAConfig)
+
+    @field_validator("generators")
+    @classmethod
+    def _generators(cls, v: list[GeneratorConfig]) -> list[GeneratorConfig]:
+        if len(v) < 2:
+            raise ValueError("KAILIN needs at least two generators (chosen vs rejected)")
+        names = [g.name for g in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"generator names must be unique: {names}")
+        return v
+
+
+def load_config(path: str | Path) -> tuple[RunConfig, Path]:
+    """Parse and validate a config file (safe YAML loader); returns it and its folder."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: the config must be a mapping of sections")
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            lines.append(f"  {loc}: {err['msg']}")
+        raise InputError(f"{path}: invalid config:\n" + "\n".join(lines)) from None
+    return cfg, path.parent.resolve()

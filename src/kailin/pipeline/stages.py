@@ -1,0 +1,414 @@
+"""The pipeline's stages, in order, each a thin call into the library.
+
+=====================  ==========================================  ============================
+stage                  does                                        writes (under RUN_DIR)
+=====================  ==========================================  ============================
+corpus                 ingest files / build the demo corpus,       corpus/ (+ subset/)
+                       select, keep N distil + M held-out
+index                  BM25 / dense / hybrid index of the corpus   index/
+sft:<generator>        SFT each question generator                 models/<gen>-sft/
+questions              every generator writes one question per     questions/ (shards)
+                       abstract (record-level, executor)
+score                  top-k contexts + MeSH score (executor)      scores/ (shards)
+evaluator              m-KAILIN judge on the MeSH labels (opt.)    evaluator/
+prefer                 chosen / rejected pairs + filter counts     preferences/
+dpo                    DPO of the aligned generator                models/<gen>-dpo/
+generator_eval         MeSH score before vs after DPO, bootstrap   reports/generator.json
+answers                teacher answers + grounding (executor)      answers/ (shards)
+export                 CPT text, SFT records, triples, card        export/
+downstream             continued pretraining of a downstream LM    models/downstream/
+pubmedqa               PQA-L test, before and after training       reports/pubmedqa.json
+=====================  ==========================================  ============================
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kailin.io import read_parquet, write_json_atomic, write_parquet_atomic
+from kailin.pipeline.config import RunConfig
+from kailin.pipeline.run import RunContext, StageSpec
+
+log = logging.getLogger("kailin.run")
+
+#: record-level stages: where their shard parts live (for `kailin status`)
+STAGE_OUTPUTS = {"questions": "questions", "score": "scores", "answers": "answers"}
+
+
+def _dump(model: Any) -> Any:
+    return model.model_dump(mode="json") if hasattr(model, "model_dump") else model
+
+
+# --- corpus -----------------------------------------------------------------------------------
+def corpus_stage(ctx: RunContext) -> dict:
+    from kailin.corpus.query import select
+    from kailin.corpus.reader import open_corpus
+
+    c = ctx.cfg.corpus
+    full = ctx.path("corpus", "full")
+    if c.corpus_dir:
+        full = ctx.resolve(c.corpus_dir)
+        open_corpus(full)
+    elif c.demo:
+        from kailin.corpus.demo import build_demo_corpus
+
+        build_demo_corpus(full, progress=ctx.progress)
+    elif c.inputs:
+        from kailin.corpus.store import ingest
+
+        ingest([ctx.resolve(p) for p in c.inputs], full,
+               exclude_pmids=ctx.resolve(c.exclude_pmids), workers=c.workers,
+               progress=ctx.progress)  # PubMedQA test PMIDs are excluded by default
+    else:
+        from kailin.errors import InputError
+
+        raise InputError("corpus: set demo: true, inputs: [files], or corpus_dir")
+    src = full
+    if c.select_mesh or c.select_years:
+        src = ctx.path("corpus", "selected")
+        select(full, c.select_mesh, src, years=c.select_years)
+    # the working set: abstracts with MeSH, sorted by PMID; the first N are distilled, the next
+    # M are held out for the generator evaluation
+    t = open_corpus(src).read()
+    keep = pc.and_(pc.greater(pc.utf8_length(pc.fill_null(t["abstract"], "")), 0),
+                   pc.greater(pc.list_value_length(t["mesh_uis"]), 0))
+    t = t.filter(pc.fill_null(keep, False)).sort_by("pmid")
+    n = c.limit or t.num_rows
+    work, held = t.slice(0, n), t.slice(n, c.heldout)
+    write_parquet_atomic(work, ctx.path("corpus", "work.parquet"))
+    write_parquet_atomic(held, ctx.path("corpus", "heldout.parquet"))
+    return {"corpus_records": open_corpus(src).num_rows, "distil": work.num_rows,
+            "heldout": held.num_rows}
+
+
+def corpus_dir(ctx: RunContext) -> Path:
+    c = ctx.cfg.corpus
+    if c.corpus_dir:
+        return ctx.resolve(c.corpus_dir)
+    if c.select_mesh or c.select_years:
+        return ctx.path("corpus", "selected")
+    return ctx.path("corpus", "full")
+
+
+# --- index ------------------------------------------------------------------------------------
+def index_stage(ctx: RunContext) -> dict:
+    from kailin.retrieval import build_index
+
+    ix = ctx.cfg.index
+    opts: dict[str, Any] = {}
+    if ix.model:
+        opts["model"] = ix.model
+    index = build_index(corpus_dir(ctx), ctx.path("index"), kind=ix.kind, overwrite=True,
+                        progress=ctx.progress, **opts)
+    return {"kind": ix.kind,
+            "documents": int(index.describe().get("counts", {}).get("documents", 0))}
+
+
+# --- generators -------------------------------------------------------------------------------
+def _sft_data(ctx: RunContext, data: str) -> list[str]:
+    return [data if data == "pubmedqa" else str(ctx.resolve(data))]
+
+
+def sft_stage(gen_name: str):
+    def fn(ctx: RunContext) -> dict:
+        from kailin.align.sft import SFTSettings, train_sft
+
+        g = next(g for g in ctx.cfg.generators if g.name == gen_name)
+        s = g.sft
+        settings = SFTSettings(model=g.model, question_type=g.question_type, use_lora=s.lora,
+                               learning_rate=s.learning_rate, max_steps=s.max_steps,
+                               batch_size=s.batch_size, max_length=s.max_length,
+                               max_examples=s.limit, save_steps=max(s.max_steps, 1),
+                               logging_steps=max(1, s.max_steps // 5))
+        meta = train_sft(_sft_data(ctx, s.data), ctx.path("models", f"{gen_name}-sft"),
+                         settings)
+        return {k: meta[k] for k in ("n_examples", "train_loss", "steps") if k in meta}
+
+    return fn
+
+
+def generator_model(ctx: RunContext, gen_name: str) -> str:
+    """The model a generator writes questions with: its SFT output when SFT is on."""
+    g = next(g for g in ctx.cfg.generators if g.name == gen_name)
+    if g.sft.enabled:
+        return str(ctx.path("models", f"{gen_name}-sft", "model"))
+    return g.model
+
+
+def _question_stage(ctx: RunContext, specs: list[str]):
+    from kailin.generate.prompts import PromptTemplate
+    from kailin.generate.questions import QuestionGenerationStage
+    from kailin.llm.base import SamplingParams
+    from kailin.llm.spec import BackendOptions
+
+    gcfg = ctx.cfg.generation
+    tmpl = PromptTemplate(**({"template": gcfg.template} if gcfg.template else {}),
+                          mode=gcfg.mode, max_abstract_chars=gcfg.max_abstract_chars)
+    params = SamplingParams(max_new_tokens=gcfg.max_new_tokens, temperature=gcfg.temperature,
+                            top_p=gcfg.top_p, seed=gcfg.seed)
+    opts = BackendOptions(batch_size=gcfg.batch_size, threads=gcfg.threads)
+    return QuestionGenerationStage(specs, template=tmpl, params=params, options=opts,
+                                   cache_path=ctx.path("cache", "llm.sqlite"))
+
+
+def questions_stage(ctx: RunContext) -> dict:
+    from kailin.generate.questions import question_stats
+
+    specs = [f"{g.name}={generator_model(ctx, g.name)}" for g in ctx.cfg.generators]
+    stage = _question_stage(ctx, specs)
+    work = read_parquet(ctx.path("corpus", "work.parquet"), columns=["pmid", "title", "abstract"])
+    stats = ctx.executor().run(stage, work, ctx.path("questions"))
+    qs = read_parquet(ctx.path("questions"))
+    return {"rows": stats["rows_out"], **_flat(question_stats(qs))}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif not isinstance(v, list):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# --- scoring and preferences ------------------------------------------------------------------
+def _score_stage(ctx: RunContext):
+    from kailin.align.score import ScoreStage
+
+    m, ix = ctx.cfg.mesh, ctx.cfg.index
+    return ScoreStage(ctx.path("index"), corpus_dir=corpus_dir(ctx),
+                      mesh_dir=ctx.resolve(m.dir), k=ix.k, measure=m.measure,
+                      faithful=m.faithful, exclude_source=ix.leave_source_out)
+
+
+def score_stage(ctx: RunContext) -> dict:
+    from kailin.align.score import summarize_scores
+
+    stats = ctx.executor().run(_score_stage(ctx), ctx.path("questions"), ctx.path("scores"))
+    scores = read_parquet(ctx.path("scores"))
+    return {"rows": stats["rows_out"], **_flat(summarize_scores(scores))}
+
+
+def evaluator_stage(ctx: RunContext) -> dict:
+    from kailin.align.evaluator import train_evaluator
+
+    res = train_evaluator(ctx.path("scores"), ctx.path("evaluator"))
+    return {k: v for k, v in res.items() if isinstance(v, int | float | str)}
+
+
+def prefer_stage(ctx: RunContext) -> dict:
+    from kailin.align.prefer import PreferSettings, prefer
+
+    p = ctx.cfg.preferences
+    scores = None
+    if p.labeller == "evaluator":
+        from kailin.align.evaluator import relabel_scores
+
+        scores = relabel_scores(read_parquet(ctx.path("scores")), ctx.path("evaluator"))
+    stats = prefer(ctx.path("scores"), ctx.path("preferences"),
+                   PreferSettings(tau=p.tau, band=p.band, min_margin=p.min_margin),
+                   scores=scores)
+    return _flat({k: v for k, v in stats.items() if k not in ("settings", "output")})
+
+
+def _dpo_generator(cfg: RunConfig) -> str:
+    return cfg.dpo.generator or cfg.generators[0].name
+
+
+def dpo_stage(ctx: RunContext) -> dict:
+    from kailin.align.dpo import DPOSettings, train_dpo
+    from kailin.align.prefer import PREFERENCES_FILE
+
+    d = ctx.cfg.dpo
+    gen = _dpo_generator(ctx.cfg)
+    pairs = read_parquet(ctx.path("preferences", PREFERENCES_FILE))
+    if pairs.num_rows == 0:
+        from kailin.errors import KailinError
+
+        raise KailinError("dpo: the preference stage kept no pairs; loosen preferences.tau / "
+                          "band / min_margin or distil more abstracts (corpus.limit)")
+    settings = DPOSettings(model=generator_model(ctx, gen), beta=d.beta,
+                           learning_rate=d.learning_rate, warmup_steps=d.warmup_steps,
+                           batch_size=d.batch_size, grad_accum=1, max_steps=d.max_steps,
+                           max_length=d.max_length, save_steps=max(d.max_steps, 1),
+                           logging_steps=max(1, d.max_steps // 5))
+    meta = train_dpo(pairs, ctx.path("models", f"{gen}-dpo"), settings)
+    return {"pairs": pairs.num_rows,
+            **{k: meta[k] for k in ("train_loss", "steps") if k in meta}}
+
+
+def generator_eval_stage(ctx: RunContext) -> dict:
+    from kailin.align.generator_eval import compare_score_tables, json_result
+
+    gen = _dpo_generator(ctx.cfg)
+    held = read_parquet(ctx.path("corpus", "heldout.parquet"),
+                        columns=["pmid", "title", "abstract"])
+    tables = {}
+    for tag, model in (("before", generator_model(ctx, gen)),
+                       ("after", str(ctx.path("models", f"{gen}-dpo", "model")))):
+        stage = _question_stage(ctx, [f"{gen}={model}"])
+        ctx.executor().run(stage, held, ctx.path("generator_eval", tag, "questions"))
+        ctx.executor().run(_score_stage(ctx), ctx.path("generator_eval", tag, "questions"),
+                           ctx.path("generator_eval", tag, "scores"))
+        tables[tag] = read_parquet(ctx.path("generator_eval", tag, "scores"))
+    res = compare_score_tables(tables["before"], tables["after"])
+    out = json_result(res)
+    out.update({"generator": gen, "before_model": generator_model(ctx, gen),
+                "after_model": str(ctx.path("models", f"{gen}-dpo", "model"))})
+    write_json_atomic(ctx.path("reports", "generator.json"), out)
+    return {k: v for k, v in out.items() if isinstance(v, int | float)}
+
+
+# --- dataset ----------------------------------------------------------------------------------
+def _best_questions(scores: pa.Table) -> pa.Table:
+    """Per PMID, the best-scoring non-empty question (the one a preference pair would choose)."""
+    import duckdb
+
+    from kailin.corpus.store import arrow_table
+
+    con = duckdb.connect()
+    con.register("s", scores)
+    return arrow_table(con.execute(
+        "select * exclude (rk) from (select *, row_number() over (partition by pmid order by "
+        "score desc nulls last, generator) as rk from s where question is not null and "
+        "trim(question) <> '' and score is not null and not isnan(score)) where rk = 1 "
+        "order by pmid"))
+
+
+def answers_stage(ctx: RunContext) -> dict:
+    from kailin.dataset.answers import AnswerStage, grounding_rates
+
+    a = ctx.cfg.answers
+    best = _best_questions(read_parquet(ctx.path("scores")))
+    if a.limit:
+        best = best.slice(0, a.limit)
+    stage = AnswerStage(teacher=a.teacher, corpus_dir=str(corpus_dir(ctx)),
+                        n_contexts=ctx.cfg.index.k, max_new_tokens=a.max_new_tokens,
+                        grounding=a.grounding)
+    stats = ctx.executor().run(stage, best, ctx.path("answers"))
+    return {"rows": stats["rows_out"],
+            **_flat(grounding_rates(read_parquet(ctx.path("answers"))))}
+
+
+def export_stage(ctx: RunContext) -> dict:
+    from kailin.dataset.export import ExportConfig, export_dataset
+    from kailin.mesh import load_mesh
+
+    e = ctx.cfg.export
+    if ctx.cfg.answers.enabled:
+        records = read_parquet(ctx.path("answers"))
+    else:
+        records = _best_questions(read_parquet(ctx.path("scores")))
+    kwargs: dict[str, Any] = {"decontaminate": e.exclude_pubmedqa_test,
+                              "require_grounded": ctx.cfg.answers.filter_ungrounded,
+                              "n_contexts": ctx.cfg.index.k}
+    if e.template:
+        kwargs["template"] = e.template
+    cfg = ExportConfig(**kwargs)
+    res = export_dataset(records, ctx.path("export"), corpus_dir=corpus_dir(ctx), config=cfg,
+                         mesh=load_mesh(ctx.resolve(ctx.cfg.mesh.dir)),
+                         provenance={"config": ctx.cfg.model_dump(mode="json"),
+                                     "run_dir": str(ctx.run_dir)})
+    dec = res.get("decontamination", {})
+    return {"records": res.get("records"), "source_pmids": res.get("distinct_source_pmids"),
+            "excluded_pubmedqa_test_rows": dec.get("rows_excluded_source_pmid", 0)
+            + dec.get("rows_excluded_context_pmid", 0)}
+
+
+# --- downstream -------------------------------------------------------------------------------
+def downstream_stage(ctx: RunContext) -> dict:
+    from kailin.dataset.train import DownstreamSettings, train_cpt
+
+    d = ctx.cfg.downstream
+    settings = DownstreamSettings(model=d.model, max_steps=d.cpt_steps, batch_size=d.batch_size,
+                                  grad_accum=1, max_length=d.max_length,
+                                  learning_rate=d.learning_rate, save_steps=d.cpt_steps,
+                                  logging_steps=max(1, d.cpt_steps // 5))
+    meta = train_cpt(ctx.path("export", "cpt"), ctx.path("models", "downstream"), settings)
+    return {"train_loss": meta.get("train_loss"), "steps": meta.get("global_step"),
+            "records": (meta.get("settings") or {}).get("n_examples")}
+
+
+def pubmedqa_stage(ctx: RunContext) -> dict:
+    from kailin.evaluate.pubmedqa_model import evaluate_model
+
+    p, d = ctx.cfg.pubmedqa, ctx.cfg.downstream
+    models = {"before": d.model}
+    if d.enabled:
+        models["after"] = str(ctx.path("models", "downstream", "model"))
+    report: dict[str, Any] = {"models": models, "limit": p.limit, "method": p.method}
+    for tag, model in models.items():
+        report[tag] = evaluate_model(model, settings=list(p.settings), method=p.method,
+                                     limit=p.limit, batch_size=p.batch_size,
+                                     predictions_dir=ctx.path("reports", f"pubmedqa_{tag}"),
+                                     progress=ctx.progress)
+    # headline keys as `kailin evaluate pubmedqa --json` writes them: the final model in the
+    # first setting
+    final = report.get("after") or report["before"]
+    first = final["settings"][p.settings[0]]
+    report.update({"setting": p.settings[0], "accuracy": first["accuracy"],
+                   "macro_f1": first["macro_f1"], "n": first["n"]})
+    write_json_atomic(ctx.path("reports", "pubmedqa.json"), report)
+    return {f"{tag}.{s}.accuracy": round(report[tag]["settings"][s]["accuracy"], 4)
+            for tag in models for s in p.settings}
+
+
+# --- the list ---------------------------------------------------------------------------------
+def pipeline_stages(cfg: RunConfig) -> list[StageSpec]:
+    gens = [g.name for g in cfg.generators]
+    sft = [f"sft:{g}" for g in gens]
+    specs = [
+        StageSpec("corpus", corpus_stage, lambda c: _dump(c.corpus)),
+        StageSpec("index", index_stage, lambda c: _dump(c.index), ["corpus"]),
+    ]
+    for g in cfg.generators:
+        specs.append(StageSpec(f"sft:{g.name}", sft_stage(g.name),
+                               lambda c, n=g.name: _dump(next(x for x in c.generators
+                                                              if x.name == n)),
+                               enabled=lambda c, n=g.name: next(
+                                   x for x in c.generators if x.name == n).sft.enabled))
+    specs += [
+        StageSpec("questions", questions_stage,
+                  lambda c: {"gen": _dump(c.generation),
+                             "generators": [_dump(g) for g in c.generators]},
+                  ["corpus", *sft]),
+        StageSpec("score", score_stage, lambda c: {"mesh": _dump(c.mesh),
+                                                   "index": _dump(c.index)},
+                  ["questions", "index"]),
+        StageSpec("evaluator", evaluator_stage, lambda c: _dump(c.evaluator), ["score"],
+                  enabled=lambda c: c.evaluator.enabled
+                  or c.preferences.labeller == "evaluator"),
+        StageSpec("prefer", prefer_stage, lambda c: _dump(c.preferences),
+                  ["score", "evaluator"]),
+        StageSpec("dpo", dpo_stage, lambda c: _dump(c.dpo), ["prefer", *sft],
+                  enabled=lambda c: c.dpo.enabled),
+        StageSpec("generator_eval", generator_eval_stage,
+                  lambda c: {"gen": _dump(c.generation), "dpo": _dump(c.dpo)},
+                  ["dpo", "index", "corpus"],
+                  enabled=lambda c: c.dpo.enabled and c.corpus.heldout > 0),
+        StageSpec("answers", answers_stage, lambda c: _dump(c.answers), ["score"],
+                  enabled=lambda c: c.answers.enabled),
+        StageSpec("export", export_stage, lambda c: _dump(c.export), ["answers", "score"]),
+        StageSpec("downstream", downstream_stage, lambda c: _dump(c.downstream), ["export"],
+                  enabled=lambda c: c.downstream.enabled),
+        StageSpec("pubmedqa", pubmedqa_stage,
+                  lambda c: {"p": _dump(c.pubmedqa), "d": _dump(c.downstream)},
+                  ["downstream"], enabled=lambda c: c.pubmedqa.enabled),
+    ]
+    return specs
+
+
+def report(run_dir: Path) -> dict:
+    out = {}
+    for name in ("pubmedqa.json", "generator.json"):
+        p = run_dir / "reports" / name
+        if p.exists():
+            out[name] = json.loads(p.read_text())
+    return out

@@ -1,0 +1,44 @@
+"""`kailin run` configs: validation with clear errors, and the bundled demo config parses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kailin.errors import InputError
+from kailin.pipeline.config import load_config
+from kailin.pipeline.stages import pipeline_stages
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_config_is_valid() -> None:
+    cfg, base = load_config(ROOT / "configs" / "demo.yaml")
+    assert base == (ROOT / "configs").resolve()
+    assert cfg.corpus.demo and cfg.index.k == 4
+    names = [s.name for s in pipeline_stages(cfg)]
+    assert names[:2] == ["corpus", "index"]
+    assert names.index("dpo") < names.index("generator_eval") < names.index("pubmedqa")
+    # the SFT data path of the second generator exists in the repository
+    assert (base / cfg.generators[1].sft.data).exists()
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("corpus: {demo: true, limitt: 3}", r"corpus\.limitt: Extra inputs are not permitted"),
+    ("generators: [{name: a}]", "at least two generators"),
+    ("generators: [{name: a}, {name: a}]", "must be unique"),
+    ("index: {kind: sparse}", r"index\.kind"),
+    ("corpus: [1, 2", "not valid YAML"),
+    ("- a\n- b\n", "must be a mapping"),
+])
+def test_bad_configs(tmp_path: Path, text: str, message: str) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_config(p)
+
+
+def test_missing_config(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
