@@ -74,6 +74,9 @@ class GeneratorConfig(_Section):
     model: str = Field("smollm2", description="smollm2, a local path or a hub id")
     question_type: Literal["any", "general", "yesno"] = "any"
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    temperature: float | None = Field(None, ge=0, description="overrides generation."
+                                      "temperature for this generator")
+    seed: int | None = Field(None, description="overrides generation.seed")
 
     @field_validator("name")
     @classmethod
@@ -92,6 +95,8 @@ class GenerationConfig(_Section):
     template: str | None = None
     mode: Literal["raw", "chat"] = Field("raw", description="raw: the KAILIN prompt as text "
                                          "(what SFT trains on); chat: the model's chat template")
+    response_prefix: str | None = Field(None, description="text the answer starts with "
+                                        "(default: 'Question:' in chat mode, none in raw mode)")
     max_abstract_chars: int | None = Field(2000, ge=100)
     threads: int | None = Field(None, ge=1, description="torch threads per worker")
 

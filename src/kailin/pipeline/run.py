@@ -192,8 +192,8 @@ def _shard_progress(run_dir: Path, name: str) -> dict:
     sub = STAGE_OUTPUTS.get(name.split(":")[0])
     if sub is None:
         return {}
-    out = run_dir / sub.format(arg=name.split(":")[1] if ":" in name else "")
-    done = list((out / "_done").glob("*.json")) if (out / "_done").is_dir() else []
+    out = run_dir / sub
+    done = list(out.rglob("_done/*.json")) if out.is_dir() else []
     if not done:
         return {}
     rows = sum(json.loads(p.read_text()).get("rows_out", 0) for p in done)

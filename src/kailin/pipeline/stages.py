@@ -141,31 +141,41 @@ def generator_model(ctx: RunContext, gen_name: str) -> str:
     return g.model
 
 
-def _question_stage(ctx: RunContext, specs: list[str]):
+def _question_stage(ctx: RunContext, gen_name: str, model: str):
+    """The question stage of one generator (each generator runs separately, so that its model
+    has its own actor pool on Ray and its own decoding settings)."""
     from kailin.generate.prompts import PromptTemplate
     from kailin.generate.questions import QuestionGenerationStage
     from kailin.llm.base import SamplingParams
     from kailin.llm.spec import BackendOptions
 
     gcfg = ctx.cfg.generation
+    g = next(g for g in ctx.cfg.generators if g.name == gen_name)
+    prefix = gcfg.response_prefix
+    if prefix is None:
+        prefix = "Question:" if gcfg.mode == "chat" else ""
     tmpl = PromptTemplate(**({"template": gcfg.template} if gcfg.template else {}),
-                          mode=gcfg.mode, max_abstract_chars=gcfg.max_abstract_chars)
-    params = SamplingParams(max_new_tokens=gcfg.max_new_tokens, temperature=gcfg.temperature,
-                            top_p=gcfg.top_p, seed=gcfg.seed)
+                          mode=gcfg.mode, response_prefix=prefix,
+                          max_abstract_chars=gcfg.max_abstract_chars)
+    params = SamplingParams(
+        max_new_tokens=gcfg.max_new_tokens,
+        temperature=gcfg.temperature if g.temperature is None else g.temperature,
+        top_p=gcfg.top_p, seed=gcfg.seed if g.seed is None else g.seed)
     opts = BackendOptions(batch_size=gcfg.batch_size, threads=gcfg.threads)
-    return QuestionGenerationStage(specs, template=tmpl, params=params, options=opts,
-                                   cache_path=ctx.path("cache", "llm.sqlite"))
+    return QuestionGenerationStage([f"{gen_name}={model}"], template=tmpl, params=params,
+                                   options=opts, cache_path=ctx.path("cache", "llm.sqlite"))
 
 
 def questions_stage(ctx: RunContext) -> dict:
     from kailin.generate.questions import question_stats
 
-    specs = [f"{g.name}={generator_model(ctx, g.name)}" for g in ctx.cfg.generators]
-    stage = _question_stage(ctx, specs)
     work = read_parquet(ctx.path("corpus", "work.parquet"), columns=["pmid", "title", "abstract"])
-    stats = ctx.executor().run(stage, work, ctx.path("questions"))
+    rows = 0
+    for g in ctx.cfg.generators:
+        stage = _question_stage(ctx, g.name, generator_model(ctx, g.name))
+        rows += ctx.executor().run(stage, work, ctx.path("questions", g.name))["rows_out"]
     qs = read_parquet(ctx.path("questions"))
-    return {"rows": stats["rows_out"], **_flat(question_stats(qs))}
+    return {"rows": rows, **_flat(question_stats(qs))}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -253,7 +263,7 @@ def generator_eval_stage(ctx: RunContext) -> dict:
     tables = {}
     for tag, model in (("before", generator_model(ctx, gen)),
                        ("after", str(ctx.path("models", f"{gen}-dpo", "model")))):
-        stage = _question_stage(ctx, [f"{gen}={model}"])
+        stage = _question_stage(ctx, gen, model)
         ctx.executor().run(stage, held, ctx.path("generator_eval", tag, "questions"))
         ctx.executor().run(_score_stage(ctx), ctx.path("generator_eval", tag, "questions"),
                            ctx.path("generator_eval", tag, "scores"))
