@@ -36,6 +36,7 @@ from kailin.train.common import (
     load_tokenizer,
     require_training,
     save_final_model,
+    training_args,
 )
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,6 @@ def train_dpo(
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from kailin.align.sft import _precision_kwargs
 
     ckpt_dir = out / "checkpoints"
     check_resumable(ckpt_dir, sdict, ignore=RESUMABLE_CHANGES)
@@ -151,27 +151,8 @@ def train_dpo(
     if not records:
         raise InputError("no usable preference pairs (empty texts, or none fits max_length)")
     model = load_model(s.model)
-    cfg = DPOConfig(
-        output_dir=str(ckpt_dir),
-        beta=s.beta,
-        learning_rate=s.learning_rate,
-        lr_scheduler_type=s.lr_scheduler,
-        warmup_steps=s.warmup_steps,
-        weight_decay=s.weight_decay,
-        per_device_train_batch_size=s.batch_size,
-        gradient_accumulation_steps=s.grad_accum,
-        num_train_epochs=s.epochs,
-        max_steps=s.max_steps,
-        max_length=s.max_length,
-        save_strategy="steps",
-        save_steps=s.save_steps,
-        save_total_limit=s.save_total_limit,
-        logging_steps=s.logging_steps,
-        seed=s.seed,
-        report_to=[],
-        dataloader_num_workers=0,
-        **_precision_kwargs(),
-    )
+    cfg = DPOConfig(**training_args(s, ckpt_dir, s.learning_rate, s.warmup_steps,
+                                    beta=s.beta))
     trainer = DPOTrainer(
         model=model,
         ref_model=None,

@@ -44,6 +44,7 @@ from kailin.train.common import (
     load_tokenizer,
     require_training,
     save_final_model,
+    training_args,
 )
 
 log = logging.getLogger(__name__)
@@ -325,15 +326,6 @@ class SFTSettings:
         return d
 
 
-def _precision_kwargs() -> dict[str, Any]:
-    import torch
-
-    on_gpu = torch.cuda.is_available()
-    bf16 = bool(on_gpu and torch.cuda.is_bf16_supported())
-    return {"bf16": bf16, "fp16": False, "use_cpu": not on_gpu,
-            "gradient_checkpointing": on_gpu}
-
-
 def check_resumable(ckpt_dir: Path, settings: dict[str, Any], ignore: Iterable[str]) -> None:
     """Refuse to resume checkpoints that were made with other settings (``ignore``: keys that may
     change between runs, such as max_steps)."""
@@ -390,27 +382,7 @@ def train_sft(
         raise InputError(f"max_length {s.max_length} leaves no room for any training example")
     ds = Dataset.from_list(records)
     model = load_model(s.model)
-    cfg = SFTConfig(
-        output_dir=str(ckpt_dir),
-        num_train_epochs=s.epochs,
-        max_steps=s.max_steps,
-        per_device_train_batch_size=s.batch_size,
-        gradient_accumulation_steps=s.grad_accum,
-        learning_rate=s.lr(),
-        lr_scheduler_type=s.lr_scheduler,
-        warmup_steps=s.warmup,
-        weight_decay=s.weight_decay,
-        max_length=s.max_length,
-        save_strategy="steps",
-        save_steps=s.save_steps,
-        save_total_limit=s.save_total_limit,
-        logging_steps=s.logging_steps,
-        seed=s.seed,
-        report_to=[],
-        completion_only_loss=True,
-        dataloader_num_workers=0,
-        **_precision_kwargs(),
-    )
+    cfg = SFTConfig(**training_args(s, ckpt_dir, s.lr(), s.warmup, completion_only_loss=True))
     trainer = SFTTrainer(
         model=model,
         args=cfg,

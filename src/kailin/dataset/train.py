@@ -35,6 +35,7 @@ from kailin.train.common import (
     load_tokenizer,
     require_training,
     save_final_model,
+    training_args,
 )
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def _train(kind: str, records: list[dict[str, Any]], out_dir: str | os.PathLike[
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from kailin.align.sft import _precision_kwargs, check_resumable
+    from kailin.align.sft import check_resumable
 
     out = Path(out_dir)
     sdict = s.to_dict() | {"kind": kind, "data": source, "n_examples": len(records)}
@@ -130,27 +131,7 @@ def _train(kind: str, records: list[dict[str, Any]], out_dir: str | os.PathLike[
          "dataset_text_field": "text"}
         if kind == "cpt" else {"packing": False, "completion_only_loss": True}
     )
-    cfg = SFTConfig(
-        output_dir=str(ckpt_dir),
-        num_train_epochs=s.epochs,
-        max_steps=s.max_steps,
-        per_device_train_batch_size=s.batch_size,
-        gradient_accumulation_steps=s.grad_accum,
-        learning_rate=s.learning_rate,
-        lr_scheduler_type=s.lr_scheduler,
-        warmup_steps=s.warmup,
-        weight_decay=s.weight_decay,
-        max_length=s.max_length,
-        save_strategy="steps",
-        save_steps=s.save_steps,
-        save_total_limit=s.save_total_limit,
-        logging_steps=s.logging_steps,
-        seed=s.seed,
-        report_to=[],
-        dataloader_num_workers=0,
-        **extra,
-        **_precision_kwargs(),
-    )
+    cfg = SFTConfig(**training_args(s, ckpt_dir, s.learning_rate, s.warmup, **extra))
     trainer = SFTTrainer(
         model=model, args=cfg, train_dataset=Dataset.from_list(records), processing_class=tok,
         peft_config=build_lora_config(s.lora) if s.use_lora else None, callbacks=callbacks,

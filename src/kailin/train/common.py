@@ -209,3 +209,41 @@ def _save_dir_atomic(target: Path, writer: Any) -> None:
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
+
+
+def precision_kwargs() -> dict[str, Any]:
+    """bf16 and gradient checkpointing on GPUs that support them; plain fp32 on CPU."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    bf16 = bool(on_gpu and torch.cuda.is_bf16_supported())
+    return {"bf16": bf16, "fp16": False, "use_cpu": not on_gpu,
+            "gradient_checkpointing": on_gpu}
+
+
+def training_args(s: Any, ckpt_dir: str | os.PathLike[str], learning_rate: float,
+                  warmup_steps: float, **extra: Any) -> dict[str, Any]:
+    """The keyword arguments every kailin trainer passes to its trl config (SFTConfig,
+    DPOConfig): schedule, batch, length, checkpointing, logging and precision from the
+    settings dataclass ``s``; ``extra`` adds the algorithm's own."""
+    return {
+        "output_dir": str(ckpt_dir),
+        "num_train_epochs": s.epochs,
+        "max_steps": s.max_steps,
+        "per_device_train_batch_size": s.batch_size,
+        "gradient_accumulation_steps": s.grad_accum,
+        "learning_rate": learning_rate,
+        "lr_scheduler_type": s.lr_scheduler,
+        "warmup_steps": warmup_steps,
+        "weight_decay": s.weight_decay,
+        "max_length": s.max_length,
+        "save_strategy": "steps",
+        "save_steps": s.save_steps,
+        "save_total_limit": s.save_total_limit,
+        "logging_steps": s.logging_steps,
+        "seed": s.seed,
+        "report_to": [],
+        "dataloader_num_workers": 0,
+        **precision_kwargs(),
+        **extra,
+    }
