@@ -42,3 +42,18 @@ def test_bad_configs(tmp_path: Path, text: str, message: str) -> None:
 def test_missing_config(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no such config file"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_structured_logs(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import logging
+
+    from kailin.cli.main import _root
+
+    _root(verbose=False, log_json=True, version=False)
+    logging.getLogger("kailin.run").info("[1/2] corpus: done in %.1f s", 1.25)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    rec = json.loads(line)
+    assert rec["level"] == "INFO" and rec["logger"] == "kailin.run"
+    assert rec["message"] == "[1/2] corpus: done in 1.2 s"
+    logging.getLogger().handlers.clear()
