@@ -96,6 +96,11 @@ def test_ray_matches_local(tmp_path: Path, records: pa.Table) -> None:
     # resumable under Ray too: drop one shard's output and marker, rerun
     (tmp_path / "ray" / "part-00002.parquet").unlink()
     (tmp_path / "ray" / "_done" / "00002.json").unlink()
-    st = RayExecutor(**RAY).run(MeshPairStage(), records, tmp_path / "ray")
-    assert st["skipped"] == 4
-    assert read_parquet(tmp_path / "ray").equals(a)
+    try:
+        st = RayExecutor(**RAY).run(MeshPairStage(), records, tmp_path / "ray")
+        assert st["skipped"] == 4
+        assert read_parquet(tmp_path / "ray").equals(a)
+    finally:
+        import ray
+
+        ray.shutdown()  # free the local instance's workers for the tests that follow

@@ -105,6 +105,7 @@ class RayExecutor:
             ray = self._init()
             ds = ray.data.from_arrow(pending)
             conc = self.concurrency or max(1, int(ray.available_resources().get("CPU", 1)))
+            conc = min(conc, len(pending))  # no idle actors for a handful of shards
             kwargs: dict[str, Any] = {"batch_size": None, "batch_format": "pyarrow",
                                       "zero_copy_batch": True}
             if self.num_gpus_per_worker and stage.uses_gpu:
