@@ -91,3 +91,23 @@ def user_cache_dir() -> Path:
     p = Path(root)
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def duckdb_reader(rel: Any, batch_size: int = 65536) -> pa.RecordBatchReader:
+    """A DuckDB relation or result as an Arrow batch reader (DuckDB 1.x and 2.x name this
+    differently)."""
+    for name in ("to_arrow_reader", "fetch_arrow_reader", "record_batch", "fetch_record_batch"):
+        fn = getattr(rel, name, None)
+        if fn is not None:
+            return fn(batch_size)
+    raise AttributeError("this DuckDB version offers no Arrow reader")  # pragma: no cover
+
+
+def duckdb_table(rel: Any) -> pa.Table:
+    """A DuckDB relation or result as one Arrow table, across DuckDB versions."""
+    for name in ("to_arrow_table", "fetch_arrow_table", "arrow"):
+        fn = getattr(rel, name, None)
+        if fn is not None:
+            out = fn()
+            return out.read_all() if isinstance(out, pa.RecordBatchReader) else out
+    raise AttributeError("this DuckDB version offers no Arrow table")  # pragma: no cover

@@ -39,7 +39,7 @@ import duckdb
 import pyarrow as pa
 
 from kailin.errors import InputError
-from kailin.io import read_parquet, write_json_atomic, write_parquet_atomic
+from kailin.io import duckdb_table, read_parquet, write_json_atomic, write_parquet_atomic
 
 REQUIRED_COLUMNS = ("pmid", "generator", "prompt", "question", "score")
 FILTERS = ("too_few_questions", "tau", "band", "nan_score", "tie", "margin", "same_question")
@@ -131,7 +131,7 @@ def build_preferences(
     """
     con.execute(f"CREATE TEMP TABLE judged AS {sql}")
     counts = dict(con.execute("SELECT verdict, count(*) FROM judged GROUP BY verdict").fetchall())
-    out = _to_arrow(con.sql(
+    out = duckdb_table(con.sql(
         """
         SELECT prompt, chosen, rejected, pmid, chosen_score, rejected_score,
                chosen_generator, rejected_generator, n_questions
@@ -178,14 +178,6 @@ def prefer(
     stats["output"] = str(out / PREFERENCES_FILE)
     write_json_atomic(out / STATS_FILE, stats)
     return stats
-
-
-def _to_arrow(rel: Any) -> pa.Table:
-    """A DuckDB result as a pyarrow Table across DuckDB versions."""
-    if hasattr(rel, "to_arrow_table"):
-        return rel.to_arrow_table()
-    out = rel.arrow()
-    return out.read_all() if isinstance(out, pa.RecordBatchReader) else out
 
 
 def parse_tau(value: str | float | None) -> float | None:

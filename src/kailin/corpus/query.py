@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 
 from kailin.corpus.reader import open_corpus
 from kailin.corpus.schema import CORPUS_SCHEMA
-from kailin.corpus.store import ROWS_PER_SHARD, arrow_reader, arrow_table
+from kailin.corpus.store import ROWS_PER_SHARD
 from kailin.errors import InputError
-from kailin.io import write_json_atomic
+from kailin.io import duckdb_reader, duckdb_table, write_json_atomic
 
 
 def connect(corpus_dir: str | Path) -> Any:
@@ -79,7 +79,7 @@ def stats(corpus_dir: str | Path) -> dict:
 def show(corpus_dir: str | Path, pmid: int) -> dict | None:
     """The live record of ``pmid`` as a dict, or None."""
     con = connect(corpus_dir)
-    t = arrow_table(con.sql(f"SELECT * FROM corpus WHERE pmid = {int(pmid)}"))
+    t = duckdb_table(con.sql(f"SELECT * FROM corpus WHERE pmid = {int(pmid)}"))
     rows = t.to_pylist()
     return rows[0] if rows else None
 
@@ -88,7 +88,7 @@ def sql(corpus_dir: str | Path, query: str) -> pa.Table:
     """Run ``query`` (the view ``corpus`` holds the live records) and return an Arrow table."""
     con = connect(corpus_dir)
     try:
-        return arrow_table(con.sql(query))
+        return duckdb_table(con.sql(query))
     except Exception as exc:  # duckdb.Error subclasses
         if type(exc).__module__.startswith(("duckdb", "_duckdb")):
             raise InputError(f"SQL error: {exc}") from exc
@@ -193,7 +193,7 @@ def select(
     shard = 0
     writer: pq.ParquetWriter | None = None
     in_shard = 0
-    for batch in arrow_reader(rel):
+    for batch in duckdb_reader(rel):
         if batch.num_rows == 0:
             continue
         tbl = pa.Table.from_batches([batch]).cast(CORPUS_SCHEMA)

@@ -54,7 +54,7 @@ from kailin.corpus.sources import (
     load_pmid_list,
 )
 from kailin.errors import InputError, KailinError
-from kailin.io import write_json_atomic
+from kailin.io import duckdb_reader, duckdb_table, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -63,24 +63,6 @@ TOMB_SCHEMA = pa.schema([("pmid", pa.int64()), ("source_file", pa.string())])
 MANIFEST_FORMAT = "kailin-corpus/1"
 ROWS_PER_SHARD = 500_000
 _BATCH = 2000
-
-
-def arrow_reader(rel: Any, batch_size: int = 65536) -> pa.RecordBatchReader:
-    """A DuckDB relation (``con.sql(...)``) as an Arrow batch reader (DuckDB 1.x and 2.x spell
-    this differently)."""
-    for name in ("to_arrow_reader", "fetch_arrow_reader", "record_batch", "fetch_record_batch"):
-        fn = getattr(rel, name, None)
-        if fn is not None:
-            return fn(batch_size)
-    raise AttributeError("this DuckDB version offers no Arrow reader")  # pragma: no cover
-
-
-def arrow_table(rel: Any) -> pa.Table:
-    for name in ("to_arrow_table", "fetch_arrow_table", "arrow"):
-        fn = getattr(rel, name, None)
-        if fn is not None:
-            return fn()
-    raise AttributeError("this DuckDB version offers no Arrow table")  # pragma: no cover
 
 
 def _checkpoint(name: str) -> None:
@@ -370,7 +352,7 @@ def _merge(
             "QUALIFY row_number() OVER (PARTITION BY c.pmid ORDER BY c._rank DESC, c._seq DESC) = 1 "
             "ORDER BY c.pmid"
         )
-        reader = arrow_reader(con.sql(sql))
+        reader = duckdb_reader(con.sql(sql))
         shard = 0
         writer: pq.ParquetWriter | None = None
         in_shard = 0
@@ -391,7 +373,7 @@ def _merge(
         if writer is not None:
             writer.close()
     # keep tombstones only for PMIDs not live (a later file may have resurrected them)
-    live_tomb = arrow_table(
+    live_tomb = duckdb_table(
         con.sql(
             "SELECT DISTINCT t.pmid, t.source_file FROM tombs_t t JOIN tomb m ON m.pmid = t.pmid "
             "JOIN ranks r ON r.name = t.source_file AND r.rank = m.rank"

@@ -31,7 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kailin.io import read_parquet, write_json_atomic, write_parquet_atomic
+from kailin.io import duckdb_table, read_parquet, write_json_atomic, write_parquet_atomic
 from kailin.pipeline.config import RunConfig
 from kailin.pipeline.run import RunContext, StageSpec
 
@@ -281,11 +281,10 @@ def _best_questions(scores: pa.Table) -> pa.Table:
     """Per PMID, the best-scoring non-empty question (the one a preference pair would choose)."""
     import duckdb
 
-    from kailin.corpus.store import arrow_table
 
     con = duckdb.connect()
     con.register("s", scores)
-    return arrow_table(con.execute(
+    return duckdb_table(con.sql(
         "select * exclude (rk) from (select *, row_number() over (partition by pmid order by "
         "score desc nulls last, generator) as rk from s where question is not null and "
         "trim(question) <> '' and score is not null and not isnan(score)) where rk = 1 "
