@@ -24,16 +24,17 @@ from typing import Any
 
 import pyarrow as pa
 
-from kailin.align.sft import RESUMABLE_CHANGES, check_resumable, fit_document
+from kailin.align.sft import RESUMABLE_CHANGES, fit_document
 from kailin.errors import InputError
 from kailin.io import read_parquet
 from kailin.train.common import (
     LoraSettings,
     build_lora_config,
-    final_dir_complete,
+    finished_run,
     last_checkpoint,
     load_model,
     load_tokenizer,
+    prepare_checkpoints,
     require_training,
     save_final_model,
     training_args,
@@ -132,19 +133,13 @@ def train_dpo(
     if s.max_pairs:
         table = table.slice(0, s.max_pairs)
     sdict = s.to_dict() | {"n_pairs": table.num_rows}
-    done = final_dir_complete(out)
-    if done and done.get("settings") == sdict:
-        log.info("%s: already trained with these settings", out)
-        return done | {"skipped": True}
+    if (done := finished_run(out, sdict)) is not None:
+        return done
 
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-
-    ckpt_dir = out / "checkpoints"
-    check_resumable(ckpt_dir, sdict, ignore=RESUMABLE_CHANGES)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    (ckpt_dir / "kailin_settings.json").write_text(json.dumps(sdict, indent=2, default=str))
+    ckpt_dir = prepare_checkpoints(out, sdict, ignore=RESUMABLE_CHANGES)
 
     tok = load_tokenizer(s.model)
     records = _records(table, s, tok)

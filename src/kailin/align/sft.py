@@ -38,10 +38,11 @@ from kailin.generate.prompts import KAILIN_TEMPLATE
 from kailin.train.common import (
     LoraSettings,
     build_lora_config,
-    final_dir_complete,
+    finished_run,
     last_checkpoint,
     load_model,
     load_tokenizer,
+    prepare_checkpoints,
     require_training,
     save_final_model,
     training_args,
@@ -326,23 +327,6 @@ class SFTSettings:
         return d
 
 
-def check_resumable(ckpt_dir: Path, settings: dict[str, Any], ignore: Iterable[str]) -> None:
-    """Refuse to resume checkpoints that were made with other settings (``ignore``: keys that may
-    change between runs, such as max_steps)."""
-    f = ckpt_dir / "kailin_settings.json"
-    if not f.is_file():
-        return
-    old = json.loads(f.read_text())
-    skip = set(ignore)
-    diff = sorted(k for k in set(old) | set(settings)
-                  if k not in skip and old.get(k) != settings.get(k))
-    if diff and last_checkpoint(ckpt_dir):
-        raise InputError(
-            f"{ckpt_dir}: holds checkpoints trained with different settings ({', '.join(diff)}); "
-            "use another --out directory or delete it"
-        )
-
-
 def train_sft(
     data: Iterable[str | os.PathLike[str]] | list[QAExample],
     out_dir: str | os.PathLike[str],
@@ -363,18 +347,13 @@ def train_sft(
     if s.max_examples:
         examples = examples[: s.max_examples]
     sdict = s.to_dict() | {"n_examples": len(examples), "exclude_test": exclude_test}
-    done = final_dir_complete(out)
-    if done and done.get("settings") == sdict:
-        log.info("%s: already trained with these settings", out)
-        return done | {"skipped": True}
+    if (done := finished_run(out, sdict)) is not None:
+        return done
 
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    ckpt_dir = out / "checkpoints"
-    check_resumable(ckpt_dir, sdict, ignore=RESUMABLE_CHANGES)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    (ckpt_dir / "kailin_settings.json").write_text(json.dumps(sdict, indent=2, default=str))
+    ckpt_dir = prepare_checkpoints(out, sdict, ignore=RESUMABLE_CHANGES)
 
     tok = load_tokenizer(s.model)
     records = examples_to_records(examples, s.template, tok, s.max_length)

@@ -29,10 +29,11 @@ from kailin.errors import InputError
 from kailin.train.common import (
     LoraSettings,
     build_lora_config,
-    final_dir_complete,
+    finished_run,
     last_checkpoint,
     load_model,
     load_tokenizer,
+    prepare_checkpoints,
     require_training,
     save_final_model,
     training_args,
@@ -112,18 +113,11 @@ def _train(kind: str, records: list[dict[str, Any]], out_dir: str | os.PathLike[
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from kailin.align.sft import check_resumable
-
     out = Path(out_dir)
     sdict = s.to_dict() | {"kind": kind, "data": source, "n_examples": len(records)}
-    done = final_dir_complete(out)
-    if done and done.get("settings") == sdict:
-        log.info("%s: already trained with these settings", out)
-        return done | {"skipped": True}
-    ckpt_dir = out / "checkpoints"
-    check_resumable(ckpt_dir, sdict, ignore=("max_steps", "epochs"))
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    (ckpt_dir / "kailin_settings.json").write_text(json.dumps(sdict, indent=2, default=str))
+    if (done := finished_run(out, sdict)) is not None:
+        return done
+    ckpt_dir = prepare_checkpoints(out, sdict, ignore=("max_steps", "epochs"))
     tok = load_tokenizer(s.model)
     model = load_model(s.model)
     extra: dict[str, Any] = (

@@ -18,12 +18,13 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kailin.errors import InputError, require
-from kailin.io import write_json_atomic
+from kailin.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -247,3 +248,41 @@ def training_args(s: Any, ckpt_dir: str | os.PathLike[str], learning_rate: float
         **precision_kwargs(),
         **extra,
     }
+
+
+def finished_run(out_dir: str | os.PathLike[str], settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The metadata of a finished run in ``out_dir`` with these exact settings (marked
+    ``skipped``), or None when it must (re)train."""
+    done = final_dir_complete(out_dir)
+    if done and done.get("settings") == settings:
+        log.info("%s: already trained with these settings", out_dir)
+        return done | {"skipped": True}
+    return None
+
+
+def check_resumable(ckpt_dir: Path, settings: dict[str, Any], ignore: Iterable[str]) -> None:
+    """Refuse to resume checkpoints that were made with other settings (``ignore``: keys that may
+    change between runs, such as max_steps)."""
+    f = ckpt_dir / "kailin_settings.json"
+    if not f.is_file():
+        return
+    old = json.loads(f.read_text())
+    skip = set(ignore)
+    diff = sorted(k for k in set(old) | set(settings)
+                  if k not in skip and old.get(k) != settings.get(k))
+    if diff and last_checkpoint(ckpt_dir):
+        raise InputError(
+            f"{ckpt_dir}: holds checkpoints trained with different settings ({', '.join(diff)}); "
+            "use another --out directory or delete it"
+        )
+
+
+def prepare_checkpoints(out_dir: str | os.PathLike[str], settings: dict[str, Any],
+                        ignore: Iterable[str]) -> Path:
+    """``OUT/checkpoints``, checked for resumability and stamped with the settings."""
+    ckpt_dir = Path(out_dir) / "checkpoints"
+    check_resumable(ckpt_dir, settings, ignore)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(ckpt_dir / "kailin_settings.json",
+                      json.dumps(settings, indent=2, default=str))
+    return ckpt_dir
