@@ -135,7 +135,7 @@ def test_classical_by_hand(mesh: Mesh) -> None:
     mx = max(ic.values())
     m = ic["D000002"]
     s = ic["D000004"] + ic["D000005"]
-    assert sim(mesh, "D000004", "D000005", "resnik") == pytest.approx(m)
+    assert sim(mesh, "D000004", "D000005", "resnik") == pytest.approx(m / mx)
     assert sim(mesh, "D000004", "D000005", "lin") == pytest.approx(2 * m / s)
     assert sim(mesh, "D000004", "D000005", "jiang") == pytest.approx(1 - (s - 2 * m) / (2 * mx))
     # node depths below a virtual root: letter 1, A01 2, A01.100 3, A01.100.100 4

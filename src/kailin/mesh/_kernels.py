@@ -29,6 +29,14 @@ except ImportError:  # pragma: no cover - exercised only without numba
 
 FAITHFUL = 0
 DEFAULT = 1
+RESNIK = 2
+LIN = 3
+JIANG = 4
+EMBEDDING = 5
+HYBRID = 6
+#: measure name -> kernel kind (the measures that the compiled path covers)
+KINDS = {"kailin": DEFAULT, "resnik": RESNIK, "lin": LIN, "jiang": JIANG,
+         "embedding": EMBEDDING, "hybrid": HYBRID}
 LN10 = math.log(10.0)
 
 
@@ -127,34 +135,85 @@ def _sim_default(a, b, tn_ptr, tns, prefix, depth, chain_ic, gic, gmax, masks):
 
 
 @njit(cache=True, nogil=True)
+def _mica(a, b, tn_ptr, tns, prefix, depth, chain_ic, masks):
+    """IC of the most informative common ancestor of ``a`` and ``b`` (0 when none)."""
+    m = 0.0
+    if _share_category(masks, a, b):
+        for i in range(tn_ptr[a], tn_ptr[a + 1]):
+            ta = tns[i]
+            for j in range(tn_ptr[b], tn_ptr[b + 1]):
+                d = _common(prefix, depth, ta, tns[j])
+                if d > 0:
+                    v = chain_ic[prefix[ta, d - 1]]
+                    if v > m:
+                        m = v
+    return m
+
+
+@njit(cache=True, nogil=True)
+def _sim_ic(kind, a, b, tn_ptr, tns, prefix, depth, chain_ic, gic, gmax, masks):
+    """Resnik (normalised by MaxIC), Lin and Jiang-Conrath, as in ``measures.ic_measures``."""
+    if a == b:
+        return gic[a] / gmax if kind == 2 else 1.0
+    m = _mica(a, b, tn_ptr, tns, prefix, depth, chain_ic, masks)
+    if kind == 2:
+        return m / gmax
+    s = gic[a] + gic[b]
+    if kind == 3:
+        return min(max(2 * m / s, 0.0), 1.0) if s > 0 else 0.0
+    return min(max(1 - (s - 2 * m) / (2 * gmax), 0.0), 1.0)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _cosine(emb, a, b):
+    """Dot product of two rows of ``emb`` (L2-normalised descriptor vectors)."""
+    acc = np.float32(0.0)
+    for i in range(emb.shape[1]):
+        acc += emb[a, i] * emb[b, i]
+    return float(acc)
+
+
+@njit(cache=True, nogil=True)
 def _sim(kind, a, b, tn_ptr, tns, prefix, depth, tn_desc, cat_ptr, cat_list, has_cat, ic,
-         max_ic, chain_ic, gic, gmax, masks):
+         max_ic, chain_ic, gic, gmax, masks, emb, alpha):
+    if kind == 5:
+        return _cosine(emb, a, b)
+    if kind == 6:
+        r = _sim_ic(2, a, b, tn_ptr, tns, prefix, depth, chain_ic, gic, gmax, masks)
+        return alpha * r + (1 - alpha) * _cosine(emb, a, b)
     if kind == 0:
         return _sim_faithful(a, b, tn_ptr, tns, prefix, depth, tn_desc, cat_ptr, cat_list,
                              has_cat, ic, max_ic, masks)
-    return _sim_default(a, b, tn_ptr, tns, prefix, depth, chain_ic, gic, gmax, masks)
+    if kind == 1:
+        return _sim_default(a, b, tn_ptr, tns, prefix, depth, chain_ic, gic, gmax, masks)
+    return _sim_ic(kind, a, b, tn_ptr, tns, prefix, depth, chain_ic, gic, gmax, masks)
 
 
 @njit(cache=True, nogil=True)
 def pair_kernel(kind, a_arr, b_arr, tn_ptr, tns, prefix, depth, tn_desc, cat_ptr, cat_list,
-                has_cat, ic, max_ic, chain_ic, gic, gmax, masks):
+                has_cat, ic, max_ic, chain_ic, gic, gmax, masks, emb, alpha):
     out = np.empty(len(a_arr))
     for i in range(len(a_arr)):
         out[i] = _sim(kind, a_arr[i], b_arr[i], tn_ptr, tns, prefix, depth, tn_desc, cat_ptr,
-                      cat_list, has_cat, ic, max_ic, chain_ic, gic, gmax, masks)
+                      cat_list, has_cat, ic, max_ic, chain_ic, gic, gmax, masks, emb, alpha)
     return out
 
 
 @njit(cache=True, nogil=True)
-def doc_kernel(kind, bma, src_ptr, src_ids, ctx_rec, ctx_ptr, ctx_ids, n_rec, tn_ptr, tns,
-               prefix, depth, tn_desc, cat_ptr, cat_list, has_cat, ic, max_ic, chain_ic, gic,
-               gmax, masks):
-    """Per record: mean over its (non-empty) contexts of the set similarity with its source.
+def doc_kernel(kind, bma, src_ptr, src_ids, src_w, ctx_rec, ctx_ptr, ctx_ids, ctx_w, ctx_rw,
+               n_rec, tn_ptr, tns, prefix, depth, tn_desc, cat_ptr, cat_list, has_cat, ic,
+               max_ic, chain_ic, gic, gmax, masks, emb, alpha):
+    """Per record: the weighted mean over its (non-empty) contexts of the set similarity with
+    its source.
 
-    ``src_ptr``/``src_ids``: CSR of source descriptor ids per record; ``ctx_ptr``/``ctx_ids``:
-    CSR of descriptor ids per context, ``ctx_rec[j]`` its record. Returns (scores, pairs)."""
+    ``src_ptr``/``src_ids``: CSR of source descriptor ids per record, ``src_w`` a weight per
+    entry; ``ctx_ptr``/``ctx_ids``/``ctx_w``: the same per context, ``ctx_rec[j]`` its record and
+    ``ctx_rw[j]`` its weight in the record's mean (retrieval rank). Set similarity: the weighted
+    all-pairs mean ``sum w_a w_b s / sum w_a w_b``, or with ``bma`` the weighted best-match
+    average ``(sum_a w_a max_b s / sum w_a + sum_b w_b max_a s / sum w_b) / 2``. Returns
+    (scores, pairs)."""
     tot = np.zeros(n_rec)
-    cnt = np.zeros(n_rec, dtype=np.int64)
+    cnt = np.zeros(n_rec)
     pairs = 0
     maxs = 1
     for r in range(n_rec):
@@ -172,31 +231,43 @@ def doc_kernel(kind, bma, src_ptr, src_ids, ctx_rec, ctx_ptr, ctx_ids, n_rec, tn
             continue
         pairs += ns * nc
         acc = 0.0
+        wsum = 0.0
         for x in range(ns):
             a = src_ids[s0 + x]
+            wa = src_w[s0 + x]
             for y in range(nc):
                 v = _sim(kind, a, ctx_ids[c0 + y], tn_ptr, tns, prefix, depth, tn_desc, cat_ptr,
-                         cat_list, has_cat, ic, max_ic, chain_ic, gic, gmax, masks)
+                         cat_list, has_cat, ic, max_ic, chain_ic, gic, gmax, masks, emb, alpha)
                 buf[x, y] = v
-                acc += v
+                w = wa * ctx_w[c0 + y]
+                acc += w * v
+                wsum += w
         if bma:
             rows = 0.0
+            rw = 0.0
             for x in range(ns):
                 m = buf[x, 0]
                 for y in range(1, nc):
                     m = max(m, buf[x, y])
-                rows += m
+                rows += src_w[s0 + x] * m
+                rw += src_w[s0 + x]
             cols = 0.0
+            cw = 0.0
             for y in range(nc):
                 m = buf[0, y]
                 for x in range(1, ns):
                     m = max(m, buf[x, y])
-                cols += m
-            score = (rows / ns + cols / nc) / 2
+                cols += ctx_w[c0 + y] * m
+                cw += ctx_w[c0 + y]
+            if rw <= 0 or cw <= 0:
+                continue
+            score = (rows / rw + cols / cw) / 2
         else:
-            score = acc / (ns * nc)
-        tot[r] += score
-        cnt[r] += 1
+            if wsum <= 0:
+                continue
+            score = acc / wsum
+        tot[r] += ctx_rw[j] * score
+        cnt[r] += ctx_rw[j]
     out = np.full(n_rec, np.nan)
     for r in range(n_rec):
         if cnt[r] > 0:

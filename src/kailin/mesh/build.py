@@ -120,10 +120,13 @@ class Mesh:
             )
         return ui
 
-    def scorer(self, measure: str = "kailin", faithful: bool = False, aggregate: str = "mean"):
+    def scorer(self, measure: str = "kailin", faithful: bool = False, aggregate: str = "mean",
+               **options):
+        """A :class:`~kailin.mesh.score.MeshScorer` (``options``: its keyword settings)."""
         from kailin.mesh.score import MeshScorer
 
-        return MeshScorer(self, measure=measure, faithful=faithful, aggregate=aggregate)
+        return MeshScorer(self, measure=measure, faithful=faithful, aggregate=aggregate,
+                          **options)
 
     @cached_property
     def category_of_tree(self) -> dict[str, str]:

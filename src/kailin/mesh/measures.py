@@ -182,7 +182,8 @@ def ic_measures(h: MeshHierarchy, chain_ic: np.ndarray, gic: np.ndarray, a: np.n
     m = mica_ic(h, chain_ic, a, b)
     same = a == b
     if kind == "resnik":
-        return np.where(same, gic[a], m)
+        # normalised by MaxIC so that it lies in [0, 1] like the other measures
+        return np.where(same, gic[a], m) / (float(gic.max()) or 1.0)
     s = gic[a] + gic[b]
     if kind == "lin":
         with np.errstate(invalid="ignore", divide="ignore"):

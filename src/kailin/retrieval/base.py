@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import kailin
 from kailin.errors import InputError, KailinError
@@ -101,6 +102,11 @@ class DocStore:
         self._source = pa.memory_map(str(path), "r")
         self.table = pa.ipc.open_file(self._source).read_all()
         self.pmids = self.table.column("pmid").to_numpy().astype(np.int64, copy=False)
+        #: rows whose record carries at least one MeSH descriptor (what the MeSH score needs)
+        self.has_mesh = (
+            pc.fill_null(pc.list_value_length(self.table.column("mesh_uis")), 0)
+            .to_numpy().astype(bool)
+        )
         years = self.table.column("year")
         self.years = years.fill_null(-(2**31)).to_numpy().astype(np.int32, copy=False)
 
@@ -231,29 +237,60 @@ class Index(ABC):
         source document of a generated question must not be its own context. ``years`` keeps
         documents published in ``[from, to]`` (inclusive; either end may be None).
         """
+        return self.search_with_mesh(queries, k, exclude_pmids, years, require_mesh=False)[0]
+
+    def search_with_mesh(
+        self,
+        queries: Sequence[str],
+        k: int = 4,
+        exclude_pmids: Sequence[int | None] | None = None,
+        years: tuple[int | None, int | None] | None = None,
+        *,
+        require_mesh: bool = True,
+        max_passed_over: int = 16,
+    ) -> tuple[list[list[Hit]], list[int]]:
+        """Like :meth:`search`, but with ``require_mesh`` the top ``k`` hits *that carry MeSH*:
+        hits without descriptors (recent records not yet indexed by NLM) are passed over, up to
+        ``max_passed_over`` of them per query (the bound: at most ``k + max_passed_over`` hits
+        are looked at). Returns the hits and, per query, how many hits were passed over."""
         queries = [q if isinstance(q, str) else str(q) for q in queries]
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}")
+        if max_passed_over < 0:
+            raise InputError(f"max_passed_over must be >= 0, got {max_passed_over}")
         if exclude_pmids is not None and len(exclude_pmids) != len(queries):
             raise InputError(
                 f"exclude_pmids has {len(exclude_pmids)} entries for {len(queries)} queries"
             )
         if not queries:
-            return []
+            return [], []
         years = _normalise_years(years)
         mask = self.docstore.year_mask(years)
         excluding = exclude_pmids is not None and any(p is not None for p in exclude_pmids)
-        n = min(k + (1 if excluding else 0), len(self))
+        extra = max_passed_over if require_mesh and not self.docstore.has_mesh.all() else 0
+        n = min(k + extra + (1 if excluding else 0), len(self))
         rows, scores = self._search_rows(list(queries), n, mask, years)
         out: list[list[Hit]] = []
+        passed: list[int] = []
         for i in range(len(queries)):
             r, s = rows[i], scores[i]
             keep = r >= 0
             if excluding and exclude_pmids[i] is not None:
                 keep &= self.docstore.pmids[np.where(r >= 0, r, 0)] != int(exclude_pmids[i])
-            r, s = r[keep][:k], s[keep][:k]
+            r, s = r[keep], s[keep]
+            skipped = 0
+            if extra:
+                with_mesh = self.docstore.has_mesh[r]
+                # keep the first k rows with MeSH; count the MeSH-less rows ranked above the
+                # last one kept (or all looked at, when fewer than k were found)
+                pos = np.flatnonzero(with_mesh)[:k]
+                last = int(pos[-1]) + 1 if len(pos) == k else len(r)
+                skipped = int((~with_mesh[:last]).sum())
+                r, s = r[pos], s[pos]
+            r, s = r[:k], s[:k]
             out.append(self.docstore.hits(r, s))
-        return out
+            passed.append(skipped)
+        return out, passed
 
     def describe(self) -> dict[str, Any]:
         return dict(self.meta)

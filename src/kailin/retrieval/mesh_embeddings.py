@@ -262,3 +262,70 @@ def rated_pair_uis(files: Iterable[str | Path], mesh: Any) -> list[str]:
             if u in known:
                 out[u] = None
     return list(out)
+
+
+def ensure_mesh_embeddings(
+    mesh: Any,
+    uis: Iterable[str],
+    model: str | Path | None = None,
+    mode: str = "full",
+    *,
+    progress: bool = True,
+    batch_size: int = 128,
+) -> MeshEmbeddingSimilarity:
+    """Embeddings of ``mesh`` in which at least ``uis`` are embedded: on demand.
+
+    Loads the cached vectors (the MeSH build folder when it has them, else the cache folder of
+    ``model``), embeds only the descriptors of ``uis`` that have no vector yet, and writes the
+    merged vectors back to the cache folder (atomically). A corpus needs its own descriptors
+    only, a few thousand for a small one: seconds with MiniLM, instead of the ~25 minutes of the
+    whole vocabulary."""
+    from kailin.retrieval.dense import resolve_model
+
+    model_name = resolve_model(model)
+    row_of = {u: i for i, u in enumerate(mesh.uis)}
+    want = [u for u in dict.fromkeys(uis) if u in row_of]
+    root = getattr(mesh, "root", None)
+    if root is not None and (Path(root) / VECTORS_FILE).exists():
+        try:
+            sim = MeshEmbeddingSimilarity.load(root, mesh)
+        except InputError:
+            sim = None
+        if sim is not None and sim.meta.get("model") in (None, model_name) and all(
+                sim.present[row_of[u]] for u in want):
+            return sim
+    out = default_embeddings_dir(mesh, model_name, mode)
+    vecs: np.ndarray | None = None
+    meta: dict[str, Any] = {}
+    if (out / VECTORS_FILE).exists() and (out / META_FILE).exists():
+        meta = json.loads((out / META_FILE).read_text(encoding="utf-8"))
+        if meta.get("uis_hash") == _uis_hash(mesh.uis) and meta.get("model") == model_name:
+            vecs = np.load(out / VECTORS_FILE).astype(np.float32)
+    present = (np.abs(vecs).sum(axis=1) > 0) if vecs is not None else None
+    todo = [u for u in want if present is None or not present[row_of[u]]]
+    if not todo and vecs is not None:
+        return MeshEmbeddingSimilarity(vecs, mesh.uis, meta)
+    from tqdm.auto import tqdm
+
+    from kailin.retrieval.dense import Encoder
+
+    enc = Encoder(model_name, batch_size=batch_size)
+    if vecs is None:
+        vecs = np.zeros((len(mesh.uis), enc.dim), dtype=np.float32)
+    log.info("embedding %d MeSH descriptors on demand with %s", len(todo), model_name)
+    bar = tqdm(total=len(todo), desc="embed MeSH", unit="desc", disable=not progress)
+    for start in range(0, len(todo), 512):
+        chunk = todo[start : start + 512]
+        vecs[[row_of[u] for u in chunk]] = enc.encode([descriptor_text(mesh, u, mode)
+                                                       for u in chunk])
+        bar.update(len(chunk))
+    bar.close()
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / VECTORS_FILE) as tmp, open(tmp, "wb") as f:
+        np.save(f, vecs.astype(np.float16))
+    embedded = int((np.abs(vecs).sum(axis=1) > 0).sum())
+    meta = {"model": model_name, "mode": mode, "dim": enc.dim, "dtype": "float16",
+            "descriptors": len(mesh.uis), "embedded": embedded,
+            "uis_hash": _uis_hash(mesh.uis), "on_demand": True}
+    write_json_atomic(out / META_FILE, meta)
+    return MeshEmbeddingSimilarity(vecs.astype(np.float16).astype(np.float32), mesh.uis, meta)
