@@ -68,3 +68,72 @@ def pubmedqa(
     if json_out is not None:
         write_json_atomic(json_out, res)
         typer.echo(f"wrote {json_out}")
+
+
+@app.command("signal")
+def signal(
+    corpus_dir: Path = typer.Argument(..., help="Corpus folder (kailin ingest): the sources' "
+                                      "and contexts' MeSH."),
+    index: Path = typer.Option(..., "--index", help="Index folder (kailin index build)."),
+    questions: Path = typer.Option(
+        ..., "--questions",
+        help="Trusted questions: PubMedQA JSON (ori_pqal.json), the PQA-A JSONL sample, or "
+             "Parquet/JSONL with pmid and question.",
+    ),
+    measure: list[str] = typer.Option(
+        [], "--measure",
+        help="Measures to compare (repeatable; default all: kailin, faithful, lin, resnik, "
+             "jiang, path, embedding, hybrid).",
+    ),
+    aggregate: list[str] = typer.Option([], "--aggregate",
+                                        help="mean and/or bma (repeatable; default both)."),
+    exclude: list[str] = typer.Option([], "--exclude",
+                                      help="none and/or check-tags (repeatable; default both)."),
+    major_weight: list[float] = typer.Option(
+        [], "--major-weight", help="Weights of MajorTopicYN descriptors (default 1 and 2)."),
+    rank_weighting: list[str] = typer.Option(
+        [], "--rank-weighting", help="none and/or reciprocal (default both)."),
+    ic_power: list[float] = typer.Option(
+        [], "--ic-power", help="Descriptor weights (IC/MaxIC)^p: values of p (default 0 and 1)."),
+    hybrid_alpha: list[float] = typer.Option(
+        [], "--hybrid-alpha", help="Weights of Resnik in the hybrid measure (default 0.5)."),
+    k: list[int] = typer.Option([], "--k", help="Contexts per question (default 4)."),
+    k_sweep: int = typer.Option(3, "--k-sweep",
+                                help="Also score the best N configurations at k = 1..8."),
+    split: str = typer.Option("all", "--split",
+                              help="PubMedQA PQA-L only: dev (outside the test split), test, "
+                                   "all."),
+    mesh_dir: Path | None = typer.Option(None, "--mesh", help="MeSH build (default: packaged)."),
+    max_items: int | None = typer.Option(None, "--max-items", help="Use at most N questions."),
+    max_passed_over: int = typer.Option(
+        16, "--max-passed-over",
+        help="Contexts without MeSH passed over per question before giving up."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the negatives and the bootstrap."),
+    out: Path | None = typer.Option(None, "--out",
+                                    help="Folder for signal.json and signal.md."),
+    top: int = typer.Option(30, "--top", help="Rows printed (all rows go to --out)."),
+    quiet: bool = typer.Option(False, "--quiet", "--no-progress", help="No progress bars."),
+) -> None:
+    """How well the MeSH document score tells a trusted question from a bad one (AUC)."""
+    from kailin.evaluate import signal as sg
+
+    configs = sg.candidate_configs(
+        measures=measure or sg.SIGNAL_MEASURES,
+        aggregates=aggregate or ("mean", "bma"),
+        excludes=exclude or ("none", "check-tags"),
+        major_weights=major_weight or (1.0, 2.0),
+        rank_weightings=rank_weighting or ("none", "reciprocal"),
+        ks=k or (4,),
+        ic_powers=ic_power or (0.0, 1.0),
+        hybrid_alphas=hybrid_alpha or (0.5,),
+    )
+    report = sg.evaluate_signal(
+        corpus_dir, index, questions, configs=configs, mesh_dir=mesh_dir, split=split,
+        max_items=max_items, max_passed_over=max_passed_over, k_sweep=k_sweep, n_boot=n_boot,
+        seed=seed, progress=not quiet,
+    )
+    typer.echo(sg.format_markdown(report, limit=top))
+    if out is not None:
+        jp, mp = sg.write_report(report, out)
+        typer.echo(f"wrote {jp} and {mp}")
