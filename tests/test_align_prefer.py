@@ -63,7 +63,7 @@ def test_tau_filter_every_score_must_be_at_most_tau() -> None:
         (2, "a", "q2a?", 0.51), (2, "b", "q2b?", 0.1),    # one above tau: dropped
         (3, "a", "q3a?", 0.9), (3, "b", "q3b?", 0.7),     # both above
     ])
-    out, stats = build_preferences(t)
+    out, stats = build_preferences(t, PreferSettings(tau=0.5))
     assert out["pmid"].to_pylist() == [1]
     assert stats["dropped"]["tau"] == 2
     out, stats = build_preferences(t, PreferSettings(tau=None))
@@ -79,7 +79,7 @@ def test_nan_scores_are_dropped_by_tau_then_band_then_nan_rule() -> None:
         (2, "a", "q2a?", None), (2, "b", "q2b?", 0.3),   # null counts as NaN
         (3, "a", "q3a?", 0.3), (3, "b", "q3b?", 0.1),
     ])
-    out, stats = build_preferences(t)
+    out, stats = build_preferences(t, PreferSettings(tau=0.5))
     assert out["pmid"].to_pylist() == [3] and stats["dropped"]["tau"] == 2
     out, stats = build_preferences(t, PreferSettings(tau=None, band=(0.0, 1.0)))
     assert out["pmid"].to_pylist() == [3] and stats["dropped"]["band"] == 2
@@ -136,7 +136,7 @@ def test_fewer_than_two_nonempty_questions() -> None:
 def test_empty_questions_scores_do_not_count_for_tau() -> None:
     # the empty question's score (0.9) is not a score "of a question": tau looks at real ones
     t = table([(1, "a", "q1a?", 0.3), (1, "b", "q1b?", 0.1), (1, "c", "", 0.9)])
-    out, _ = build_preferences(t)
+    out, _ = build_preferences(t, PreferSettings(tau=0.5))
     assert out["pmid"].to_pylist() == [1]
 
 
@@ -153,7 +153,7 @@ def test_counts_add_up_and_cover_every_filter() -> None:
         (3, "a", "q?", 0.9), (3, "b", "r?", 0.1),
         (4, "a", "q?", 0.2), (4, "b", "r?", 0.2),
     ])
-    _, stats = build_preferences(t)
+    _, stats = build_preferences(t, PreferSettings(tau=0.5))
     assert set(stats["dropped"]) == set(FILTERS)
     assert stats["pmids"] == 4 and stats["input_rows"] == 7
     assert stats["kept"] + sum(stats["dropped"].values()) == stats["pmids"]
@@ -182,7 +182,7 @@ def test_prefer_writes_hf_loadable_parquet_and_stats(tmp_path) -> None:
     src.mkdir()
     pq.write_table(t.slice(0, 2), src / "part-00000.parquet")
     pq.write_table(t.slice(2), src / "part-00001.parquet")
-    stats = prefer(src, tmp_path / "prefs")
+    stats = prefer(src, tmp_path / "prefs", PreferSettings(tau=0.5))
     saved = json.loads((tmp_path / "prefs" / STATS_FILE).read_text())
     assert saved["kept"] == 1 and saved["dropped"]["tau"] == 1 and stats == saved
     datasets = pytest.importorskip("datasets")
@@ -210,9 +210,23 @@ def test_cli_prefer(tmp_path) -> None:
     assert stats["kept"] == 2 and stats["dropped"]["margin"] == 1
     assert stats["settings"]["tau"] is None
     res = CliRunner().invoke(app, ["prefer", str(tmp_path / "scores.parquet"), "--out",
-                                   str(tmp_path / "o2"), "--band", "0.2", "0.5"])
+                                   str(tmp_path / "o2"), "--band", "0.2", "0.5", "--tau",
+                                   "0.5"])
     assert res.exit_code == 0, res.output
     stats = json.loads((tmp_path / "o2" / STATS_FILE).read_text())
     assert stats["kept"] == 1 and stats["dropped"]["band"] == 1 and stats["dropped"]["tau"] == 1
     assert not math.isnan(pq.read_table(tmp_path / "o2" / PREFERENCES_FILE)["chosen_score"][0]
                           .as_py())
+
+
+def test_tau_is_off_by_default_and_a_nan_question_is_never_chosen() -> None:
+    # the default document score has another scale than the paper's: no tau unless asked
+    t = table([(1, "a", "q1a?", 0.9), (1, "b", "q1b?", 0.6),
+               (2, "a", "q2a?", NAN), (2, "b", "q2b?", 0.2),
+               (3, "a", "q3a?", 0.4), (3, "b", "q3b?", NAN), (3, "c", "q3c?", 0.1)])
+    out, stats = build_preferences(t)
+    assert stats["settings"]["tau"] is None and stats["dropped"]["tau"] == 0
+    assert out["pmid"].to_pylist() == [1]
+    assert stats["dropped"]["nan_score"] == 2
+    chosen = set(out["chosen"].to_pylist())
+    assert not chosen & {"q2a?", "q3b?"}

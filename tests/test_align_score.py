@@ -18,6 +18,7 @@ from kailin.align.score import ScoreStage, score_questions
 from kailin.align.sft import format_prompt
 from kailin.errors import InputError
 from kailin.io import read_parquet
+from kailin.mesh.score import DEFAULT_SCORE_K, DEFAULT_SCORING
 from kailin.pipeline.executors.local import LocalExecutor
 
 
@@ -52,7 +53,7 @@ class FakeIndex:
 class FakeScorer:
     """Share of context descriptors equal to a source descriptor (NaN when undefined)."""
 
-    def doc_scores(self, sources, contexts):
+    def doc_scores(self, sources, contexts, source_major=None, context_major=None):
         out = []
         for s, cs in zip(sources, contexts, strict=True):
             vals = [np.mean([u in s for u in c]) for c in cs if c]
@@ -61,8 +62,8 @@ class FakeScorer:
 
 
 class FakeMesh:
-    def scorer(self, measure="kailin", faithful=False):
-        assert measure == "kailin"
+    def scorer(self, measure="kailin", faithful=False, **options):
+        self.asked = {"measure": measure, "faithful": faithful, **options}
         return FakeScorer()
 
 
@@ -82,7 +83,8 @@ def test_stage_adds_contract_columns_with_fakes() -> None:
     stage = ScoreStage("unused-index", index=idx, mesh=FakeMesh(), k=2)
     out = stage(questions_table())
     assert out.column_names == ["pmid", "generator", "prompt", "question", "raw", "mesh_uis",
-                                "context_pmids", "context_titles", "score"]
+                                "context_pmids", "context_titles", "contexts_passed_over",
+                                "score"]
     rows = out.to_pylist()
     assert rows[0]["context_pmids"] == [100, 101] and rows[0]["score"] == 1.0
     assert rows[1]["context_pmids"] == [102, 103] and rows[1]["score"] == 0.0
@@ -158,7 +160,7 @@ def test_real_scores_prefer_real_questions(real_setup: dict) -> None:
     t = read_parquet(out)
     assert {"context_pmids", "context_titles", "score"} <= set(t.column_names)
     for row in t.to_pylist():
-        assert len(row["context_pmids"]) == 4
+        assert len(row["context_pmids"]) == DEFAULT_SCORE_K
         assert row["pmid"] not in row["context_pmids"]  # the source is excluded
     by_gen: dict[str, list[float]] = {}
     for g, s in zip(t["generator"].to_pylist(), t["score"].to_pylist(), strict=True):
@@ -195,3 +197,17 @@ def test_cli_score(real_setup: dict) -> None:
     t = read_parquet(out)
     assert all(len(c) == 2 for c in t["context_pmids"].to_pylist())
     assert json.loads((out / "_stage.json").read_text())["stage"] == "score"
+
+
+def test_stage_uses_the_default_document_score_and_the_papers_with_faithful() -> None:
+    mesh = FakeMesh()
+    ScoreStage("unused", index=FakeIndex(), mesh=mesh).setup()
+    assert mesh.asked == DEFAULT_SCORING
+    stage = ScoreStage("unused", index=FakeIndex(), mesh=mesh, faithful=True)
+    stage.setup()
+    assert mesh.asked["measure"] == "kailin" and mesh.asked["faithful"] is True
+    assert mesh.asked["aggregate"] == "mean" and mesh.asked["exclude"] is None
+    assert stage.k == 4
+    assert stage.fingerprint() != ScoreStage("unused", index=FakeIndex(), mesh=mesh).fingerprint()
+    with pytest.raises(InputError, match="faithful"):
+        ScoreStage("unused", index=FakeIndex(), mesh=mesh, faithful=True, measure="resnik")

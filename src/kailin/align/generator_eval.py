@@ -194,7 +194,7 @@ def evaluate_generators(
     mesh_dir: str | os.PathLike[str] | None = None,
     n: int = 100,
     exclude: str | os.PathLike[str] | None = None,
-    k: int = 4,
+    k: int | None = None,
     max_new_tokens: int = 64,
     mode: str = "raw",
     n_boot: int = 10_000,
@@ -216,6 +216,7 @@ def evaluate_generators(
     from kailin.generate.questions import QuestionGenerationStage, question_stats
     from kailin.llm.base import SamplingParams
     from kailin.llm.spec import BackendOptions, parse_spec
+    from kailin.mesh.score import DEFAULT_SCORE_K
     from kailin.pipeline.executors.local import LocalExecutor
 
     work = Path(work_dir)
@@ -240,7 +241,8 @@ def evaluate_generators(
         scored[tag] = read_parquet(sdir)
     res = compare_score_tables(scored["before"], scored["after"], n_boot=n_boot, seed=seed)
     res.update(
-        before=before_spec, after=after_spec, k=k, heldout=held.num_rows,
+        before=before_spec, after=after_spec, k=k if k is not None else DEFAULT_SCORE_K,
+        heldout=held.num_rows,
         before_rejected=gen_stats["before"].get("rejected"),
         after_rejected=gen_stats["after"].get("rejected"),
     )

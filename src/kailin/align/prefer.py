@@ -6,7 +6,8 @@ Input: a Parquet file or directory with at least ``pmid``, ``generator``, ``prom
 1. ``too_few_questions``: a question that is null or only whitespace does not count; a PMID with
    fewer than two non-empty questions is dropped.
 2. ``tau`` (the authors' ``filter.py``): keep the PMID only when **every** score of its non-empty
-   questions is ``<= tau`` (default 0.5; ``tau=None`` turns the filter off). A NaN or null score
+   questions is ``<= tau`` (off by default; the authors' 0.5 is on the paper's score scale, so
+   give it with ``--faithful`` scores). A NaN or null score
    is not ``<= tau``, so such a PMID is dropped here.
 3. ``band`` (optional ``(low, high)``, e.g. (0.2, 0.7) from a comment in the authors' code): keep
    the PMID only when every score lies strictly inside ``(low, high)``. NaN is never inside, so a
@@ -51,7 +52,7 @@ STATS_FILE = "prefer_stats.json"
 class PreferSettings:
     """Filter settings; see the module docstring for the exact rules."""
 
-    tau: float | None = 0.5
+    tau: float | None = None
     band: tuple[float, float] | None = None
     min_margin: float = 0.0
 

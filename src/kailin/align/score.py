@@ -7,9 +7,12 @@ how well the contexts' MeSH terms match the source abstract's in the MeSH hierar
 * ``context_pmids`` (list<int64>): the top-k retrieved PMIDs, best first;
 * ``context_titles`` (list<string>): their titles, or the first 200 characters of the abstract
   for a record without a title (what the evaluator agent reads);
-* ``score`` (float64): ``mesh.scorer(measure).doc_scores`` of the source MeSH against the
-  contexts' MeSH: the mean over contexts of the all-pairs mean similarity. NaN when the question
-  is empty, nothing was retrieved, or the source or every context lacks known MeSH.
+* ``contexts_passed_over`` (int32): retrieved hits without MeSH (records NLM has not indexed
+  yet) passed over to find ``k`` contexts that carry MeSH, at most ``max_passed_over``;
+* ``score`` (float64): the document score of the source MeSH against the contexts' MeSH, with
+  :data:`kailin.mesh.score.DEFAULT_SCORING` (or the paper's form with ``faithful``). NaN only
+  when the question is empty, or the source has no known MeSH, or no context within the bound
+  has any.
 
 The source abstract's MeSH UIs come from the questions table's ``mesh_uis`` column when it has
 one, else from the corpus (``corpus_dir``) looked up per batch with DuckDB. By default the source
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -47,30 +51,52 @@ class ScoreStage(Stage):
         index_dir: str | os.PathLike[str],
         corpus_dir: str | os.PathLike[str] | None = None,
         mesh_dir: str | os.PathLike[str] | None = None,
-        k: int = 4,
-        measure: str = "kailin",
+        k: int | None = None,
+        measure: str | None = None,
         faithful: bool = False,
         exclude_source: bool = True,
-        aggregate: str = "mean",
+        aggregate: str | None = None,
         index: Any = None,
         mesh: Any = None,
+        *,
+        exclude: str | None = None,
+        ic_power: float | None = None,
+        major_weight: float | None = None,
+        rank_weighting: str | None = None,
+        hybrid_alpha: float | None = None,
+        max_passed_over: int = 16,
     ) -> None:
         super().__init__()
+        from kailin.mesh.score import DEFAULT_SCORE_K, PAPER_SCORE_K, resolve_scoring
+
+        if k is None:
+            k = PAPER_SCORE_K if faithful else DEFAULT_SCORE_K
         if k < 1:
             raise InputError(f"k={k}: retrieve at least one context")
+        if max_passed_over < 0:
+            raise InputError(f"max_passed_over={max_passed_over}: must be >= 0")
         self.index_dir = str(index_dir)
         self.corpus_dir = str(corpus_dir) if corpus_dir else None
         self.mesh_dir = str(mesh_dir) if mesh_dir else None
         self.k = k
-        self.measure = measure
-        self.faithful = faithful
+        #: the scorer's settings: the default document score, or the paper's with ``faithful``
+        self.scoring = resolve_scoring(
+            faithful, measure=measure, aggregate=aggregate, exclude=exclude, ic_power=ic_power,
+            major_weight=major_weight, rank_weighting=rank_weighting, hybrid_alpha=hybrid_alpha)
+        self.measure = self.scoring["measure"]
+        self.faithful = self.scoring["faithful"]
+        self.aggregate = self.scoring["aggregate"]
         self.exclude_source = exclude_source
-        self.aggregate = aggregate
+        self.max_passed_over = max_passed_over
+        if self.scoring["major_weight"] != 1.0 and not self.corpus_dir:
+            raise InputError("major_weight needs the corpus (--corpus DIR): MajorTopicYN flags "
+                             "are read from it")
         # prebuilt resources (tests, notebooks); otherwise loaded in setup()
         self._index = index
         self._mesh = mesh
         self._scorer: Any = None
         self._corpus_files: list[str] | None = None
+        self._lookup: CorpusMeshLookup | None = None
 
     def fingerprint_config(self) -> dict[str, Any]:
         return {
@@ -79,16 +105,15 @@ class ScoreStage(Stage):
             "corpus": os.path.abspath(self.corpus_dir) if self.corpus_dir else None,
             "mesh": os.path.abspath(self.mesh_dir) if self.mesh_dir else None,
             "k": self.k,
-            "measure": self.measure,
-            "faithful": self.faithful,
+            **self.scoring,
             "exclude_source": self.exclude_source,
-            "aggregate": self.aggregate,
+            "max_passed_over": self.max_passed_over,
         }
 
     def __getstate__(self) -> dict[str, Any]:
         # heavy resources are rebuilt by setup() in the worker
         state = dict(self.__dict__)
-        state.update(_index=None, _mesh=None, _scorer=None, _ready=False)
+        state.update(_index=None, _mesh=None, _scorer=None, _lookup=None, _ready=False)
         return state
 
     def setup(self) -> None:
@@ -100,12 +125,13 @@ class ScoreStage(Stage):
             from kailin.mesh import load_mesh
 
             self._mesh = load_mesh(self.mesh_dir)
-        kw = {"aggregate": self.aggregate} if self.aggregate != "mean" else {}
-        self._scorer = self._mesh.scorer(measure=self.measure, faithful=self.faithful, **kw)
+        self._scorer = self._mesh.scorer(**self.scoring)
         if self.corpus_dir:
             from kailin.corpus.reader import open_corpus
 
             self._corpus_files = [str(f) for f in open_corpus(self.corpus_dir).files()]
+            if self.scoring["major_weight"] != 1.0:
+                self._lookup = CorpusMeshLookup(self.corpus_dir)
 
     # -- the work -------------------------------------------------------------------------
     def process(self, batch: pa.Table) -> pa.Table:
@@ -123,21 +149,38 @@ class ScoreStage(Stage):
         context_pmids: list[list[int]] = [[] for _ in pmids]
         context_titles: list[list[str]] = [[] for _ in pmids]
         context_mesh: list[list[list[str]]] = [[] for _ in pmids]
+        passed_over = np.zeros(len(pmids), dtype=np.int32)
         if live:
             excl = [pmids[i] if self.exclude_source else None for i in live]
-            hits = self._index.search([questions[i] for i in live], k=self.k, exclude_pmids=excl)
+            qs = [questions[i] for i in live]
+            if hasattr(self._index, "search_with_mesh"):
+                hits, passed = self._index.search_with_mesh(
+                    qs, k=self.k, exclude_pmids=excl, max_passed_over=self.max_passed_over)
+            else:  # a custom index with only search(): no passing over
+                hits = self._index.search(qs, k=self.k, exclude_pmids=excl)
+                passed = [0] * len(hits)
             if len(hits) != len(live):
                 raise RuntimeError(f"index returned {len(hits)} result lists for {len(live)} queries")
-            for i, hs in zip(live, hits, strict=True):
+            for i, hs, p in zip(live, hits, passed, strict=True):
                 context_pmids[i] = [int(h.pmid) for h in hs]
                 context_titles[i] = [_short_text(h) for h in hs]
                 context_mesh[i] = [list(h.mesh_uis or []) for h in hs]
+                passed_over[i] = p
 
         scores = np.full(len(pmids), np.nan, dtype=np.float64)
         todo = [i for i in live if context_mesh[i]]
         if todo:
+            src_major = ctx_major = None
+            if self._lookup is not None:
+                self._lookup.clear()
+                found = self._lookup.get([pmids[i] for i in todo]
+                                         + [p for i in todo for p in context_pmids[i]])
+                src_major = [_flags(sources[i], found.get(pmids[i])) for i in todo]
+                ctx_major = [[_flags(m, found.get(p)) for m, p in
+                              zip(context_mesh[i], context_pmids[i], strict=True)] for i in todo]
             s = np.asarray(
-                self._scorer.doc_scores([sources[i] for i in todo], [context_mesh[i] for i in todo]),
+                self._scorer.doc_scores([sources[i] for i in todo], [context_mesh[i] for i in todo],
+                                        src_major, ctx_major),
                 dtype=np.float64,
             )
             scores[todo] = s
@@ -145,6 +188,7 @@ class ScoreStage(Stage):
         for name, col in (
             ("context_pmids", pa.array(context_pmids, type=pa.list_(pa.int64()))),
             ("context_titles", pa.array(context_titles, type=pa.list_(pa.string()))),
+            ("contexts_passed_over", pa.array(passed_over, type=pa.int32())),
             ("score", pa.array(scores, type=pa.float64())),
         ):
             if name in out.column_names:
@@ -174,6 +218,50 @@ class ScoreStage(Stage):
         ).fetchall()
         con.close()
         return _report_lost({int(p): list(m or []) for p, m in rows}, pmids)
+
+
+class CorpusMeshLookup:
+    """MeSH UIs and MajorTopicYN flags of corpus records, looked up by PMID."""
+
+    def __init__(self, corpus_dir: str | Path) -> None:
+        from kailin.corpus.reader import open_corpus
+
+        self.files = [str(f) for f in open_corpus(corpus_dir).files()]
+        self._cache: dict[int, tuple[list[str], list[bool]]] = {}
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def get(self, pmids: Iterable[int]) -> dict[int, tuple[list[str], list[bool]]]:
+        pmids = [int(p) for p in pmids]
+        want = sorted(set(pmids) - set(self._cache))
+        if want:
+            import duckdb
+            import pyarrow as pa
+
+            con = duckdb.connect()
+            con.register("want", pa.table({"pmid": pa.array(want, pa.int64())}))
+            rows = con.execute(
+                "SELECT c.pmid, c.mesh_uis, c.mesh_major FROM read_parquet($files) c "
+                "JOIN want w ON c.pmid = w.pmid", {"files": self.files}).fetchall()
+            con.close()
+            for p, uis, major in rows:
+                uis = list(uis or [])
+                major = list(major or [False] * len(uis))
+                if len(major) != len(uis):
+                    major = [False] * len(uis)
+                self._cache[int(p)] = (uis, [bool(x) for x in major])
+            for p in want:
+                self._cache.setdefault(p, ([], []))
+        return {int(p): self._cache[int(p)] for p in pmids}
+
+
+def _flags(uis: list[str], found: tuple[list[str], list[bool]] | None) -> list[bool]:
+    """MajorTopicYN flags for ``uis`` from a corpus lookup (False where unknown)."""
+    if not found:
+        return [False] * len(uis)
+    major = dict(zip(*found, strict=True))
+    return [bool(major.get(u, False)) for u in uis]
 
 
 def _short_text(hit: Any, limit: int = 200) -> str:
@@ -224,13 +312,14 @@ def score_questions(
     out_dir: str | os.PathLike[str],
     corpus_dir: str | os.PathLike[str] | None = None,
     mesh_dir: str | os.PathLike[str] | None = None,
-    k: int = 4,
-    measure: str = "kailin",
+    k: int | None = None,
+    measure: str | None = None,
     faithful: bool = False,
     exclude_source: bool = True,
-    aggregate: str = "mean",
+    aggregate: str | None = None,
     rows_per_shard: int = 256,
     progress: bool = True,
+    **scoring: Any,
 ) -> dict[str, Any]:
     """Run :class:`ScoreStage` locally over a questions Parquet file/directory into ``out_dir``."""
     from kailin.pipeline.executors.local import LocalExecutor
@@ -239,7 +328,8 @@ def score_questions(
     if not qpath.exists():
         raise InputError(f"{qpath}: no such questions file or directory")
     stage = ScoreStage(index_dir, corpus_dir=corpus_dir, mesh_dir=mesh_dir, k=k, measure=measure,
-                       faithful=faithful, exclude_source=exclude_source, aggregate=aggregate)
+                       faithful=faithful, exclude_source=exclude_source, aggregate=aggregate,
+                       **scoring)
     stats = LocalExecutor(rows_per_shard=rows_per_shard, progress=progress).run(
         stage, qpath, out_dir
     )

@@ -22,11 +22,28 @@ def score(
     corpus: Path | None = typer.Option(None, "--corpus", help="Corpus directory holding the "
                                        "source abstracts' MeSH (needed unless the questions "
                                        "table has a mesh_uis column)."),
-    k: int = typer.Option(4, "--k", "-k", help="Contexts retrieved per question (paper: 4)."),
-    measure: str = typer.Option("kailin", "--measure", help="MeSH similarity measure."),
-    faithful: bool = typer.Option(False, "--faithful", help="Bug-for-bug IC of the authors' code."),
-    aggregate: str = typer.Option("mean", "--aggregate", help="Descriptor-set aggregation: "
-                                  "mean (all pairs, the paper's) or bma (best-match average)."),
+    k: int | None = typer.Option(None, "--k", "-k", help="Contexts retrieved per question "
+                                 "(default 6; the paper, and --faithful: 4)."),
+    measure: str | None = typer.Option(
+        None, "--measure", help="Descriptor similarity: embedding (default), hybrid, resnik, "
+        "lin, jiang, kailin, path, wu-palmer, leacock-chodorow."),
+    faithful: bool = typer.Option(
+        False, "--faithful", help="The paper's form: the authors' cal_mesh_score.py measure, "
+        "all-pairs mean over every descriptor, k=4, no weights."),
+    aggregate: str | None = typer.Option(None, "--aggregate", help="Descriptor-set "
+                                         "aggregation: bma (best-match average, default) or "
+                                         "mean (all pairs, the paper's)."),
+    exclude: str | None = typer.Option(None, "--exclude", help="check-tags (default: leave "
+                                       "NLM's check tags out) or none."),
+    ic_power: float | None = typer.Option(None, "--ic-power", help="Weigh each descriptor by "
+                                          "(IC/MaxIC)^p (default 3; 0 = no weights)."),
+    major_weight: float | None = typer.Option(None, "--major-weight", help="Weight of "
+                                              "MajorTopicYN descriptors (default 1; needs "
+                                              "--corpus)."),
+    rank_weighting: str | None = typer.Option(None, "--rank-weighting", help="none (default) "
+                                              "or reciprocal (context at rank r weighs 1/r)."),
+    max_passed_over: int = typer.Option(16, "--max-passed-over", help="Hits without MeSH passed "
+                                        "over per question to find k contexts with MeSH."),
     include_source: bool = typer.Option(False, "--include-source", help="Let a question retrieve "
                                         "its own source abstract (the authors' code does)."),
     rows_per_shard: int = typer.Option(256, "--rows-per-shard", help="Rows per output part."),
@@ -39,7 +56,9 @@ def score(
     stats = score_questions(questions, index, out, corpus_dir=corpus, mesh_dir=mesh, k=k,
                             measure=measure, faithful=faithful,
                             exclude_source=not include_source, aggregate=aggregate,
-                            rows_per_shard=rows_per_shard)
+                            rows_per_shard=rows_per_shard, exclude=exclude, ic_power=ic_power,
+                            major_weight=major_weight, rank_weighting=rank_weighting,
+                            max_passed_over=max_passed_over)
     summary = summarize_scores(read_parquet(out, columns=["generator", "score"]))
     typer.echo(f"scored {stats['rows_out']} questions into {out} "
                f"({stats['skipped']} of {stats['shards']} shards already done)")
@@ -50,9 +69,9 @@ def score(
 def prefer(
     scores: Path = typer.Argument(..., help="Scores Parquet file or directory (`kailin score`)."),
     out: Path = typer.Option(..., "--out", help="Output directory."),
-    tau: str | None = typer.Option(None, "--tau", help="Keep a PMID only when every score <= tau; "
-                            "'none' turns the filter off. Default: 0.5 with MeSH scores, none "
-                            "with --labeller evaluator."),
+    tau: str | None = typer.Option(None, "--tau", help="Keep a PMID only when every score <= tau "
+                            "(default: off; the authors' 0.5 is on the paper's scale, for "
+                            "`kailin score --faithful` scores); 'none' turns it off."),
     band: tuple[float, float] | None = typer.Option(None, "--band", help="LOW HIGH: keep only "
                                                     "PMIDs whose scores are all strictly inside."),
     min_margin: float = typer.Option(0.0, "--min-margin", help="Drop a PMID whose chosen and "
@@ -68,7 +87,7 @@ def prefer(
     from kailin.align.prefer import prefer as run_prefer
 
     scores_table = None
-    tau_value = parse_tau(tau) if tau is not None else 0.5
+    tau_value = parse_tau(tau) if tau is not None else None
     if labeller == "evaluator":
         if evaluator is None:
             raise InputError("--labeller evaluator needs --evaluator DIR (`kailin train evaluator`)")

@@ -34,7 +34,8 @@ def generator(
     n: int = typer.Option(100, "--n", help="Held-out abstracts to draw."),
     exclude: Path | None = typer.Option(None, "--exclude", help="Parquet whose PMIDs are not "
                                         "held out (e.g. the preference pairs DPO used)."),
-    k: int = typer.Option(4, "--k", "-k", help="Contexts per question."),
+    k: int | None = typer.Option(None, "--k", "-k", help="Contexts per question (default: "
+                                 "the document score's, 6)."),
     work: Path | None = typer.Option(None, "--work", help="Where generated questions and scores "
                                      "are kept (default: OUT of --json's folder or ./)."),
     mode: str = typer.Option("raw", "--mode", help="Prompt mode for generation: raw (the "

@@ -44,10 +44,26 @@ class CorpusConfig(_Section):
 
 
 class MeshConfig(_Section):
+    """The document score (defaults: kailin.mesh.score.DEFAULT_SCORING, chosen by
+    ``kailin evaluate signal``; ``faithful: true`` is the paper's form)."""
+
     dir: str | None = Field(None, description="MeSH build folder; default: the packaged one")
-    measure: str = "kailin"
-    faithful: bool = False
-    aggregate: Literal["mean", "bma"] = "mean"
+    measure: str | None = Field(None, description="descriptor similarity (default embedding; "
+                                "hybrid, resnik, lin, jiang, kailin, path, ...)")
+    faithful: bool = Field(False, description="the paper's form: the authors' measure, "
+                           "all-pairs mean, every descriptor, k=4")
+    aggregate: Literal["mean", "bma"] | None = Field(None, description="default bma")
+    exclude: Literal["check-tags", "none"] | None = Field(None, description="default: NLM's "
+                                                          "check tags left out")
+    ic_power: float | None = Field(None, ge=0, description="descriptor weights (IC/MaxIC)^p "
+                                   "(default 3)")
+    major_weight: float | None = Field(None, gt=0, description="weight of MajorTopicYN "
+                                       "descriptors (default 1)")
+    rank_weighting: Literal["none", "reciprocal"] | None = None
+    k: int | None = Field(None, ge=1, description="contexts the score looks at (default 6, "
+                          "faithful 4); the dataset keeps index.k of them")
+    max_passed_over: int = Field(16, ge=0, description="hits without MeSH passed over per "
+                                 "question to find k contexts with MeSH")
 
 
 class IndexConfig(_Section):
@@ -102,7 +118,9 @@ class GenerationConfig(_Section):
 
 
 class PreferenceConfig(_Section):
-    tau: float | None = 0.5
+    tau: float | None = Field(None, description="keep a PMID only when every score <= tau "
+                              "(the authors' filter, 0.5 on the paper's scale: use it with "
+                              "mesh.faithful; off by default)")
     band: tuple[float, float] | None = None
     min_margin: float = Field(0.0, ge=0)
     labeller: Literal["mesh", "evaluator"] = "mesh"

@@ -193,9 +193,13 @@ def _score_stage(ctx: RunContext):
     from kailin.align.score import ScoreStage
 
     m, ix = ctx.cfg.mesh, ctx.cfg.index
+    k = m.k if m.k is not None else (max(ix.k, 4) if m.faithful else max(ix.k, 6))
     return ScoreStage(ctx.path("index"), corpus_dir=corpus_dir(ctx),
-                      mesh_dir=ctx.resolve(m.dir), k=ix.k, measure=m.measure,
-                      faithful=m.faithful, exclude_source=ix.leave_source_out)
+                      mesh_dir=ctx.resolve(m.dir), k=k, measure=m.measure,
+                      faithful=m.faithful, exclude_source=ix.leave_source_out,
+                      aggregate=m.aggregate, exclude=m.exclude, ic_power=m.ic_power,
+                      major_weight=m.major_weight, rank_weighting=m.rank_weighting,
+                      max_passed_over=m.max_passed_over)
 
 
 def score_stage(ctx: RunContext) -> dict:
