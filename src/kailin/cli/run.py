@@ -14,21 +14,29 @@ def run(
                                     "run_dir, relative to the config file)."),
     only: list[str] = typer.Option([], "--only", help="Run only these stages (repeatable); "
                                    "stages they need must be up to date."),
+    from_stage: str | None = typer.Option(None, "--from", help="Recompute this stage and every "
+                                          "stage after it, even if up to date."),
+    force: list[str] = typer.Option([], "--force", help="Recompute this stage (repeatable), "
+                                    "even if up to date; the stages that read it follow."),
     executor: str | None = typer.Option(None, "--executor", help="Override executor.kind: "
                                         "local or ray."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
 ) -> None:
-    """Run the whole pipeline; finished stages are skipped, a killed run resumes."""
+    """Run the pipeline: stages whose key (settings, inputs, code) is unchanged are skipped, the
+    others re-run, with everything downstream; a killed run resumes. One run per run folder."""
     from kailin.pipeline.config import load_config
-    from kailin.pipeline.run import run_pipeline
+    from kailin.pipeline.stages import run_config
 
     cfg, base = load_config(config)
     if executor:
         cfg.executor.kind = executor  # type: ignore[assignment]
-    manifest = run_pipeline(cfg, base, run_dir=out.resolve() if out else None,
-                            only=list(only) or None, progress=not no_progress)
+    manifest = run_config(cfg, base, run_dir=out.resolve() if out else None,
+                          only=list(only) or None, progress=not no_progress,
+                          force=list(force) or None, from_stage=from_stage)
     run_dir = Path(manifest["run_dir"])
-    typer.echo(f"run finished in {manifest['seconds']:.0f} s: {run_dir}")
+    ran = manifest.get("ran", [])
+    typer.echo(f"run finished in {manifest['seconds']:.1f} s: {run_dir} (ran "
+               + (", ".join(ran) if ran else "nothing: all up to date") + ")")
     for name in ("pubmedqa.json", "generator.json"):
         p = run_dir / "reports" / name
         if p.exists():
@@ -50,26 +58,42 @@ def _headline(rep: dict) -> dict:
 
 def status(
     run_dir: Path = typer.Argument(..., help="A run folder (kailin run --out)."),
+    config: Path | None = typer.Option(None, "--config", help="Compare with this config "
+                                       "(default: the config the run was made with)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """List each stage of a run: state, counts and timings."""
+    """Each stage of a run: done, stale (which input or setting changed), missing, running or
+    failed, with counts and timings."""
     from rich.console import Console
     from rich.table import Table
 
+    from kailin.pipeline.config import RunConfig, load_config
     from kailin.pipeline.run import run_status
+    from kailin.pipeline.stages import pipeline_stages
 
-    rows = run_status(run_dir)
+    manifest = run_dir / "manifest.json"
+    if config is not None:
+        cfg, base = load_config(config)
+    elif manifest.is_file():
+        m = json.loads(manifest.read_text())
+        cfg, base = RunConfig.model_validate(m["config"]), Path(m.get("base_dir") or run_dir)
+    else:
+        cfg = base = None
+    rows = run_status(run_dir, cfg, base, pipeline_stages(cfg) if cfg is not None else None)
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
     table = Table(title=str(run_dir))
-    for col in ("stage", "status", "seconds", "progress", "counts"):
+    for col in ("stage", "status", "seconds", "progress", "why / counts"):
         table.add_column(col)
     for r in rows:
         prog = (f"{r['shards_done']} shards, {r['rows_written']} rows" if "shards_done" in r
                 else "")
         counts = ", ".join(f"{k}={v}" for k, v in (r.get("counts") or {}).items()
                            if not isinstance(v, dict | list))
+        why = "; ".join(r.get("reasons") or [])
+        if r.get("status") == "done":
+            why = counts
         table.add_row(r["stage"], r.get("status", "?"), f"{r.get('seconds', '')}", prog,
-                      counts[:120] or r.get("error", "")[:120])
+                      (why or r.get("error", "") or counts)[:160])
     Console(width=max(140, Console().width)).print(table)

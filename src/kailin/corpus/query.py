@@ -142,14 +142,14 @@ def select(
     False, any descriptor below them in the MeSH tree) to the corpus directory ``out``.
 
     Re-running the same selection on an unchanged corpus is a no-op."""
-    if not mesh_terms:
-        raise InputError("give at least one --mesh descriptor (name or UI)")
+    if not mesh_terms and years is None:
+        raise InputError("give at least one --mesh descriptor (name or UI), or --years")
     src = open_corpus(corpus_dir)
-    if mesh is None:
+    if mesh is None and mesh_terms:
         from kailin.mesh import load_mesh
 
         mesh = load_mesh()
-    roots, uis = resolve_query_terms(mesh_terms, mesh, descendants)
+    roots, uis = resolve_query_terms(mesh_terms, mesh, descendants) if mesh_terms else ([], [])
     lo, hi = parse_years(years)
     query = {
         "mesh": list(mesh_terms),
@@ -177,7 +177,7 @@ def select(
         )
     else:
         cond = "EXISTS (SELECT 1 FROM (SELECT unnest(corpus.mesh_uis) AS u) z WHERE z.u IN (SELECT ui FROM q))"
-    where = [cond]
+    where = [cond] if mesh_terms else ["TRUE"]
     if lo is not None:
         where.append(f"year >= {lo}")
     if hi is not None:

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from kailin.errors import InputError
 
@@ -133,9 +140,20 @@ class DPOConfig(_Section):
     max_steps: int = Field(10, ge=1)
     batch_size: int = Field(2, ge=1)
     learning_rate: float = 5e-4
-    warmup_steps: int = Field(100, ge=0)
+    warmup_steps: int | None = Field(None, ge=0, description="learning-rate warm-up steps "
+                                     "(default: a tenth of max_steps, rounded down)")
     beta: float = 0.1
     max_length: int = Field(512, ge=32)
+
+    @model_validator(mode="after")
+    def _warmup(self) -> DPOConfig:
+        if self.warmup_steps and self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps {self.warmup_steps} must be below max_steps "
+                             f"{self.max_steps} (the learning rate would never leave warm-up)")
+        return self
+
+    def warmup(self) -> int:
+        return self.max_steps // 10 if self.warmup_steps is None else self.warmup_steps
 
 
 class EvaluatorConfig(_Section):
@@ -146,9 +164,23 @@ class AnswerConfig(_Section):
     enabled: bool = True
     teacher: str = "smollm2"
     max_new_tokens: int = Field(96, ge=1)
-    grounding: Literal["lexical", "embedding", "nli", "llm", "none"] = "embedding"
+    grounding: Literal["lexical", "embedding", "nli", "llm-judge", "none"] = "embedding"
+    grounding_model: str | None = Field(None, description="the grounding model: nli: a local "
+                                        "NLI CrossEncoder folder (required); embedding: a "
+                                        "sentence-transformers model (default: the packaged "
+                                        "MiniLM); llm-judge: a model spec (default smollm2)")
+    grounding_threshold: float | None = Field(None, description="grounded when the score is at "
+                                              "least this (default per mode)")
     filter_ungrounded: bool = False
     limit: int | None = Field(None, ge=1)
+
+
+    @model_validator(mode="after")
+    def _nli(self) -> AnswerConfig:
+        if self.grounding == "nli" and not self.grounding_model:
+            raise ValueError("grounding nli needs grounding_model: a local NLI CrossEncoder "
+                             "folder (none ships on PyPI)")
+        return self
 
 
 class ExportConfig(_Section):
@@ -160,7 +192,8 @@ class DownstreamConfig(_Section):
     enabled: bool = True
     model: str = "smollm2"
     cpt_steps: int = Field(10, ge=1)
-    sft_steps: int = Field(0, ge=0)
+    sft_steps: int = Field(0, ge=0, description="after CPT, SFT steps on the answered "
+                           "records (export's sft config; needs answers)")
     batch_size: int = Field(2, ge=1)
     max_length: int = Field(512, ge=32)
     learning_rate: float = 2e-5
@@ -202,6 +235,16 @@ class RunConfig(_Section):
         if len(set(names)) != len(names):
             raise ValueError(f"generator names must be unique: {names}")
         return v
+
+    @model_validator(mode="after")
+    def _wiring(self) -> RunConfig:
+        if self.downstream.enabled and self.downstream.sft_steps and not self.answers.enabled:
+            raise ValueError("downstream.sft_steps trains on the answered records: enable "
+                             "answers, or set sft_steps: 0")
+        if self.dpo.generator and self.dpo.generator not in {g.name for g in self.generators}:
+            raise ValueError(f"dpo.generator {self.dpo.generator!r} is not one of the "
+                             "generators")
+        return self
 
 
 def load_config(path: str | Path) -> tuple[RunConfig, Path]:

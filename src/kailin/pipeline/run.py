@@ -1,46 +1,80 @@
-"""``kailin run``: the stages in order, each keyed by its inputs, settings and code version.
+"""The run engine: stages in order, each keyed by its settings, its inputs and its code version.
 
 A run folder holds every stage's output and its state::
 
+    RUN_DIR/run.lock             the run that holds the folder (pid, host, start)
     RUN_DIR/manifest.json        provenance: config, versions, stage keys, counts, timings
-    RUN_DIR/state/<stage>.json   key, status (running/done/failed), counts, timings
+    RUN_DIR/state/<stage>.json   key, what the key was made of, status, counts, timings
     RUN_DIR/<outputs>            corpus/, index/, questions/, scores/, preferences/, models/,
                                  answers/, export/, reports/
 
-A stage whose key (a hash of its settings, the keys of the stages it reads and the kailin
-version) matches a ``done`` state is skipped; any change re-runs it and everything downstream.
-Record-level stages write shard parts with markers (see the executors), so a run killed at any
-moment resumes inside the stage where it stopped.
+A stage's key is a hash of its settings (the config values it reads), the keys of the stages it
+reads, the content digests of the input files it reads, and its code version. A stage whose key
+matches a ``done`` state is skipped; any change re-runs it and, since its key changed, every
+stage that reads it. Record-level stages pass a key on to the executor, which stamps every shard
+marker with it (plus the shard's input rows), so inside a re-run stage only the shards whose key
+changed are recomputed. Trainers' output folders are stamped too: a folder from another key is
+replaced, one from the same key resumes from its last checkpoint.
+
+This module is the bottom layer of ``kailin run``: it knows the :class:`StageSpec` protocol, not
+the stages (``kailin.pipeline.stages`` lists those).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import platform
+import secrets
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import kailin
+from kailin.errors import InputError
 from kailin.io import write_json_atomic
 from kailin.pipeline.config import RunConfig
+from kailin.pipeline.keys import FileDigests, changed_settings, digest
+from kailin.pipeline.lock import read_lock, run_lock
 
 log = logging.getLogger("kailin.run")
+KEY_STAMP = "_kailin_key.json"
 
 
 @dataclass
 class StageSpec:
     name: str
     fn: Callable[[RunContext], dict]
-    #: config sections (attribute names of RunConfig, or callables) that key this stage
+    #: the config values this stage reads, as ``{section: values}``
     settings: Callable[[RunConfig], Any]
+    #: stages whose outputs this stage reads
     inputs: list[str] = field(default_factory=list)
     enabled: Callable[[RunConfig], bool] = lambda cfg: True
+    #: what the stage writes, relative to the run folder
+    outputs: list[str] = field(default_factory=list)
+    #: how a re-run treats existing outputs: ``self`` (the stage keys its own parts: shard
+    #: markers, incremental ingestion), ``resume`` (trainers: a folder stamped with another key
+    #: is replaced, one with this key resumes), ``replace`` (removed before the stage runs)
+    mode: Literal["self", "resume", "replace"] = "replace"
+    #: input files outside the run folder, keyed by content
+    files: Callable[[RunConfig, Path], list[Path]] | None = None
+    #: bump when the stage's code changes what it writes
+    code: str = "1"
+
+
+@dataclass
+class StagePlan:
+    spec: StageSpec
+    enabled: bool
+    key: str = ""
+    parts: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+    status: str = "missing"  # done, stale, missing, running, failed, disabled
+    reasons: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -50,6 +84,12 @@ class RunContext:
     base_dir: Path
     progress: bool = True
     results: dict[str, dict] = field(default_factory=dict)
+    #: keys of every enabled stage of this run
+    keys: dict[str, str] = field(default_factory=dict)
+    #: the stage running now, and its key
+    stage: str = ""
+    key: str = ""
+    salt: str = ""
 
     def path(self, *parts: str) -> Path:
         return self.run_dir.joinpath(*parts)
@@ -59,6 +99,15 @@ class RunContext:
             return None
         q = Path(p)
         return q if q.is_absolute() else (self.base_dir / q)
+
+    def sub_key(self, settings: Any, inputs: list[str] = ()) -> str:  # type: ignore[assignment]
+        """A key for part of the running stage's output (one generator's questions, the shards
+        of a record-level stage): these settings, these inputs' keys, the code version and the
+        stage's salt. Leave out the input whose rows the executor reads: each shard's key has
+        the digest of its own rows."""
+        return digest({"stage": self.stage, "settings": settings,
+                       "inputs": {i: self.keys.get(i, "") for i in inputs},
+                       "version": kailin.__version__, "salt": self.salt})
 
     def executor(self):
         ex = self.cfg.executor
@@ -74,19 +123,17 @@ class RunContext:
         return LocalExecutor(rows_per_shard=ex.rows_per_shard, progress=self.progress)
 
 
-def _key(name: str, settings: Any, input_keys: list[str]) -> str:
-    payload = json.dumps({"stage": name, "settings": settings, "inputs": input_keys,
-                          "version": kailin.__version__}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+def _state_path(run_dir: Path, name: str) -> Path:
+    return run_dir / "state" / f"{name.replace(':', '__')}.json"
 
 
 def _read_state(run_dir: Path, name: str) -> dict:
-    p = run_dir / "state" / f"{name.replace(':', '__')}.json"
+    p = _state_path(run_dir, name)
     return json.loads(p.read_text()) if p.exists() else {}
 
 
 def _write_state(run_dir: Path, name: str, state: dict) -> None:
-    write_json_atomic(run_dir / "state" / f"{name.replace(':', '__')}.json", state)
+    write_json_atomic(_state_path(run_dir, name), state)
 
 
 def _versions() -> dict[str, str]:
@@ -100,56 +147,178 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _matches(spec: StageSpec, names: set[str]) -> bool:
+    return spec.name in names or spec.name.split(":")[0] in names
+
+
+def _check_names(specs: list[StageSpec], names: set[str], option: str) -> None:
+    known = {s.name for s in specs} | {s.name.split(":")[0] for s in specs}
+    bad = sorted(names - known)
+    if bad:
+        raise InputError(f"{option} {', '.join(bad)}: no such stage; stages: "
+                         + ", ".join(s.name for s in specs))
+
+
+def plan_run(cfg: RunConfig, base_dir: Path, run_dir: Path, specs: list[StageSpec],
+             force: set[str] = frozenset(), digests: FileDigests | None = None
+             ) -> list[StagePlan]:
+    """Every stage's key now, and whether its outputs in ``run_dir`` are done, stale (and why)
+    or missing. ``force``: stages that get a new salt (so their key, and their readers' keys,
+    change)."""
+    digests = digests or FileDigests(run_dir / "cache" / "file_digests.json")
+    keys: dict[str, str] = {}
+    plans = []
+    for spec in specs:
+        state = _read_state(run_dir, spec.name)
+        p = StagePlan(spec, enabled=bool(spec.enabled(cfg)), state=state)
+        plans.append(p)
+        if not p.enabled:
+            p.status = "disabled"
+            continue
+        salt = state.get("salt", "")
+        if _matches(spec, set(force)):
+            salt = secrets.token_hex(4)
+        parts = {
+            "stage": spec.name,
+            "settings": json.loads(json.dumps(spec.settings(cfg), default=str)),
+            "inputs": {d: keys[d] for d in spec.inputs if d in keys},
+            "files": digests.paths(spec.files(cfg, base_dir)) if spec.files else {},
+            "code": f"{kailin.__version__}/{spec.code}",
+            "salt": salt,
+        }
+        p.parts, p.key = parts, digest(parts)
+        keys[spec.name] = p.key
+        if not state:
+            p.status = "missing"
+        elif state.get("key") == p.key and state.get("status") == "done":
+            p.status = "done"
+        else:
+            p.status = "stale" if state.get("key") != p.key else state.get("status", "stale")
+            p.reasons = _why(state, parts)
+    digests.save()
+    return plans
+
+
+def _why(state: dict, parts: dict) -> list[str]:
+    if state.get("key") == digest(parts):
+        return [f"last run {state.get('status')}"]
+    old = state.get("parts")
+    if not old:
+        return ["made by an older kailin (no record of its inputs)"]
+    out = [f"setting {k} changed" for k in changed_settings(old.get("settings"),
+                                                              parts["settings"])]
+    oi, ni = old.get("inputs", {}), parts["inputs"]
+    out += [f"input {d} changed" for d in sorted(set(oi) | set(ni)) if oi.get(d) != ni.get(d)]
+    of, nf = old.get("files", {}), parts["files"]
+    out += [f"file {f} changed" for f in sorted(set(of) | set(nf)) if of.get(f) != nf.get(f)]
+    if old.get("code") != parts["code"]:
+        out.append(f"code version {old.get('code')} -> {parts['code']}")
+    if old.get("salt") != parts["salt"]:
+        out.append("forced")
+    return out or ["key changed"]
+
+
+def _prepare_outputs(ctx: RunContext, spec: StageSpec, key: str) -> None:
+    for rel in spec.outputs:
+        out = ctx.path(rel)
+        if spec.mode == "replace":
+            if out.is_dir():
+                shutil.rmtree(out)
+            elif out.exists():
+                out.unlink()
+        elif spec.mode == "resume":
+            stamp = out / KEY_STAMP
+            old = json.loads(stamp.read_text()).get("key") if stamp.is_file() else None
+            if out.exists() and old != key:
+                log.info("%s: made from other inputs or settings (key %s, now %s); replacing it",
+                         out, old, key)
+                shutil.rmtree(out)
+            out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(stamp, {"stage": spec.name, "key": key})
+
+
 def run_pipeline(cfg: RunConfig, base_dir: Path, run_dir: Path | None = None,
                  stages: list[StageSpec] | None = None, only: list[str] | None = None,
-                 progress: bool = True) -> dict:
-    """Run every enabled stage in order; returns the manifest."""
-    from kailin.pipeline.stages import pipeline_stages
+                 progress: bool = True, force: list[str] | None = None,
+                 from_stage: str | None = None) -> dict:
+    """Run every enabled stage whose outputs are not up to date, in order; returns the manifest.
 
+    ``only``: run just these stages (the stages they read must be up to date). ``force``:
+    recompute these stages (and so their readers). ``from_stage``: recompute this stage and every
+    stage after it. The run folder is locked for the duration (``run.lock``)."""
+    if stages is None:
+        raise TypeError("run_pipeline needs the stage list: kailin.pipeline.stages.run_config "
+                        "runs a config with the standard stages")
     run_dir = Path(run_dir) if run_dir is not None else (base_dir / cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(cfg, run_dir.resolve(), base_dir, progress=progress)
-    specs = stages if stages is not None else pipeline_stages(cfg)
-    keys: dict[str, str] = {}
+    run_dir = run_dir.resolve()
+    specs = stages
+    force_set = set(force or ())
+    _check_names(specs, force_set, "--force")
+    if only:
+        _check_names(specs, set(only), "--only")
+    if from_stage:
+        _check_names(specs, {from_stage}, "--from")
+        i = next(i for i, s in enumerate(specs) if _matches(s, {from_stage}))
+        force_set |= {s.name for s in specs[i:]}
+    with run_lock(run_dir):
+        return _run_locked(cfg, base_dir, run_dir, specs, only, progress, force_set)
+
+
+def _run_locked(cfg: RunConfig, base_dir: Path, run_dir: Path, specs: list[StageSpec],
+                only: list[str] | None, progress: bool, force: set[str]) -> dict:
+    ctx = RunContext(cfg, run_dir, Path(base_dir).resolve(), progress=progress)
+    plans = plan_run(cfg, ctx.base_dir, run_dir, specs, force=force)
+    ctx.keys = {p.spec.name: p.key for p in plans if p.enabled}
     manifest: dict[str, Any] = {
         "kailin_version": kailin.__version__,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "run_dir": str(ctx.run_dir),
+        "base_dir": str(ctx.base_dir),
         "config": cfg.model_dump(mode="json"),
         "versions": _versions(),
         "stages": {},
     }
+    if only:
+        chosen = {p.spec.name for p in plans if _matches(p.spec, set(only))}
+        need = {d for p in plans if p.spec.name in chosen for d in p.spec.inputs} - chosen
+        bad = [f"{p.spec.name} ({p.status}{': ' + '; '.join(p.reasons) if p.reasons else ''})"
+               for p in plans if p.spec.name in need and p.enabled and p.status != "done"]
+        if bad:
+            raise InputError("--only: these stages are read by the ones chosen and are not up "
+                             "to date: " + ", ".join(bad) + "; run them first (or drop --only)")
     t_run = time.perf_counter()
-    for i, spec in enumerate(specs, 1):
-        if not spec.enabled(cfg):
+    for i, p in enumerate(plans, 1):
+        spec = p.spec
+        if not p.enabled:
             manifest["stages"][spec.name] = {"status": "disabled"}
             continue
-        if only and spec.name.split(":")[0] not in only and spec.name not in only:
+        label = f"[{i}/{len(plans)}] {spec.name}"
+        if only and not _matches(spec, set(only)):
+            manifest["stages"][spec.name] = {**p.state, "skipped": True}
             continue
-        key = _key(spec.name, spec.settings(cfg), [keys.get(d, "") for d in spec.inputs])
-        keys[spec.name] = key
-        state = _read_state(ctx.run_dir, spec.name)
-        label = f"[{i}/{len(specs)}] {spec.name}"
-        if state.get("key") == key and state.get("status") == "done":
-            log.info("%s: up to date (%.1f s when run), skipped", label, state.get("seconds", 0))
-            ctx.results[spec.name] = state.get("counts", {})
-            manifest["stages"][spec.name] = {**state, "skipped": True}
+        if p.status == "done":
+            log.info("%s: up to date (%.1f s when run), skipped", label,
+                     p.state.get("seconds", 0))
+            ctx.results[spec.name] = p.state.get("counts", {})
+            manifest["stages"][spec.name] = {**p.state, "skipped": True}
             continue
-        log.info("%s: running", label)
+        why = f" ({'; '.join(p.reasons)})" if p.reasons else ""
+        log.info("%s: running%s", label, why[:400])
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        _write_state(ctx.run_dir, spec.name, {"key": key, "status": "running",
-                                              "started": started})
+        base = {"key": p.key, "parts": p.parts, "salt": p.parts["salt"], "started": started}
+        _write_state(ctx.run_dir, spec.name, {**base, "status": "running"})
+        ctx.stage, ctx.key, ctx.salt = spec.name, p.key, p.parts["salt"]
         t0 = time.perf_counter()
         try:
+            _prepare_outputs(ctx, spec, p.key)
             counts = spec.fn(ctx) or {}
         except BaseException as exc:
             _write_state(ctx.run_dir, spec.name, {
-                "key": key, "status": "failed", "started": started,
-                "seconds": round(time.perf_counter() - t0, 2),
+                **base, "status": "failed", "seconds": round(time.perf_counter() - t0, 2),
                 "error": f"{type(exc).__name__}: {exc}"[:2000]})
             raise
         dt = round(time.perf_counter() - t0, 2)
-        state = {"key": key, "status": "done", "started": started,
+        state = {**base, "status": "done",
                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "seconds": dt, "counts": counts}
         _write_state(ctx.run_dir, spec.name, state)
@@ -158,43 +327,56 @@ def run_pipeline(cfg: RunConfig, base_dir: Path, run_dir: Path | None = None,
         log.info("%s: done in %.1f s %s", label, dt, json.dumps(counts, default=str)[:300])
     manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     manifest["seconds"] = round(time.perf_counter() - t_run, 2)
+    manifest["ran"] = [n for n, s in manifest["stages"].items()
+                       if s.get("status") == "done" and not s.get("skipped")]
     write_json_atomic(ctx.run_dir / "manifest.json", manifest)
     return manifest
 
 
-def run_status(run_dir: str | Path) -> list[dict]:
-    """One row per stage that has state in ``run_dir``: name, status, seconds, counts."""
-    run_dir = Path(run_dir)
+def run_status(run_dir: str | Path, cfg: RunConfig | None = None, base_dir: Path | None = None,
+               stages: list[StageSpec] | None = None) -> list[dict]:
+    """One row per stage: ``status`` done / stale (``reasons``: which input or setting changed)
+    / missing / running / failed / disabled, with seconds, counts and shard progress.
+
+    With ``cfg`` and ``stages``, keys are computed for that config (what the next ``kailin run``
+    of it would redo); without, only the recorded states are listed."""
+    run_dir = Path(run_dir).resolve()
     state_dir = run_dir / "state"
     if not state_dir.is_dir():
-        from kailin.errors import InputError
-
         raise InputError(f"{run_dir}: not a run folder (no state/); start one with `kailin run`")
-    order: list[str] = []
-    manifest = run_dir / "manifest.json"
-    if manifest.exists():
-        order = list(json.loads(manifest.read_text()).get("stages", {}))
+    holder = read_lock(run_dir)
     rows = []
+    if cfg is not None and stages is not None:
+        for p in plan_run(cfg, Path(base_dir or run_dir), run_dir, stages):
+            st = p.state
+            status = p.status
+            if st.get("status") == "running" and st.get("key") == p.key:
+                status = "running" if holder and holder.get("alive") is not False else \
+                    "interrupted"
+            row = {"stage": p.spec.name, "status": status, "reasons": p.reasons,
+                   **{k: st[k] for k in ("seconds", "counts", "error", "started", "finished")
+                      if k in st}}
+            row.update(_shard_progress(run_dir, p.spec))
+            rows.append(row)
+        return rows
     for p in sorted(state_dir.glob("*.json"), key=lambda p: p.stat().st_mtime):
         st = json.loads(p.read_text())
-        name = p.stem.replace("__", ":")
-        shards = _shard_progress(run_dir, name)
-        rows.append({"stage": name, **st, **shards})
-    rank = {n: i for i, n in enumerate(order)}
-    rows.sort(key=lambda r: rank.get(r["stage"], len(rank)))
+        rows.append({"stage": p.stem.replace("__", ":"),
+                     **{k: v for k, v in st.items() if k != "parts"}})
     return rows
 
 
-def _shard_progress(run_dir: Path, name: str) -> dict:
-    """For record-level stages: shards finished so far (visible while a stage is running)."""
-    from kailin.pipeline.stages import STAGE_OUTPUTS
-
-    sub = STAGE_OUTPUTS.get(name.split(":")[0])
-    if sub is None:
-        return {}
-    out = run_dir / sub
-    done = list(out.rglob("_done/*.json")) if out.is_dir() else []
+def _shard_progress(run_dir: Path, spec: StageSpec) -> dict:
+    """For stages that write shard markers: markers so far (visible while a stage runs)."""
+    done = []
+    for rel in spec.outputs:
+        out = run_dir / rel
+        if out.is_dir():
+            done += list(out.rglob("_done/*.json"))
     if not done:
         return {}
-    rows = sum(json.loads(p.read_text()).get("rows_out", 0) for p in done)
+    rows = 0
+    for p in done:
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            rows += json.loads(p.read_text()).get("rows_out", 0)
     return {"shards_done": len(done), "rows_written": rows}

@@ -3,8 +3,9 @@
 =====================  ==========================================  ============================
 stage                  does                                        writes (under RUN_DIR)
 =====================  ==========================================  ============================
-corpus                 ingest files / build the demo corpus,       corpus/ (+ subset/)
-                       select, keep N distil + M held-out
+corpus                 ingest files / build the demo corpus,       corpus/full (+ selected/)
+                       select by MeSH / years
+workset                keep N abstracts to distil + M held out     corpus/work.parquet, ...
 index                  BM25 / dense / hybrid index of the corpus   index/
 sft:<generator>        SFT each question generator                 models/<gen>-sft/
 questions              every generator writes one question per     questions/ (shards)
@@ -33,12 +34,9 @@ import pyarrow.compute as pc
 
 from kailin.io import duckdb_table, read_parquet, write_json_atomic, write_parquet_atomic
 from kailin.pipeline.config import RunConfig
-from kailin.pipeline.run import RunContext, StageSpec
+from kailin.pipeline.run import RunContext, StageSpec, run_pipeline
 
 log = logging.getLogger("kailin.run")
-
-#: record-level stages: where their shard parts live (for `kailin status`)
-STAGE_OUTPUTS = {"questions": "questions", "score": "scores", "answers": "answers"}
 
 
 def _dump(model: Any) -> Any:
@@ -73,9 +71,20 @@ def corpus_stage(ctx: RunContext) -> dict:
     if c.select_mesh or c.select_years:
         src = ctx.path("corpus", "selected")
         select(full, c.select_mesh, src, years=c.select_years)
-    # the working set: abstracts with MeSH, sorted by PMID; the first N are distilled, the next
-    # M are held out for the generator evaluation
-    t = open_corpus(src).read()
+    elif ctx.path("corpus", "selected").exists():  # a selection no longer asked for
+        import shutil
+
+        shutil.rmtree(ctx.path("corpus", "selected"))
+    return {"corpus_records": open_corpus(src).num_rows}
+
+
+def workset_stage(ctx: RunContext) -> dict:
+    """The working set: abstracts with MeSH, sorted by PMID; the first ``corpus.limit`` are
+    distilled, the next ``corpus.heldout`` are held out for the generator evaluation."""
+    from kailin.corpus.reader import open_corpus
+
+    c = ctx.cfg.corpus
+    t = open_corpus(corpus_dir(ctx)).read()
     keep = pc.and_(pc.greater(pc.utf8_length(pc.fill_null(t["abstract"], "")), 0),
                    pc.greater(pc.list_value_length(t["mesh_uis"]), 0))
     t = t.filter(pc.fill_null(keep, False)).sort_by("pmid")
@@ -83,8 +92,26 @@ def corpus_stage(ctx: RunContext) -> dict:
     work, held = t.slice(0, n), t.slice(n, c.heldout)
     write_parquet_atomic(work, ctx.path("corpus", "work.parquet"))
     write_parquet_atomic(held, ctx.path("corpus", "heldout.parquet"))
-    return {"corpus_records": open_corpus(src).num_rows, "distil": work.num_rows,
-            "heldout": held.num_rows}
+    return {"distil": work.num_rows, "heldout": held.num_rows}
+
+
+def corpus_files(cfg: RunConfig, base: Path) -> list[Path]:
+    """The files the corpus stage reads (keyed by content)."""
+    c = cfg.corpus
+
+    def res(p: str) -> Path:
+        return Path(p) if Path(p).is_absolute() else base / p
+
+    if c.corpus_dir:
+        return [res(c.corpus_dir)]
+    files = [res(p) for p in c.inputs]
+    if c.demo and not c.inputs:
+        from kailin.corpus.demo import demo_inputs
+
+        files = demo_inputs()
+    if c.exclude_pmids:
+        files.append(res(c.exclude_pmids))
+    return files
 
 
 def corpus_dir(ctx: RunContext) -> Path:
@@ -170,12 +197,35 @@ def questions_stage(ctx: RunContext) -> dict:
     from kailin.generate.questions import question_stats
 
     work = read_parquet(ctx.path("corpus", "work.parquet"), columns=["pmid", "title", "abstract"])
-    rows = 0
+    _drop_other_dirs(ctx.path("questions"), {g.name for g in ctx.cfg.generators})
+    rows = computed = 0
     for g in ctx.cfg.generators:
         stage = _question_stage(ctx, g.name, generator_model(ctx, g.name))
-        rows += ctx.executor().run(stage, work, ctx.path("questions", g.name))["rows_out"]
+        stats = ctx.executor().run(stage, work, ctx.path("questions", g.name),
+                                   key=_question_key(ctx, g.name))
+        rows += stats["rows_out"]
+        computed += stats["computed"]
     qs = read_parquet(ctx.path("questions"))
-    return {"rows": rows, **_flat(question_stats(qs))}
+    return {"rows": rows, "shards_computed": computed, **_flat(question_stats(qs))}
+
+
+def _question_key(ctx: RunContext, gen_name: str, model_stage: str | None = None) -> str:
+    """One generator's questions depend on the generation settings, that generator's settings
+    and its model (the SFT stage's output, or ``model_stage``'s)."""
+    g = next(g for g in ctx.cfg.generators if g.name == gen_name)
+    return ctx.sub_key({"generation": _dump(ctx.cfg.generation), "generator": _dump(g)},
+                       [model_stage or f"sft:{gen_name}"])
+
+
+def _drop_other_dirs(parent: Path, keep: set[str]) -> None:
+    """Remove sub-folders of ``parent`` that the current config no longer writes."""
+    import shutil
+
+    if parent.is_dir():
+        for d in parent.iterdir():
+            if d.is_dir() and d.name not in keep:
+                log.info("%s: not written by this config any more; removed", d)
+                shutil.rmtree(d)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -205,9 +255,21 @@ def _score_stage(ctx: RunContext):
 def score_stage(ctx: RunContext) -> dict:
     from kailin.align.score import summarize_scores
 
-    stats = ctx.executor().run(_score_stage(ctx), ctx.path("questions"), ctx.path("scores"))
+    stats = ctx.executor().run(_score_stage(ctx), ctx.path("questions"), ctx.path("scores"),
+                               key=_score_key(ctx))
     scores = read_parquet(ctx.path("scores"))
-    return {"rows": stats["rows_out"], **_flat(summarize_scores(scores))}
+    return {"rows": stats["rows_out"], "shards_computed": stats["computed"],
+            **_flat(summarize_scores(scores))}
+
+
+def _score_settings(cfg: RunConfig) -> dict:
+    return {"mesh": _dump(cfg.mesh), "index": _dump(cfg.index)}
+
+
+def _score_key(ctx: RunContext) -> str:
+    """Scores depend on the MeSH and index settings, the index and the corpus (the questions
+    are the rows, keyed shard by shard)."""
+    return ctx.sub_key(_score_settings(ctx.cfg), ["index", "corpus"])
 
 
 def evaluator_stage(ctx: RunContext) -> dict:
@@ -249,7 +311,7 @@ def dpo_stage(ctx: RunContext) -> dict:
         raise KailinError("dpo: the preference stage kept no pairs; loosen preferences.tau / "
                           "band / min_margin or distil more abstracts (corpus.limit)")
     settings = DPOSettings(model=generator_model(ctx, gen), beta=d.beta,
-                           learning_rate=d.learning_rate, warmup_steps=d.warmup_steps,
+                           learning_rate=d.learning_rate, warmup_steps=d.warmup(),
                            batch_size=d.batch_size, grad_accum=1, max_steps=d.max_steps,
                            max_length=d.max_length, save_steps=max(d.max_steps, 1),
                            logging_steps=max(1, d.max_steps // 5))
@@ -265,12 +327,14 @@ def generator_eval_stage(ctx: RunContext) -> dict:
     held = read_parquet(ctx.path("corpus", "heldout.parquet"),
                         columns=["pmid", "title", "abstract"])
     tables = {}
-    for tag, model in (("before", generator_model(ctx, gen)),
-                       ("after", str(ctx.path("models", f"{gen}-dpo", "model")))):
+    for tag, model, model_stage in (
+            ("before", generator_model(ctx, gen), f"sft:{gen}"),
+            ("after", str(ctx.path("models", f"{gen}-dpo", "model")), "dpo")):
         stage = _question_stage(ctx, gen, model)
-        ctx.executor().run(stage, held, ctx.path("generator_eval", tag, "questions"))
+        ctx.executor().run(stage, held, ctx.path("generator_eval", tag, "questions"),
+                           key=_question_key(ctx, gen, model_stage))
         ctx.executor().run(_score_stage(ctx), ctx.path("generator_eval", tag, "questions"),
-                           ctx.path("generator_eval", tag, "scores"))
+                           ctx.path("generator_eval", tag, "scores"), key=_score_key(ctx))
         tables[tag] = read_parquet(ctx.path("generator_eval", tag, "scores"))
     res = compare_score_tables(tables["before"], tables["after"])
     out = json_result(res)
@@ -304,10 +368,19 @@ def answers_stage(ctx: RunContext) -> dict:
         best = best.slice(0, a.limit)
     stage = AnswerStage(teacher=a.teacher, corpus_dir=str(corpus_dir(ctx)),
                         n_contexts=ctx.cfg.index.k, max_new_tokens=a.max_new_tokens,
-                        grounding=a.grounding)
-    stats = ctx.executor().run(stage, best, ctx.path("answers"))
-    return {"rows": stats["rows_out"],
+                        grounding=a.grounding, grounding_model=_grounding_model(ctx),
+                        grounding_threshold=a.grounding_threshold)
+    key = ctx.sub_key({"answers": _dump(a), "k": ctx.cfg.index.k}, ["corpus"])
+    stats = ctx.executor().run(stage, best, ctx.path("answers"), key=key)
+    return {"rows": stats["rows_out"], "shards_computed": stats["computed"],
             **_flat(grounding_rates(read_parquet(ctx.path("answers"))))}
+
+
+def _grounding_model(ctx: RunContext) -> str | None:
+    m = ctx.cfg.answers.grounding_model
+    if m and (m.startswith((".", "/", "~")) or (ctx.base_dir / m).exists()):
+        return str(ctx.resolve(m))
+    return m
 
 
 def export_stage(ctx: RunContext) -> dict:
@@ -345,8 +418,25 @@ def downstream_stage(ctx: RunContext) -> dict:
                                   learning_rate=d.learning_rate, save_steps=d.cpt_steps,
                                   logging_steps=max(1, d.cpt_steps // 5))
     meta = train_cpt(ctx.path("export", "cpt"), ctx.path("models", "downstream"), settings)
-    return {"train_loss": meta.get("train_loss"), "steps": meta.get("global_step"),
-            "records": (meta.get("settings") or {}).get("n_examples")}
+    out = {"train_loss": meta.get("train_loss"), "steps": meta.get("global_step"),
+           "records": (meta.get("settings") or {}).get("n_examples")}
+    if d.sft_steps:  # then SFT on the answered records (the export's sft config)
+        from kailin.dataset.train import train_answers
+
+        s2 = DownstreamSettings(model=str(ctx.path("models", "downstream", "model")),
+                                max_steps=d.sft_steps, batch_size=d.batch_size, grad_accum=1,
+                                max_length=d.max_length, learning_rate=d.learning_rate,
+                                save_steps=d.sft_steps, logging_steps=max(1, d.sft_steps // 5))
+        m2 = train_answers(ctx.path("export"), ctx.path("models", "downstream-sft"), s2)
+        out.update({"sft.train_loss": m2.get("train_loss"), "sft.steps": m2.get("global_step"),
+                    "sft.records": (m2.get("settings") or {}).get("n_examples")})
+    return out
+
+
+def downstream_model(ctx: RunContext) -> str:
+    """The downstream model after training: CPT, then SFT when ``downstream.sft_steps``."""
+    sub = "downstream-sft" if ctx.cfg.downstream.sft_steps else "downstream"
+    return str(ctx.path("models", sub, "model"))
 
 
 def pubmedqa_stage(ctx: RunContext) -> dict:
@@ -355,7 +445,7 @@ def pubmedqa_stage(ctx: RunContext) -> dict:
     p, d = ctx.cfg.pubmedqa, ctx.cfg.downstream
     models = {"before": d.model}
     if d.enabled:
-        models["after"] = str(ctx.path("models", "downstream", "model"))
+        models["after"] = downstream_model(ctx)
     report: dict[str, Any] = {"models": models, "limit": p.limit, "method": p.method}
     for tag, model in models.items():
         report[tag] = evaluate_model(model, settings=list(p.settings), method=p.method,
@@ -374,48 +464,104 @@ def pubmedqa_stage(ctx: RunContext) -> dict:
 
 
 # --- the list ---------------------------------------------------------------------------------
+def _gen(cfg: RunConfig, name: str) -> Any:
+    return next(x for x in cfg.generators if x.name == name)
+
+
+def _sft_files(cfg: RunConfig, base: Path, name: str) -> list[Path]:
+    data = _gen(cfg, name).sft.data
+    return [] if data == "pubmedqa" else [Path(data) if Path(data).is_absolute() else base / data]
+
+
+def _mesh_files(cfg: RunConfig, base: Path) -> list[Path]:
+    d = cfg.mesh.dir
+    return [] if d is None else [Path(d) if Path(d).is_absolute() else base / d]
+
+
+#: the corpus settings that choose the working set (not the corpus the index is built on)
+WORKSET_KEYS = ("limit", "heldout")
+
+
 def pipeline_stages(cfg: RunConfig) -> list[StageSpec]:
+    """The standard stages, in order, with what each reads (settings, stages, files)."""
     gens = [g.name for g in cfg.generators]
     sft = [f"sft:{g}" for g in gens]
+    dpo_gen = _dpo_generator(cfg)
     specs = [
-        StageSpec("corpus", corpus_stage, lambda c: _dump(c.corpus)),
-        StageSpec("index", index_stage, lambda c: _dump(c.index), ["corpus"]),
+        StageSpec("corpus", corpus_stage,
+                  lambda c: {"corpus": {k: v for k, v in _dump(c.corpus).items()
+                                        if k not in WORKSET_KEYS}},
+                  outputs=["corpus/full", "corpus/selected"], mode="self", files=corpus_files),
+        StageSpec("workset", workset_stage,
+                  lambda c: {"corpus": {k: getattr(c.corpus, k) for k in WORKSET_KEYS}},
+                  ["corpus"], outputs=["corpus/work.parquet", "corpus/heldout.parquet"]),
+        StageSpec("index", index_stage,
+                  lambda c: {"index": {"kind": c.index.kind, "model": c.index.model}},
+                  ["corpus"], outputs=["index"]),
     ]
-    for g in cfg.generators:
-        specs.append(StageSpec(f"sft:{g.name}", sft_stage(g.name),
-                               lambda c, n=g.name: _dump(next(x for x in c.generators
-                                                              if x.name == n)),
-                               enabled=lambda c, n=g.name: next(
-                                   x for x in c.generators if x.name == n).sft.enabled))
+    for g in gens:
+        specs.append(StageSpec(
+            f"sft:{g}", sft_stage(g),
+            lambda c, n=g: {"generator": {"model": _gen(c, n).model,
+                                          "question_type": _gen(c, n).question_type,
+                                          "sft": _dump(_gen(c, n).sft)}},
+            enabled=lambda c, n=g: _gen(c, n).sft.enabled,
+            outputs=[f"models/{g}-sft"], mode="resume",
+            files=lambda c, b, n=g: _sft_files(c, b, n)))
     specs += [
         StageSpec("questions", questions_stage,
-                  lambda c: {"gen": _dump(c.generation),
+                  lambda c: {"generation": _dump(c.generation),
                              "generators": [_dump(g) for g in c.generators]},
-                  ["corpus", *sft]),
-        StageSpec("score", score_stage, lambda c: {"mesh": _dump(c.mesh),
-                                                   "index": _dump(c.index)},
-                  ["questions", "index"]),
-        StageSpec("evaluator", evaluator_stage, lambda c: _dump(c.evaluator), ["score"],
-                  enabled=lambda c: c.evaluator.enabled
-                  or c.preferences.labeller == "evaluator"),
-        StageSpec("prefer", prefer_stage, lambda c: _dump(c.preferences),
-                  ["score", "evaluator"]),
-        StageSpec("dpo", dpo_stage, lambda c: _dump(c.dpo), ["prefer", *sft],
-                  enabled=lambda c: c.dpo.enabled),
+                  ["workset", *sft], outputs=["questions"], mode="self"),
+        StageSpec("score", score_stage, _score_settings, ["questions", "index", "corpus"],
+                  outputs=["scores"], mode="self", files=_mesh_files),
+        StageSpec("evaluator", evaluator_stage, lambda c: {"evaluator": _dump(c.evaluator)},
+                  ["score"], enabled=lambda c: c.evaluator.enabled
+                  or c.preferences.labeller == "evaluator", outputs=["evaluator"]),
+        StageSpec("prefer", prefer_stage, lambda c: {"preferences": _dump(c.preferences)},
+                  ["score", "evaluator"], outputs=["preferences"]),
+        StageSpec("dpo", dpo_stage,
+                  lambda c: {"dpo": _dump(c.dpo), "generator": _dump(_gen(c, _dpo_generator(c)))},
+                  ["prefer", f"sft:{dpo_gen}"], enabled=lambda c: c.dpo.enabled,
+                  outputs=[f"models/{dpo_gen}-dpo"], mode="resume"),
         StageSpec("generator_eval", generator_eval_stage,
-                  lambda c: {"gen": _dump(c.generation), "dpo": _dump(c.dpo)},
-                  ["dpo", "index", "corpus"],
-                  enabled=lambda c: c.dpo.enabled and c.corpus.heldout > 0),
-        StageSpec("answers", answers_stage, lambda c: _dump(c.answers), ["score"],
-                  enabled=lambda c: c.answers.enabled),
-        StageSpec("export", export_stage, lambda c: _dump(c.export), ["answers", "score"]),
-        StageSpec("downstream", downstream_stage, lambda c: _dump(c.downstream), ["export"],
-                  enabled=lambda c: c.downstream.enabled),
+                  lambda c: {"generation": _dump(c.generation),
+                             "generator": _dump(_gen(c, _dpo_generator(c))),
+                             **_score_settings(c)},
+                  ["dpo", f"sft:{dpo_gen}", "index", "corpus", "workset"],
+                  enabled=lambda c: c.dpo.enabled and c.corpus.heldout > 0,
+                  outputs=["generator_eval", "reports/generator.json"], mode="self",
+                  files=_mesh_files),
+        StageSpec("answers", answers_stage,
+                  lambda c: {"answers": {k: v for k, v in _dump(c.answers).items()
+                                         if k != "filter_ungrounded"}, "index.k": c.index.k},
+                  ["score", "corpus"], enabled=lambda c: c.answers.enabled,
+                  outputs=["answers"], mode="self"),
+        StageSpec("export", export_stage,
+                  lambda c: {"export": _dump(c.export),
+                             "answers": {"enabled": c.answers.enabled,
+                                         "filter_ungrounded": c.answers.filter_ungrounded},
+                             "index.k": c.index.k, "mesh.dir": c.mesh.dir},
+                  ["answers", "score", "corpus"], outputs=["export"], files=_mesh_files),
+        StageSpec("downstream", downstream_stage, lambda c: {"downstream": _dump(c.downstream)},
+                  ["export"], enabled=lambda c: c.downstream.enabled,
+                  outputs=["models/downstream", "models/downstream-sft"], mode="resume"),
         StageSpec("pubmedqa", pubmedqa_stage,
-                  lambda c: {"p": _dump(c.pubmedqa), "d": _dump(c.downstream)},
-                  ["downstream"], enabled=lambda c: c.pubmedqa.enabled),
+                  lambda c: {"pubmedqa": _dump(c.pubmedqa),
+                             "downstream": {"enabled": c.downstream.enabled,
+                                            "model": c.downstream.model,
+                                            "sft_steps": c.downstream.sft_steps}},
+                  ["downstream"], enabled=lambda c: c.pubmedqa.enabled,
+                  outputs=["reports/pubmedqa.json", "reports/pubmedqa_before",
+                           "reports/pubmedqa_after"]),
     ]
     return specs
+
+
+def run_config(cfg: RunConfig, base_dir: Path, run_dir: Path | None = None, **kwargs: Any
+               ) -> dict:
+    """Run ``cfg`` with the standard stages (see :func:`kailin.pipeline.run.run_pipeline`)."""
+    return run_pipeline(cfg, base_dir, run_dir=run_dir, stages=pipeline_stages(cfg), **kwargs)
 
 
 def report(run_dir: Path) -> dict:

@@ -3,11 +3,16 @@
 Layout of an output directory::
 
     OUT/part-00000.parquet   one output file per input shard (written atomically)
-    OUT/_done/00000.json     marker written after the part: rows in/out, seconds
-    OUT/_stage.json          stage name and fingerprint; a different fingerprint restarts
+    OUT/_done/00000.json     marker written after the part: its key, rows in/out, seconds
+    OUT/_stage.json          stage name, fingerprint and run key (for people; never decides)
 
-A part without its marker is rewritten on the next run; a marker is only written after its part
-was renamed into place, so a run killed at any point resumes with no duplicate and no lost row.
+Each shard's marker is stamped with the shard's key: a hash of the run key the caller passes
+(settings and the keys of side inputs), the stage's fingerprint and the *content* of the input
+shard. A marker counts only when its key is the key the shard would get now, so a shard whose
+input rows or settings changed is recomputed and an unchanged one is kept. A part without a
+valid marker is rewritten; a marker is only written after its part was renamed into place, so a
+run killed at any point resumes with no duplicate and no lost row. Parts and markers beyond the
+last shard (the input shrank) are removed.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kailin.io import parquet_files, write_json_atomic, write_parquet_atomic
+from kailin.pipeline.keys import digest, table_digest
 from kailin.pipeline.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -51,20 +57,53 @@ def iter_input_shards(src: str | Path | pa.Table, rows_per_shard: int) -> Iterat
         yield pa.Table.from_batches(pending).combine_chunks()
 
 
-def prepare_output(stage: Stage, out: Path) -> None:
-    """Create ``out``; if it holds parts of a stage with other settings, clear them first."""
-    done_dir = out / "_done"
-    fp = stage.fingerprint()
-    meta_path = out / "_stage.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("fingerprint") != fp:
-            log.warning("%s: settings changed (fingerprint %s -> %s); recomputing",
-                        out, meta.get("fingerprint"), fp)
-            for p in list(out.glob("part-*.parquet")) + list(done_dir.glob("*.json")):
-                p.unlink()
-    done_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(meta_path, {"stage": stage.name, "fingerprint": fp})
+def prepare_output(stage: Stage, out: Path, key: str = "") -> None:
+    """Create ``out`` and its ``_done/``; note which stage and key write there."""
+    (out / "_done").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "_stage.json", {"stage": stage.name,
+                                            "fingerprint": stage.fingerprint(), "key": key})
+
+
+def shard_key(stage: Stage, key: str, shard: pa.Table) -> str:
+    """The key of one output shard: run key, stage fingerprint and the input rows."""
+    return digest({"run": key, "stage": stage.fingerprint(), "input": table_digest(shard)})
+
+
+def valid_marker(marker: Path, expected: str) -> dict | None:
+    """The marker's content when it exists, its part exists and its key is ``expected``."""
+    if not marker.is_file():
+        return None
+    try:
+        m = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    part = marker.parent.parent / f"part-{marker.stem}.parquet"
+    if m.get("key") != expected or not part.is_file():
+        return None
+    return m
+
+
+def write_shard(stage: Stage, shard: pa.Table, out: Path, i: int, expected: str) -> dict:
+    """Run the stage on one shard; write its part, then its marker."""
+    t0 = time.perf_counter()
+    result = stage(shard)
+    write_parquet_atomic(result, out / f"part-{i:05d}.parquet")
+    dt = time.perf_counter() - t0
+    m = {"key": expected, "rows_in": shard.num_rows, "rows_out": result.num_rows,
+         "seconds": round(dt, 3)}
+    write_json_atomic(out / "_done" / f"{i:05d}.json", m)
+    return m
+
+
+def remove_extra_shards(out: Path, n_shards: int) -> int:
+    """Delete parts *and* markers of shards ``>= n_shards`` (left by a larger input)."""
+    removed = 0
+    for p in list(out.glob("part-*.parquet")) + list((out / "_done").glob("*.json")):
+        stem = p.stem.split("-")[-1]
+        if stem.isdigit() and int(stem) >= n_shards:
+            p.unlink()
+            removed += 1
+    return removed
 
 
 class LocalExecutor:
@@ -74,38 +113,32 @@ class LocalExecutor:
         self.rows_per_shard = rows_per_shard
         self.progress = progress
 
-    def run(self, stage: Stage, src: str | Path | pa.Table, out_dir: str | Path) -> dict:
+    def run(self, stage: Stage, src: str | Path | pa.Table, out_dir: str | Path,
+            key: str = "") -> dict:
+        """Run ``stage`` over the shards of ``src`` into ``out_dir``; ``key`` stands for
+        everything besides the input rows and the stage's own settings that the output depends
+        on (the pipeline passes the keys of side inputs such as an index or a model)."""
         out = Path(out_dir)
         done_dir = out / "_done"
-        prepare_output(stage, out)
-        shards = list(iter_input_shards(src, self.rows_per_shard))
-        stats = {"stage": stage.name, "shards": len(shards), "skipped": 0, "rows_in": 0,
+        prepare_output(stage, out, key)
+        stats = {"stage": stage.name, "shards": 0, "skipped": 0, "rows_in": 0,
                  "rows_out": 0, "seconds": 0.0}
-        bar = _progress(len(shards), stage.name, self.progress)
-        for i, shard in enumerate(shards):
-            marker = done_dir / f"{i:05d}.json"
-            if marker.exists():
-                m = json.loads(marker.read_text())
+        bar = _progress(None, stage.name, self.progress)
+        for i, shard in enumerate(iter_input_shards(src, self.rows_per_shard)):
+            stats["shards"] += 1
+            expected = shard_key(stage, key, shard)
+            m = valid_marker(done_dir / f"{i:05d}.json", expected)
+            if m is not None:
                 stats["skipped"] += 1
-                stats["rows_in"] += m["rows_in"]
-                stats["rows_out"] += m["rows_out"]
-                bar.update(1)
-                continue
-            t0 = time.perf_counter()
-            result = stage(shard)
-            write_parquet_atomic(result, out / f"part-{i:05d}.parquet")
-            dt = time.perf_counter() - t0
-            write_json_atomic(marker, {"rows_in": shard.num_rows, "rows_out": result.num_rows,
-                                       "seconds": round(dt, 3)})
-            stats["rows_in"] += shard.num_rows
-            stats["rows_out"] += result.num_rows
-            stats["seconds"] += dt
+            else:
+                m = write_shard(stage, shard, out, i, expected)
+                stats["seconds"] += m["seconds"]
+            stats["rows_in"] += m["rows_in"]
+            stats["rows_out"] += m["rows_out"]
             bar.update(1)
         bar.close()
-        # drop parts of a previous, larger input (shard count shrank)
-        for p in out.glob("part-*.parquet"):
-            if int(p.stem.split("-")[1]) >= len(shards):
-                p.unlink()
+        stats["removed"] = remove_extra_shards(out, stats["shards"])
+        stats["computed"] = stats["shards"] - stats["skipped"]
         return stats
 
 
@@ -123,7 +156,7 @@ class _NullBar:
         pass
 
 
-def _progress(total: int, desc: str, enabled: bool) -> _NullBar:
+def _progress(total: int | None, desc: str, enabled: bool) -> _NullBar:
     if not enabled:
         return _NullBar()
     from tqdm.auto import tqdm

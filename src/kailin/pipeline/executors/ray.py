@@ -10,17 +10,21 @@ output folder (shared storage on a cluster), so a killed run resumes shard by sh
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from kailin.errors import require
-from kailin.io import write_json_atomic, write_parquet_atomic
-from kailin.pipeline.executors.local import iter_input_shards, prepare_output
+from kailin.pipeline.executors.local import (
+    iter_input_shards,
+    prepare_output,
+    remove_extra_shards,
+    shard_key,
+    valid_marker,
+    write_shard,
+)
 from kailin.pipeline.stage import Stage
 
 log = logging.getLogger(__name__)
@@ -30,22 +34,17 @@ SHARD_COL = "__kailin_shard"
 class _ShardWorker:
     """Callable for ``map_batches``: runs the stage on one shard and writes its outputs."""
 
-    def __init__(self, stage: Stage, out_dir: str) -> None:
+    def __init__(self, stage: Stage, out_dir: str, keys: dict[int, str]) -> None:
         self.stage = stage
         self.out = Path(out_dir)
+        self.keys = keys
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         shard = int(batch.column(SHARD_COL)[0].as_py())
         data = batch.drop_columns([SHARD_COL])
-        t0 = time.perf_counter()
-        result = self.stage(data)
-        write_parquet_atomic(result, self.out / f"part-{shard:05d}.parquet")
-        dt = time.perf_counter() - t0
-        write_json_atomic(self.out / "_done" / f"{shard:05d}.json",
-                          {"rows_in": data.num_rows, "rows_out": result.num_rows,
-                           "seconds": round(dt, 3)})
-        return pa.table({"shard": [shard], "rows_in": [data.num_rows],
-                         "rows_out": [result.num_rows], "seconds": [dt]})
+        m = write_shard(self.stage, data, self.out, shard, self.keys[shard])
+        return pa.table({"shard": [shard], "rows_in": [m["rows_in"]],
+                         "rows_out": [m["rows_out"]], "seconds": [float(m["seconds"])]})
 
 
 class RayExecutor:
@@ -82,22 +81,27 @@ class RayExecutor:
         ctx.enable_progress_bars = self.progress
         return ray
 
-    def run(self, stage: Stage, src: str | Path | pa.Table, out_dir: str | Path) -> dict:
+    def run(self, stage: Stage, src: str | Path | pa.Table, out_dir: str | Path,
+            key: str = "") -> dict:
+        """As :meth:`LocalExecutor.run <kailin.pipeline.executors.local.LocalExecutor.run>`:
+        the same shards, keys, parts and markers."""
         out = Path(out_dir)
-        prepare_output(stage, out)
-        shards = list(iter_input_shards(src, self.rows_per_shard))
+        prepare_output(stage, out, key)
         done_dir = out / "_done"
-        stats = {"stage": stage.name, "shards": len(shards), "skipped": 0, "rows_in": 0,
+        stats = {"stage": stage.name, "shards": 0, "skipped": 0, "rows_in": 0,
                  "rows_out": 0, "seconds": 0.0, "executor": "ray"}
         pending = []
-        for i, shard in enumerate(shards):
-            marker = done_dir / f"{i:05d}.json"
-            if marker.exists():
-                m = json.loads(marker.read_text())
+        keys: dict[int, str] = {}
+        for i, shard in enumerate(iter_input_shards(src, self.rows_per_shard)):
+            stats["shards"] += 1
+            expected = shard_key(stage, key, shard)
+            m = valid_marker(done_dir / f"{i:05d}.json", expected)
+            if m is not None:
                 stats["skipped"] += 1
                 stats["rows_in"] += m["rows_in"]
                 stats["rows_out"] += m["rows_out"]
             else:
+                keys[i] = expected
                 pending.append(shard.append_column(SHARD_COL, pa.array([i] * shard.num_rows,
                                                                        pa.int64())))
         pending = [p for p in pending if p.num_rows > 0]
@@ -111,16 +115,15 @@ class RayExecutor:
             if self.num_gpus_per_worker and stage.uses_gpu:
                 kwargs["num_gpus"] = self.num_gpus_per_worker
             if stage.stateful:
-                kwargs.update(fn_constructor_args=(stage, str(out)), concurrency=conc)
+                kwargs.update(fn_constructor_args=(stage, str(out), keys), concurrency=conc)
                 ds = ds.map_batches(_ShardWorker, **kwargs)
             else:
-                worker = _ShardWorker(stage, str(out))
+                worker = _ShardWorker(stage, str(out), keys)
                 ds = ds.map_batches(worker, **kwargs)
             for row in ds.iter_rows():
                 stats["rows_in"] += int(row["rows_in"])
                 stats["rows_out"] += int(row["rows_out"])
                 stats["seconds"] += float(row["seconds"])
-        for p in out.glob("part-*.parquet"):
-            if int(p.stem.split("-")[1]) >= len(shards):
-                p.unlink()
+        stats["removed"] = remove_extra_shards(out, stats["shards"])
+        stats["computed"] = stats["shards"] - stats["skipped"]
         return stats
