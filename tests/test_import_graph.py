@@ -55,7 +55,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(v)
         for w in sorted(graph.get(v, ())):
             if colour.get(w) == 1:
-                return stack[stack.index(w):] + [w]
+                return [*stack[stack.index(w):], w]
             if w not in colour and (c := visit(w)):
                 return c
         stack.pop()

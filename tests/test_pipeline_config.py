@@ -18,7 +18,7 @@ def test_demo_config_is_valid() -> None:
     assert base == (ROOT / "configs").resolve()
     assert cfg.corpus.demo and cfg.index.k == 4
     names = [s.name for s in pipeline_stages(cfg)]
-    assert names[:2] == ["corpus", "index"]
+    assert names[:3] == ["corpus", "workset", "index"]
     assert names.index("dpo") < names.index("generator_eval") < names.index("pubmedqa")
     # the SFT data path of the second generator exists in the repository
     assert (base / cfg.generators[1].sft.data).exists()

@@ -490,7 +490,7 @@ def pipeline_stages(cfg: RunConfig) -> list[StageSpec]:
     specs = [
         StageSpec("corpus", corpus_stage,
                   lambda c: {"corpus": {k: v for k, v in _dump(c.corpus).items()
-                                        if k not in WORKSET_KEYS}},
+                                        if k not in (*WORKSET_KEYS, "workers")}},
                   outputs=["corpus/full", "corpus/selected"], mode="self", files=corpus_files),
         StageSpec("workset", workset_stage,
                   lambda c: {"corpus": {k: getattr(c.corpus, k) for k in WORKSET_KEYS}},

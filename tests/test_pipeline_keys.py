@@ -1,0 +1,270 @@
+"""Stage keys without running anything: every config key either changes the key of the stages
+that read it and of every stage downstream, or is rejected at load; the run lock; --force."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from kailin.errors import InputError
+from kailin.pipeline.config import RunConfig, load_config
+from kailin.pipeline.keys import FileDigests, table_digest
+from kailin.pipeline.lock import RunLockedError, read_lock, run_lock
+from kailin.pipeline.run import plan_run
+from kailin.pipeline.stages import pipeline_stages
+
+#: every stage on (nothing runs here: keys only)
+FULL = {
+    "run_dir": "run",
+    "corpus": {"demo": True, "limit": 8, "heldout": 3},
+    "generators": [{"name": "a", "model": "smollm2"},
+                   {"name": "b", "model": "smollm2", "temperature": 0.6, "seed": 1}],
+    "evaluator": {"enabled": True},
+    "dpo": {"max_steps": 4},
+}
+#: keys that say where or how a run goes, not what it makes
+NO_OUTPUT_CHANGE = {"run_dir", "corpus.workers"}
+#: values the generic rule cannot guess
+OTHER = {"dpo.generator": "b"}
+
+
+def _leaves(model: type[BaseModel], value: Any, prefix: str = "") -> list[str]:
+    out = []
+    for name in model.model_fields:
+        v = getattr(value, name)
+        if isinstance(v, BaseModel):
+            out += _leaves(type(v), v, f"{prefix}{name}.")
+        elif isinstance(v, list) and v and isinstance(v[0], BaseModel):
+            out += _leaves(type(v[0]), v[0], f"{prefix}{name}.0.")
+        else:
+            out.append(f"{prefix}{name}")
+    return out
+
+
+BASE = RunConfig.model_validate(FULL)
+KEYS = [k for k in _leaves(RunConfig, BASE) if not k.startswith("executor.")]
+
+
+def _annotation(path: str) -> Any:
+    model: Any = RunConfig
+    ann: Any = None
+    for part in path.split("."):
+        if part.isdigit():
+            continue
+        ann = model.model_fields[part].annotation
+        inner = [a for a in typing.get_args(ann) if isinstance(a, type)
+                 and issubclass(a, BaseModel)]
+        model = inner[0] if inner else ann
+    return ann
+
+
+def _other(value: Any, ann: Any) -> Any:
+    """A different value of the same type."""
+    if isinstance(value, list):
+        return value[:-1] if len(value) > 1 else ["D000001"]
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    lits = [x for a in [ann, *args] if typing.get_origin(a) is typing.Literal
+            for x in typing.get_args(a)]
+    if lits:
+        return next(x for x in lits if x != value)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value / 2 if value else 0.5
+    if isinstance(value, str):
+        return value + "-other"
+    if value is None:
+        kinds = {typing.get_origin(a) or a for a in args}
+        if tuple in kinds:
+            return [0.1, 0.9]
+        if bool in kinds:
+            return True
+        if int in kinds:
+            return 2
+        if float in kinds:
+            return 0.3
+        return "other"
+    raise AssertionError(f"no other value for {value!r}")
+
+
+def _set(raw: dict, path: str, value: Any) -> dict:
+    raw = json.loads(json.dumps(raw))
+    node: Any = raw
+    parts = path.split(".")
+    for p in parts[:-1]:
+        node = node[int(p)] if p.isdigit() else node.setdefault(p, {})
+    node[parts[-1]] = value
+    return raw
+
+
+@pytest.fixture(scope="module")
+def digests(tmp_path_factory: pytest.TempPathFactory) -> FileDigests:
+    return FileDigests(tmp_path_factory.mktemp("digests") / "d.json")
+
+
+def _keys(cfg: RunConfig, run_dir: Path, digests: FileDigests) -> dict[str, str]:
+    plans = plan_run(cfg, run_dir, run_dir, pipeline_stages(cfg), digests=digests)
+    return {p.spec.name: p.key for p in plans if p.enabled}
+
+
+def test_every_key_is_listed() -> None:
+    assert {"corpus.limit", "mesh.aggregate", "answers.grounding", "answers.grounding_model",
+            "downstream.sft_steps", "export.template", "generators.0.sft.max_steps",
+            "dpo.warmup_steps"} <= set(KEYS)
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_config_key_changes_its_stages_and_downstream(key: str, tmp_path: Path,
+                                                      digests: FileDigests) -> None:
+    raw = BASE.model_dump(mode="json")
+    value = OTHER[key] if key in OTHER else _other(_get(BASE, key), _annotation(key))
+    try:
+        cfg = RunConfig.model_validate(_set(raw, key, value))
+    except ValidationError:
+        return  # rejected at load
+    before = _keys(BASE, tmp_path, digests)
+    after = _keys(cfg, tmp_path, digests)
+    # a stage switched off counts as changed (its readers must not see its old outputs)
+    changed = {s for s in after if before.get(s) != after[s]} | (set(before) - set(after))
+    if key in NO_OUTPUT_CHANGE:
+        assert not changed, f"{key} changes {changed}"
+        return
+    assert changed, f"{key}={value!r} changes no stage key"
+    for spec in pipeline_stages(cfg):  # downstream-closed: a reader of a changed stage changes
+        if spec.name in after and any(d in changed for d in spec.inputs):
+            assert spec.name in changed, f"{key}: {spec.name} reads a changed stage"
+
+
+def _get(cfg: RunConfig, path: str) -> Any:
+    node: Any = cfg
+    for p in path.split("."):
+        node = node[int(p)] if p.isdigit() else getattr(node, p)
+    return node
+
+
+@pytest.mark.parametrize(("key", "value", "first"), [
+    ("corpus.limit", 9, {"workset"}),          # the index is not rebuilt for a larger sample
+    ("mesh.aggregate", "mean", {"score"}),
+    ("export.template", "Q: {question}\nA: {answer}", {"export"}),
+    ("dpo.max_steps", 6, {"dpo"}),
+    ("answers.grounding", "llm-judge", {"answers"}),
+    ("downstream.sft_steps", 3, {"downstream"}),
+    ("pubmedqa.limit", 7, {"pubmedqa"}),
+    ("generators.1.temperature", 0.7, {"questions"}),
+])
+def test_stages_that_read_a_key(key: str, value: Any, first: set[str], tmp_path: Path,
+                                digests: FileDigests) -> None:
+    cfg = RunConfig.model_validate(_set(BASE.model_dump(mode="json"), key, value))
+    before, after = _keys(BASE, tmp_path, digests), _keys(cfg, tmp_path, digests)
+    changed = {s for s in after if before.get(s) != after[s]}
+    specs = {s.name: s for s in pipeline_stages(cfg)}
+    # the stages that read the key directly are those whose inputs did not change
+    direct = {s for s in changed if not any(d in changed for d in specs[s].inputs)}
+    assert direct == first, (key, changed)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("dpo: {max_steps: 10, warmup_steps: 100}", "warmup_steps 100 must be below max_steps"),
+    ("answers: {grounding: llm}", r"answers\.grounding"),
+    ("answers: {grounding: nli}", "grounding nli needs grounding_model"),
+    ("answers: {enabled: false}\ndownstream: {sft_steps: 2}", "sft_steps trains on the answered"),
+    ("dpo: {generator: nope}", "dpo.generator 'nope' is not one of"),
+])
+def test_keys_rejected_at_load(tmp_path: Path, text: str, message: str) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_config(p)
+
+
+def test_dpo_warmup_default_is_below_max_steps() -> None:
+    assert RunConfig().dpo.warmup() < RunConfig().dpo.max_steps
+    cfg = RunConfig.model_validate({"dpo": {"max_steps": 1}})
+    assert cfg.dpo.warmup() == 0
+
+
+def test_force_changes_the_stage_and_its_readers(tmp_path: Path, digests: FileDigests) -> None:
+    specs = pipeline_stages(BASE)
+    before = {p.spec.name: p.key for p in plan_run(BASE, tmp_path, tmp_path, specs,
+                                                   digests=digests) if p.enabled}
+    forced = {p.spec.name: p.key for p in plan_run(BASE, tmp_path, tmp_path, specs,
+                                                   force={"prefer"}, digests=digests)
+              if p.enabled}
+    changed = {s for s in before if before[s] != forced[s]}
+    assert changed == {"prefer", "dpo", "generator_eval"}
+
+
+def test_input_files_keyed_by_content(tmp_path: Path) -> None:
+    f = tmp_path / "a.xml"
+    f.write_text("<x/>")
+    d = FileDigests(tmp_path / "cache.json")
+    k1 = d.paths([f])
+    d.save()
+    os.utime(f, ns=(1, 1))  # touched: the digest is recomputed, the key is the same
+    d2 = FileDigests(tmp_path / "cache.json")
+    assert d2.paths([f]) == k1 and d2.hashed == [str(f.resolve())]
+    assert FileDigests(tmp_path / "cache.json").paths([f]) == k1
+    f.write_text("<y/>")
+    assert FileDigests(tmp_path / "cache.json").paths([f]) != k1
+
+
+def test_table_digest_ignores_layout() -> None:
+    import pyarrow as pa
+
+    big = pa.table({"a": [1, 2, 3, 4], "s": ["w", "x", None, "z"]})
+    assert table_digest(big.slice(2, 2)) == table_digest(pa.table({"a": [3, 4],
+                                                                   "s": [None, "z"]}))
+    assert table_digest(big.slice(1, 2)) != table_digest(big.slice(2, 2))
+
+
+# --- the run lock -----------------------------------------------------------------------------
+def test_second_run_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    with run_lock(tmp_path) as me:
+        second = run_lock(tmp_path)
+        with pytest.raises(RunLockedError, match=f"pid {me['pid']} on"):
+            second.__enter__()
+    assert read_lock(tmp_path) is None  # released
+
+
+def test_lock_of_a_dead_run_is_taken_over(tmp_path: Path) -> None:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    import socket
+
+    (tmp_path / "run.lock").write_text(json.dumps({"pid": p.pid, "host": socket.gethostname(),
+                                                   "started": "2026-01-01T00:00:00Z"}))
+    assert read_lock(tmp_path)["alive"] is False
+    with run_lock(tmp_path) as me:
+        assert read_lock(tmp_path)["pid"] == me["pid"]
+
+
+def test_cli_run_exits_at_once_when_locked(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml.safe_dump({"run_dir": "run", "corpus": {"demo": True}}))
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "run.lock").write_text(json.dumps(
+            {"pid": holder.pid, "host": socket.gethostname(), "started": "2026-12-04T10:00:00Z"}))
+        r = subprocess.run([sys.executable, "-m", "kailin.cli.main", "run", str(cfg),
+                            "--no-progress"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2
+        assert f"pid {holder.pid} on {socket.gethostname()}, started 2026-12-04T10:00:00Z" in (
+            r.stdout + r.stderr)
+        assert not (tmp_path / "run" / "state").exists()  # nothing ran
+    finally:
+        holder.kill()
+        holder.wait()
