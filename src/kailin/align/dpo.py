@@ -30,6 +30,7 @@ from kailin.io import read_parquet
 from kailin.train.common import (
     LoraSettings,
     build_lora_config,
+    data_digest,
     finished_run,
     last_checkpoint,
     load_model,
@@ -132,7 +133,9 @@ def train_dpo(
     table = pairs if isinstance(pairs, pa.Table) else load_pairs(pairs)
     if s.max_pairs:
         table = table.slice(0, s.max_pairs)
-    sdict = s.to_dict() | {"n_pairs": table.num_rows}
+    cols = [c for c in ("prompt", "chosen", "rejected") if c in table.column_names]
+    sdict = s.to_dict() | {"n_pairs": table.num_rows,
+                           "data_digest": data_digest(table.select(cols).to_pylist())}
     if (done := finished_run(out, sdict)) is not None:
         return done
 

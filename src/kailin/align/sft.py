@@ -38,6 +38,7 @@ from kailin.generate.prompts import KAILIN_TEMPLATE
 from kailin.train.common import (
     LoraSettings,
     build_lora_config,
+    data_digest,
     finished_run,
     last_checkpoint,
     load_model,
@@ -346,7 +347,8 @@ def train_sft(
                 else load_examples(data, s.question_type, exclude_test))
     if s.max_examples:
         examples = examples[: s.max_examples]
-    sdict = s.to_dict() | {"n_examples": len(examples), "exclude_test": exclude_test}
+    sdict = s.to_dict() | {"n_examples": len(examples), "exclude_test": exclude_test,
+                           "data_digest": data_digest(examples)}
     if (done := finished_run(out, sdict)) is not None:
         return done
 

@@ -29,6 +29,7 @@ from kailin.errors import InputError
 from kailin.train.common import (
     LoraSettings,
     build_lora_config,
+    data_digest,
     finished_run,
     last_checkpoint,
     load_model,
@@ -114,7 +115,8 @@ def _train(kind: str, records: list[dict[str, Any]], out_dir: str | os.PathLike[
     from trl import SFTConfig, SFTTrainer
 
     out = Path(out_dir)
-    sdict = s.to_dict() | {"kind": kind, "data": source, "n_examples": len(records)}
+    sdict = s.to_dict() | {"kind": kind, "data": source, "n_examples": len(records),
+                           "data_digest": data_digest(records)}
     if (done := finished_run(out, sdict)) is not None:
         return done
     ckpt_dir = prepare_checkpoints(out, sdict, ignore=("max_steps", "epochs"))

@@ -250,6 +250,18 @@ def training_args(s: Any, ckpt_dir: str | os.PathLike[str], learning_rate: float
     }
 
 
+def data_digest(rows: Iterable[Any]) -> str:
+    """A short hash of the training records, so that a finished run counts as finished only for
+    the same data (not merely the same number of records)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps(r, sort_keys=True, default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
 def finished_run(out_dir: str | os.PathLike[str], settings: dict[str, Any]) -> dict[str, Any] | None:
     """The metadata of a finished run in ``out_dir`` with these exact settings (marked
     ``skipped``), or None when it must (re)train."""
