@@ -268,3 +268,36 @@ def test_cli_run_exits_at_once_when_locked(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_corpus_input_files_key_the_corpus_stage(tmp_path: Path) -> None:
+    f = tmp_path / "a.xml"
+    f.write_text("<PubmedArticleSet/>")
+    cfg = RunConfig.model_validate({"corpus": {"inputs": ["a.xml"], "limit": 2}})
+    d = FileDigests(tmp_path / "d.json")
+
+    def key() -> dict[str, str]:
+        return {p.spec.name: p.key for p in plan_run(cfg, tmp_path, tmp_path / "run",
+                                                     pipeline_stages(cfg), digests=d)
+                if p.enabled}
+
+    k1 = key()
+    os.utime(f, ns=(10**18, 10**18))  # touched, same content: same keys
+    assert key() == k1
+    f.write_text("<PubmedArticleSet></PubmedArticleSet>")
+    k2 = key()
+    assert k2["corpus"] != k1["corpus"] and k2["index"] != k1["index"]
+
+
+def test_select_years_without_mesh(tmp_path: Path) -> None:
+    from kailin.corpus.query import select
+    from kailin.corpus.reader import open_corpus
+    from kailin.corpus.store import ingest
+
+    pqal = Path(__file__).resolve().parents[1] / "src/kailin/data/pubmedqa/ori_pqal.json"
+    ingest([pqal], tmp_path / "c", progress=False)
+    r = select(tmp_path / "c", [], tmp_path / "sel", years="2010-2012")
+    yrs = open_corpus(tmp_path / "sel").read(["year"]).column("year").to_pylist()
+    assert yrs and all(2010 <= y <= 2012 for y in yrs) and r["records"] == len(yrs)
+    with pytest.raises(InputError, match="or --years"):
+        select(tmp_path / "c", [], tmp_path / "x")

@@ -286,6 +286,8 @@ def _run_locked(cfg: RunConfig, base_dir: Path, run_dir: Path, specs: list[Stage
         if bad:
             raise InputError("--only: these stages are read by the ones chosen and are not up "
                              "to date: " + ", ".join(bad) + "; run them first (or drop --only)")
+    # written now too, so that `kailin status` of a running first run knows its config
+    write_json_atomic(ctx.run_dir / "manifest.json", {**manifest, "status": "running"})
     t_run = time.perf_counter()
     for i, p in enumerate(plans, 1):
         spec = p.spec
@@ -325,6 +327,7 @@ def _run_locked(cfg: RunConfig, base_dir: Path, run_dir: Path, specs: list[Stage
         ctx.results[spec.name] = counts
         manifest["stages"][spec.name] = state
         log.info("%s: done in %.1f s %s", label, dt, json.dumps(counts, default=str)[:300])
+    manifest["status"] = "done"
     manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     manifest["seconds"] = round(time.perf_counter() - t_run, 2)
     manifest["ran"] = [n for n, s in manifest["stages"].items()

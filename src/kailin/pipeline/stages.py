@@ -383,6 +383,16 @@ def _grounding_model(ctx: RunContext) -> str | None:
     return m
 
 
+#: the config sections an export is made from (its key covers them through its inputs); the
+#: others (training, evaluation, executor) do not go into the dataset card, or it would go stale
+EXPORT_SECTIONS = ("corpus", "mesh", "index", "generators", "generation", "answers", "export")
+
+
+def _export_provenance(ctx: RunContext) -> dict:
+    dump = ctx.cfg.model_dump(mode="json")
+    return {k: dump[k] for k in EXPORT_SECTIONS}
+
+
 def export_stage(ctx: RunContext) -> dict:
     from kailin.dataset.export import ExportConfig, export_dataset
     from kailin.mesh import load_mesh
@@ -400,7 +410,8 @@ def export_stage(ctx: RunContext) -> dict:
     cfg = ExportConfig(**kwargs)
     res = export_dataset(records, ctx.path("export"), corpus_dir=corpus_dir(ctx), config=cfg,
                          mesh=load_mesh(ctx.resolve(ctx.cfg.mesh.dir)),
-                         provenance={"config": ctx.cfg.model_dump(mode="json"),
+                         provenance={"config": _export_provenance(ctx),
+                                     "key": ctx.key,
                                      "run_dir": str(ctx.run_dir)})
     dec = res.get("decontamination", {})
     return {"records": res.get("records"), "source_pmids": res.get("distinct_source_pmids"),
