@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from kailin.io import duckdb_table, read_parquet, write_json_atomic, write_parquet_atomic
 from kailin.pipeline.config import RunConfig
@@ -80,16 +79,19 @@ def corpus_stage(ctx: RunContext) -> dict:
 
 def workset_stage(ctx: RunContext) -> dict:
     """The working set: abstracts with MeSH, sorted by PMID; the first ``corpus.limit`` are
-    distilled, the next ``corpus.heldout`` are held out for the generator evaluation."""
-    from kailin.corpus.reader import open_corpus
+    distilled, the next ``corpus.heldout`` are held out for the generator evaluation. DuckDB
+    sorts and cuts on disk, so only these rows are ever in memory, whatever the corpus size."""
+    from kailin.corpus.query import connect
+    from kailin.corpus.schema import CORPUS_SCHEMA
 
     c = ctx.cfg.corpus
-    t = open_corpus(corpus_dir(ctx)).read()
-    keep = pc.and_(pc.greater(pc.utf8_length(pc.fill_null(t["abstract"], "")), 0),
-                   pc.greater(pc.list_value_length(t["mesh_uis"]), 0))
-    t = t.filter(pc.fill_null(keep, False)).sort_by("pmid")
-    n = c.limit or t.num_rows
-    work, held = t.slice(0, n), t.slice(n, c.heldout)
+    con = connect(corpus_dir(ctx))
+    rows = ("select * from corpus where coalesce(length(abstract), 0) > 0 and "
+            "coalesce(len(mesh_uis), 0) > 0 order by pmid")
+    work = duckdb_table(con.sql(rows + (f" limit {int(c.limit)}" if c.limit else "")))
+    held = (duckdb_table(con.sql(f"{rows} limit {int(c.heldout)} offset {int(c.limit)}"))
+            if c.limit and c.heldout else work.slice(0, 0))
+    work, held = work.cast(CORPUS_SCHEMA), held.cast(CORPUS_SCHEMA)
     write_parquet_atomic(work, ctx.path("corpus", "work.parquet"))
     write_parquet_atomic(held, ctx.path("corpus", "heldout.parquet"))
     return {"distil": work.num_rows, "heldout": held.num_rows}
