@@ -57,8 +57,9 @@ class StageSpec:
     #: what the stage writes, relative to the run folder
     outputs: list[str] = field(default_factory=list)
     #: how a re-run treats existing outputs: ``self`` (the stage keys its own parts: shard
-    #: markers, incremental ingestion), ``resume`` (trainers: a folder stamped with another key
-    #: is replaced, one with this key resumes), ``replace`` (removed before the stage runs)
+    #: markers, incremental ingestion), ``resume`` (trainers, prediction caches: folders; one
+    #: stamped with another key is replaced, one with this key resumes), ``replace`` (files or
+    #: folders removed before the stage runs)
     mode: Literal["self", "resume", "replace"] = "replace"
     #: input files outside the run folder, keyed by content
     files: Callable[[RunConfig, Path], list[Path]] | None = None

@@ -180,11 +180,8 @@ def _question_stage(ctx: RunContext, gen_name: str, model: str):
 
     gcfg = ctx.cfg.generation
     g = next(g for g in ctx.cfg.generators if g.name == gen_name)
-    prefix = gcfg.response_prefix
-    if prefix is None:
-        prefix = "Question:" if gcfg.mode == "chat" else ""
     tmpl = PromptTemplate(**({"template": gcfg.template} if gcfg.template else {}),
-                          mode=gcfg.mode, response_prefix=prefix,
+                          mode=gcfg.mode, response_prefix=gcfg.response_prefix,
                           max_abstract_chars=gcfg.max_abstract_chars)
     params = SamplingParams(
         max_new_tokens=gcfg.max_new_tokens,
@@ -530,7 +527,8 @@ def pipeline_stages(cfg: RunConfig) -> list[StageSpec]:
                   outputs=["scores"], mode="self", files=_mesh_files),
         StageSpec("evaluator", evaluator_stage, lambda c: {"evaluator": _dump(c.evaluator)},
                   ["score"], enabled=lambda c: c.evaluator.enabled
-                  or c.preferences.labeller == "evaluator", outputs=["evaluator"]),
+                  or c.preferences.labeller == "evaluator", outputs=["evaluator"],
+                  mode="resume"),
         StageSpec("prefer", prefer_stage, lambda c: {"preferences": _dump(c.preferences)},
                   ["score", "evaluator"], outputs=["preferences"]),
         StageSpec("dpo", dpo_stage,
@@ -565,8 +563,8 @@ def pipeline_stages(cfg: RunConfig) -> list[StageSpec]:
                                             "model": c.downstream.model,
                                             "sft_steps": c.downstream.sft_steps}},
                   ["downstream"], enabled=lambda c: c.pubmedqa.enabled,
-                  outputs=["reports/pubmedqa.json", "reports/pubmedqa_before",
-                           "reports/pubmedqa_after"]),
+                  outputs=["reports/pubmedqa_before", "reports/pubmedqa_after"],
+                  mode="resume"),
     ]
     return specs
 
