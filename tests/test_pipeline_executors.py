@@ -104,3 +104,18 @@ def test_ray_matches_local(tmp_path: Path, records: pa.Table) -> None:
         import ray
 
         ray.shutdown()  # free the local instance's workers for the tests that follow
+
+
+def test_ray_gives_model_stages_the_gpus_asked_for() -> None:
+    pytest.importorskip("ray")
+    from kailin.pipeline.executors.ray import RayExecutor
+
+    class Plain(Stage):
+        name = "plain"
+
+        def process(self, batch: pa.Table) -> pa.Table:
+            return batch
+
+    assert RayExecutor(num_gpus_per_worker=0.5).gpus_for(MeshPairStage()) == 0.5  # stateful
+    assert RayExecutor(num_gpus_per_worker=0.5).gpus_for(Plain()) == 0.0
+    assert RayExecutor().gpus_for(MeshPairStage()) == 0.0

@@ -81,6 +81,16 @@ class RayExecutor:
         ctx.enable_progress_bars = self.progress
         return ray
 
+    def gpus_for(self, stage: Stage) -> float:
+        """GPUs each worker of ``stage`` asks Ray for. Ray hides every GPU from a worker that
+        asked for none (``CUDA_VISIBLE_DEVICES=""``), so a model stage whose device is "auto"
+        would silently run on the CPU: with ``num_gpus_per_worker`` set, every stage that holds a
+        model asks, and its "auto"/"cuda" device is then the GPU Ray assigned (``cuda:0`` inside
+        the worker)."""
+        if self.num_gpus_per_worker and (stage.uses_gpu or stage.stateful):
+            return self.num_gpus_per_worker
+        return 0.0
+
     def run(self, stage: Stage, src: str | Path | pa.Table, out_dir: str | Path,
             key: str = "") -> dict:
         """As :meth:`LocalExecutor.run <kailin.pipeline.executors.local.LocalExecutor.run>`:
@@ -112,8 +122,11 @@ class RayExecutor:
             conc = min(conc, len(pending))  # no idle actors for a handful of shards
             kwargs: dict[str, Any] = {"batch_size": None, "batch_format": "pyarrow",
                                       "zero_copy_batch": True}
-            if self.num_gpus_per_worker and stage.uses_gpu:
-                kwargs["num_gpus"] = self.num_gpus_per_worker
+            gpus = self.gpus_for(stage)
+            if gpus:
+                kwargs["num_gpus"] = gpus
+                n_gpu = ray.available_resources().get("GPU", 0)
+                conc = max(1, min(conc, int(n_gpu // gpus) or 1))
             if stage.stateful:
                 kwargs.update(fn_constructor_args=(stage, str(out), keys), concurrency=conc)
                 ds = ds.map_batches(_ShardWorker, **kwargs)
