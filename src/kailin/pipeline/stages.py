@@ -254,11 +254,21 @@ def _score_stage(ctx: RunContext):
 def score_stage(ctx: RunContext) -> dict:
     from kailin.align.score import summarize_scores
 
-    stats = ctx.executor().run(_score_stage(ctx), ctx.path("questions"), ctx.path("scores"),
-                               key=_score_key(ctx))
-    scores = read_parquet(ctx.path("scores"))
-    return {"rows": stats["rows_out"], "shards_computed": stats["computed"],
-            **_flat(summarize_scores(scores))}
+    out = ctx.path("scores")
+    gens = [g.name for g in ctx.cfg.generators]
+    _drop_other_dirs(out, set(gens))  # (and _done/ of the one-folder layout)
+    for p in [*out.glob("part-*.parquet"), out / "_stage.json"]:
+        p.unlink(missing_ok=True)
+    # one folder per generator, as the questions: a generator's scores are cut into the same
+    # shards whatever the other generators wrote, so only changed shards are scored again
+    stage, key = _score_stage(ctx), _score_key(ctx)
+    rows = computed = 0
+    for g in gens:
+        stats = ctx.executor().run(stage, ctx.path("questions", g), out / g, key=key)
+        rows += stats["rows_out"]
+        computed += stats["computed"]
+    scores = read_parquet(out)
+    return {"rows": rows, "shards_computed": computed, **_flat(summarize_scores(scores))}
 
 
 def _score_settings(cfg: RunConfig) -> dict:
