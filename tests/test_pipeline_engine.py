@@ -109,3 +109,27 @@ def test_failed_stage_is_recorded_and_rerun(base: Path) -> None:
     st = _status(base, _cfg())
     assert st["b"]["status"] == "failed" and "boom" in st["b"]["error"]
     assert _run(base, _cfg()) == ["b", "c"]
+
+
+def test_corpus_input_dropped_leaves_none_of_its_records(tmp_path: Path) -> None:
+    from kailin.corpus.reader import open_corpus
+    from kailin.pipeline.stages import pipeline_stages
+
+    samples = Path(__file__).resolve().parents[1] / "data" / "samples" / "pubmed_xml_samples"
+    a, b = samples / "medsamp2006.xml", samples / "pubmed-29768149.xml"
+
+    def run(inputs: list[Path]) -> list[str]:
+        cfg = RunConfig.model_validate({"corpus": {"inputs": [str(p) for p in inputs],
+                                                   "exclude_pmids": None}})
+        m = run_pipeline(cfg, tmp_path, run_dir=tmp_path / "run",
+                         stages=pipeline_stages(cfg)[:2], progress=False)
+        return m["ran"]
+
+    assert run([a]) == ["corpus", "workset"]
+    n_a = open_corpus(tmp_path / "run" / "corpus" / "full").num_rows
+    assert run([a, b]) == ["corpus", "workset"]  # an added file: ingested on top
+    n_ab = open_corpus(tmp_path / "run" / "corpus" / "full").num_rows
+    assert n_ab > n_a
+    assert run([a, b]) == []
+    assert run([a]) == ["corpus", "workset"]  # a dropped file: none of its records stay
+    assert open_corpus(tmp_path / "run" / "corpus" / "full").num_rows == n_a

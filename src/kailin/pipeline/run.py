@@ -91,6 +91,9 @@ class RunContext:
     stage: str = ""
     key: str = ""
     salt: str = ""
+    #: what the running stage's key is made of now, and the state it had before this run
+    parts: dict[str, Any] = field(default_factory=dict)
+    previous: dict[str, Any] = field(default_factory=dict)
 
     def path(self, *parts: str) -> Path:
         return self.run_dir.joinpath(*parts)
@@ -311,6 +314,7 @@ def _run_locked(cfg: RunConfig, base_dir: Path, run_dir: Path, specs: list[Stage
         base = {"key": p.key, "parts": p.parts, "salt": p.parts["salt"], "started": started}
         _write_state(ctx.run_dir, spec.name, {**base, "status": "running"})
         ctx.stage, ctx.key, ctx.salt = spec.name, p.key, p.parts["salt"]
+        ctx.parts, ctx.previous = p.parts, p.state
         t0 = time.perf_counter()
         try:
             _prepare_outputs(ctx, spec, p.key)

@@ -59,6 +59,7 @@ def corpus_stage(ctx: RunContext) -> dict:
     elif c.inputs:
         from kailin.corpus.store import ingest
 
+        _drop_corpus_of_removed_inputs(ctx, full)
         ingest([ctx.resolve(p) for p in c.inputs], full,
                exclude_pmids=ctx.resolve(c.exclude_pmids), workers=c.workers,
                progress=ctx.progress)  # PubMedQA test PMIDs are excluded by default
@@ -75,6 +76,20 @@ def corpus_stage(ctx: RunContext) -> dict:
 
         shutil.rmtree(ctx.path("corpus", "selected"))
     return {"corpus_records": open_corpus(src).num_rows}
+
+
+def _drop_corpus_of_removed_inputs(ctx: RunContext, full: Path) -> None:
+    """Ingestion adds to a corpus; when an input file was dropped from the config or its content
+    changed since the last run, the corpus is built again, so that no record of it survives."""
+    old = ((ctx.previous.get("parts") or {}).get("files")) or {}
+    new = ctx.parts.get("files", {})
+    gone = sorted(f for f, d in old.items() if new.get(f) != d)
+    if gone and full.exists():
+        import shutil
+
+        log.info("corpus: inputs removed or changed since the last run (%s); ingesting again",
+                 ", ".join(gone)[:300])
+        shutil.rmtree(full)
 
 
 def workset_stage(ctx: RunContext) -> dict:
