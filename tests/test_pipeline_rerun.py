@@ -36,8 +36,8 @@ BASE: dict[str, Any] = {
 }
 
 
-def _with(**changes: dict) -> dict:
-    cfg = json.loads(json.dumps(BASE))
+def _with(base: dict | None = None, **changes: dict) -> dict:
+    cfg = json.loads(json.dumps(BASE if base is None else base))
     for section, values in changes.items():
         cfg.setdefault(section, {}).update(values)
     return cfg
@@ -150,3 +150,43 @@ def test_rerun_after_config_changes(tmp_path: Path) -> None:
     assert ran == {"answers", "export"}
     ran, _ = _run(tmp_path, cfg6)
     assert ran == set()
+
+
+#: the same tiny config without the trainers and teacher, for one re-run per key
+LIGHT = _with(dpo={"enabled": False}, answers={"enabled": False})
+
+
+@pytest.fixture(scope="module")
+def light_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("light")
+    ran, _ = _run(base, LIGHT)
+    assert ran == {"corpus", "workset", "index", "questions", "score", "prefer", "export"}
+    return base
+
+
+def _outputs(run: Path, name: str) -> list:
+    t = read_parquet(run / name)
+    cols = [c for c in ("pmid", "generator", "question", "score", "context_pmids", "text",
+                        "chosen", "rejected") if c in t.column_names]
+    return t.select(cols).to_pylist()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("section", "values", "expect", "changed_output"), [
+    ("mesh", {"aggregate": "mean"}, {"score", "prefer", "export"}, "scores"),
+    ("index", {"k": 3}, {"score", "prefer", "export"}, "export/cpt"),
+    ("generation", {"max_abstract_chars": 150}, {"questions", "score", "prefer", "export"},
+     "questions"),
+    ("preferences", {"min_margin": 0.05}, {"prefer"}, "preferences"),
+])
+def test_changing_a_key_reruns_its_readers(light_run: Path, tmp_path: Path, section: str,
+                                           values: dict, expect: set[str],
+                                           changed_output: str | None) -> None:
+    import shutil
+
+    shutil.copytree(light_run / "run", tmp_path / "run")
+    before = _outputs(tmp_path / "run", changed_output) if changed_output else None
+    ran, _ = _run(tmp_path, _with(LIGHT, **{section: values}))
+    assert ran == expect
+    if changed_output:
+        assert _outputs(tmp_path / "run", changed_output) != before
