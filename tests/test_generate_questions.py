@@ -46,7 +46,7 @@ def test_kailin_template_is_verbatim() -> None:
         "user:Please analyze the information in the context in the field of bioinformatics:"
         "\u300c{abstract}\u300d from bioinfo and generate a question for it. \n\nassistant:"
     )
-    t = PromptTemplate()
+    t = PromptTemplate(mode="raw")
     assert t.render(1, "T", "ABS") == (
         "user:Please analyze the information in the context in the field of bioinformatics:"
         "「ABS」 from bioinfo and generate a question for it. \n\nassistant:"
@@ -65,7 +65,7 @@ def test_chat_mode_and_custom_templates(tmp_path: Path) -> None:
     assert t.prompt_text(1, "T", "ABS") == msgs[1]["content"]
     f = tmp_path / "t.txt"
     f.write_text("Title: {title} (PMID {pmid})\n{abstract}\nQuestion:\n")
-    custom = PromptTemplate(template=load_template(str(f)), max_abstract_chars=12)
+    custom = PromptTemplate(template=load_template(str(f)), mode="raw", max_abstract_chars=12)
     assert custom.render(7, "Tt", "alpha beta gamma delta") == "Title: Tt (PMID 7)\nalpha beta\nQuestion:"
     with pytest.raises(InputError, match="unknown field"):
         PromptTemplate(template="{abstract} {doi}")
@@ -131,6 +131,7 @@ class ScriptedBackend(Backend):
 @pytest.fixture()
 def scripted(monkeypatch):
     ScriptedBackend.instances = []
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # auto mode must not look org/x up on the hub
     monkeypatch.setattr(qmod, "build_backend",
                         lambda spec, options: ScriptedBackend(spec.model))
     return ScriptedBackend
@@ -193,6 +194,70 @@ def test_generate_questions_resumes_after_a_kill(scripted, tmp_path: Path) -> No
         pq.read_table(corpus / "data").column("pmid").to_pylist()[:3])
 
 
+# -- --mode auto ------------------------------------------------------------------------------
+def test_auto_mode_picks_chat_for_instruct_models_and_raw_for_kailin_tuned(tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    from kailin.generate.mode import resolve_mode
+    from kailin.llm.spec import parse_spec
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    inst = tmp_path / "instruct"
+    inst.mkdir()
+    (inst / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ x }}"}))
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "tokenizer_config.json").write_text("{}")
+    sft = tmp_path / "gen-sft"
+    (sft / "model").mkdir(parents=True)
+    (sft / "model" / "tokenizer_config.json").write_text(json.dumps({"chat_template": "x"}))
+    (sft / "kailin_train.json").write_text(json.dumps({"kind": "sft"}))
+    assert resolve_mode(parse_spec("smollm2"))[0] == "chat"
+    assert resolve_mode(parse_spec(str(inst)))[0] == "chat"
+    assert resolve_mode(parse_spec(str(base)))[0] == "raw"
+    mode, why = resolve_mode(parse_spec(str(sft / "model")))
+    assert mode == "raw" and "kailin_train.json" in why
+    assert resolve_mode(parse_spec("openai:http://x/v1#m"))[0] == "chat"
+    # the concrete templates: chat gets the 'Question:' prefill, raw none
+    t = PromptTemplate()
+    assert t.mode == "auto"
+    with pytest.raises(InputError, match="concrete"):
+        t.render(1, "T", "A")
+    assert t.concrete("chat").render(1, "T", "A")[-1] == {"role": "assistant",
+                                                          "content": "Question:"}
+    assert isinstance(t.concrete("raw").render(1, "T", "A"), str)
+    assert PromptTemplate(response_prefix="").concrete("chat").render(1, "T", "A")[-1][
+        "role"] == "user"
+
+
+def test_auto_mode_per_generator_and_warning_when_nearly_all_rejected(scripted,
+                                                                      tmp_path: Path) -> None:
+    inst = tmp_path / "instruct"
+    inst.mkdir()
+    (inst / "tokenizer_config.json").write_text(json.dumps({"chat_template": "x"}))
+    corpus = make_corpus(tmp_path / "c", 6)
+    stats = qmod.generate_questions(corpus, [f"chat={inst}", "raw=org/base"], tmp_path / "q",
+                                    cache_path=tmp_path / "cache.sqlite", progress=False)
+    assert stats["prompt_modes"]["chat"]["mode"] == "chat"
+    assert stats["prompt_modes"]["raw"]["mode"] == "raw"
+    rows = read_parquet(tmp_path / "q").to_pylist()
+    assert {r["prompt_mode"] for r in rows if r["generator"] == "chat"} == {"chat"}
+    chat_req = scripted.instances[0].seen[0]
+    assert chat_req[-1] == {"role": "assistant", "content": "Question:"}
+    assert isinstance(scripted.instances[1].seen[0], str)
+    assert stats["warnings"] == []  # 5/6 accepted each
+
+    class Chatty(ScriptedBackend):
+        def generate(self, requests, params):
+            self.seen.extend(requests)
+            return [Completion("This study reviews outcomes.", 5, 5, "stop") for _ in requests]
+
+    qmod.build_backend = lambda spec, options: Chatty(spec.model)  # restored by monkeypatch
+    stats = qmod.generate_questions(corpus, ["raw=org/base"], tmp_path / "q2", use_cache=False,
+                                    progress=False)
+    (w,) = stats["warnings"]
+    assert "0/6" in w and "--mode chat" in w and "no_question 6" in w
+
+
 # -- the real thing: packaged SmolLM2 through the command line --------------------------------
 @pytest.mark.slow
 def test_cli_generate_questions_with_smollm2(tmp_path: Path) -> None:
@@ -210,7 +275,7 @@ def test_cli_generate_questions_with_smollm2(tmp_path: Path) -> None:
 def _run_cli(tmp_path: Path, app, read_parquet) -> None:
     corpus = make_corpus(tmp_path / "c", 3)
     args = ["generate", "questions", str(corpus), "--generator", "smol=smollm2",
-            "--out", str(tmp_path / "q"), "--mode", "chat", "--max-new-tokens", "24",
+            "--out", str(tmp_path / "q"), "--max-new-tokens", "24",
             "--max-abstract-chars", "500", "--device", "cpu", "--threads", "1",
             "--cache", str(tmp_path / "cache.sqlite")]
     res = CliRunner().invoke(app, args)
@@ -222,7 +287,9 @@ def _run_cli(tmp_path: Path, app, read_parquet) -> None:
     assert all(r["raw"] and 0 < r["completion_tokens"] <= 24 and r["prompt_tokens"] > 50
                for r in rows)
     accepted = [r for r in rows if r["reject_reason"] is None]
-    assert len(accepted) >= 2  # the chat prompt + "Question:" prefix yields questions
+    assert len(accepted) >= 2  # auto -> the chat prompt + "Question:" prefix yields questions
+    assert {r["prompt_mode"] for r in rows} == {"chat"}
+    assert "prompt mode chat" in res.output
     assert all(r["question"].endswith("?") and "\n" not in r["question"] for r in accepted)
     stats = json.loads((tmp_path / "q" / "stats.json").read_text())
     assert stats["accepted"] == len(accepted)

@@ -263,7 +263,7 @@ def test_stage_over_http_with_cache_and_cli(server, tmp_path: Path, monkeypatch)
     args = ["generate", "questions", str(corpus), "-g", f"remote=openai:{server.url}#fake-model",
             "-g", f"chat=openai:{server.url}#other", "--out", str(tmp_path / "q"),
             "--api-key-env", "MY_KEY", "--cache", str(tmp_path / "cache.sqlite"),
-            "--rows-per-shard", "2", "--max-new-tokens", "24"]
+            "--rows-per-shard", "2", "--max-new-tokens", "24", "--mode", "raw"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert SECRET not in res.output

@@ -24,9 +24,11 @@ def questions(
     ),
     out: Path = typer.Option(..., "--out", help="Output folder (Parquet parts + stats.json)."),
     mode: str = typer.Option(
-        "raw", "--mode",
-        help="raw: KAILIN prompt as plain text (for KAILIN-tuned generators); chat: the "
-             "instruction inside the model's chat template (for instruct models).",
+        "auto", "--mode",
+        help="auto (default): chat for models with a chat template that kailin did not "
+             "fine-tune, raw for KAILIN-tuned generators (the choice and why are logged); raw: "
+             "KAILIN prompt as plain text; chat: the instruction inside the model's chat "
+             "template.",
     ),
     template: str | None = typer.Option(
         None, "--template",
@@ -35,8 +37,8 @@ def questions(
     ),
     response_prefix: str | None = typer.Option(
         None, "--response-prefix",
-        help="Text that starts the model's answer (chat mode default: 'Question:'; pass '' for "
-             "none).",
+        help="Text that starts the model's answer (default: 'Question:' in chat mode, none in raw "
+             "mode; pass '' for none).",
     ),
     system: str | None = typer.Option(None, "--system", help="System message (chat mode)."),
     max_abstract_chars: int | None = typer.Option(
@@ -67,7 +69,7 @@ def questions(
     limit: int | None = typer.Option(None, "--limit", help="Only the first N records."),
 ) -> None:
     """Each generator writes one question per abstract; rejected outputs are counted."""
-    from kailin.generate.prompts import DEFAULT_CHAT_PREFIX, KAILIN_TEMPLATE, PromptTemplate
+    from kailin.generate.prompts import KAILIN_TEMPLATE, PromptTemplate
     from kailin.generate.prompts import load_template as _load
     from kailin.generate.questions import generate_questions
     from kailin.llm.base import SamplingParams
@@ -76,8 +78,6 @@ def questions(
     if logging.getLogger().level > logging.DEBUG:  # one INFO line per HTTP request otherwise
         logging.getLogger("httpx").setLevel(logging.WARNING)
     specs = parse_generators(generator)
-    if response_prefix is None:
-        response_prefix = DEFAULT_CHAT_PREFIX if mode == "chat" else ""
     tmpl = PromptTemplate(
         template=_load(template) if template is not None else KAILIN_TEMPLATE,
         mode=mode, system=system, response_prefix=response_prefix,
@@ -94,7 +94,11 @@ def questions(
     for name, g in stats["generators"].items():
         reasons = {k: v for k, v in g["reject_reasons"].items() if v}
         run = stats["this_run"]["generators"].get(name, {})
+        pm = stats["prompt_modes"].get(name, {})
+        typer.echo(f"{name}: prompt mode {pm.get('mode')} ({pm.get('why')})")
         typer.echo(f"{name}: {g['accepted']}/{g['rows']} questions accepted; rejected "
                    f"{json.dumps(reasons)}; {g['completion_tokens']} completion tokens; "
                    f"cache hits {run.get('cache_hits', 0)}, misses {run.get('cache_misses', 0)}")
     typer.echo(f"{out}: {stats['rows']} rows; stats in {out / 'stats.json'}")
+    for w in stats["warnings"]:
+        typer.echo(f"warning: {w}", err=True)

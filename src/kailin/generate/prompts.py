@@ -14,6 +14,13 @@ Two modes:
   starts the assistant's answer (e.g. ``"Question:"``). Instruction-tuned models that were never
   trained on the raw format (SmolLM2-Instruct, Llama-3-Instruct...) do much better this way.
 
+* ``auto`` (the default): ``chat`` for models with a chat template that kailin did not
+  fine-tune on the raw prompt, ``raw`` for KAILIN-tuned generators and base models; decided per
+  generator by :func:`kailin.generate.mode.resolve_mode` and then made concrete with
+  :meth:`PromptTemplate.concrete`.
+
+``response_prefix=None`` means the mode's default: ``"Question:"`` in chat mode, none in raw mode.
+
 Templates are Python format strings with the fields ``{abstract}``, ``{title}`` and ``{pmid}``;
 :func:`load_template` reads one from a file when given a path.
 """
@@ -21,7 +28,7 @@ Templates are Python format strings with the fields ``{abstract}``, ``{title}`` 
 from __future__ import annotations
 
 import string
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +42,7 @@ KAILIN_TEMPLATE = (
 #: the prefill that makes small instruct models write a question instead of a summary
 DEFAULT_CHAT_PREFIX = "Question:"
 FIELDS = frozenset({"abstract", "title", "pmid"})
-MODES = ("raw", "chat")
+MODES = ("auto", "raw", "chat")
 
 
 def load_template(value: str) -> str:
@@ -72,9 +79,9 @@ class PromptTemplate:
     """How an abstract becomes a request (prompt string or chat messages)."""
 
     template: str = KAILIN_TEMPLATE
-    mode: str = "raw"
+    mode: str = "auto"
     system: str | None = None
-    response_prefix: str = ""
+    response_prefix: str | None = None
     max_abstract_chars: int | None = None
 
     def __post_init__(self) -> None:
@@ -91,6 +98,23 @@ class PromptTemplate:
             raise InputError("prompt template must contain {abstract} (or {title})")
         if self.mode == "raw" and self.system:
             raise InputError("a system message needs --mode chat")
+        if self.response_prefix is None and self.mode != "auto":
+            object.__setattr__(self, "response_prefix",
+                               DEFAULT_CHAT_PREFIX if self.mode == "chat" else "")
+
+    def concrete(self, mode: str) -> PromptTemplate:
+        """This template in ``mode`` (``raw`` or ``chat``); an ``auto`` template's unset response
+        prefix becomes that mode's default, and a system message is dropped in raw mode."""
+        if self.mode != "auto":
+            return self
+        if mode not in ("raw", "chat"):
+            raise InputError(f"concrete prompt mode must be raw or chat, got {mode!r}")
+        return replace(self, mode=mode, system=self.system if mode == "chat" else None)
+
+    def _check_concrete(self) -> None:
+        if self.mode == "auto":
+            raise InputError("an auto-mode template must be made concrete first "
+                             "(PromptTemplate.concrete(resolve_mode(generator)[0]))")
 
     def _values(self, pmid: Any, title: str | None, abstract: str | None) -> dict[str, str]:
         a = abstract or ""
@@ -101,9 +125,10 @@ class PromptTemplate:
     def prompt_text(self, pmid: Any, title: str | None, abstract: str | None) -> str:
         """The text recorded in the ``prompt`` column: the full prompt in raw mode, the user
         instruction in chat mode."""
+        self._check_concrete()
         v = self._values(pmid, title, abstract)
         if self.mode == "raw":
-            return self.template.format(**v) + self.response_prefix
+            return self.template.format(**v) + (self.response_prefix or "")
         return chat_instruction(self.template).format(**v)
 
     def render(self, pmid: Any, title: str | None, abstract: str | None) -> Request:

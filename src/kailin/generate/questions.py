@@ -63,7 +63,9 @@ class QuestionGenerationStage(Stage):
 
     Args:
         generators: ``NAME=SPEC`` strings or parsed :class:`GeneratorSpec` (with names).
-        template: how an abstract becomes a prompt (default: KAILIN's raw prompt).
+        template: how an abstract becomes a prompt (default: KAILIN's prompt in ``auto`` mode:
+            each generator gets raw or chat prompting by :func:`kailin.generate.mode.resolve_mode`,
+            logged with the reason; :attr:`modes` holds the choices).
         params: decoding settings (default greedy, 64 new tokens).
         options: backend settings (device, batch size, HTTP concurrency, API-key variable...).
         cache_path: the SQLite response cache (default ``user_cache_dir()/llm_cache.sqlite``).
@@ -105,6 +107,26 @@ class QuestionGenerationStage(Stage):
             for g in self.generators
         )
         self._backends: dict[str, Backend] = {}
+        self._templates: dict[str, PromptTemplate] = {}
+        #: generator name -> (mode, why), filled on setup
+        self.modes: dict[str, tuple[str, str]] = {}
+
+    def template_for(self, name: str) -> PromptTemplate:
+        """The concrete (raw or chat) template of generator ``name``."""
+        t = self._templates.get(name)
+        if t is None:
+            g = next(g for g in self.generators if g.name == name)
+            if self.template.mode == "auto":
+                from kailin.generate.mode import resolve_mode
+
+                mode, why = resolve_mode(g)
+                if name not in self.modes:
+                    log.info("generator %s: prompt mode %s (auto: %s)", name, mode, why)
+            else:
+                mode, why = self.template.mode, "set explicitly"
+            self.modes[name] = (mode, why)
+            t = self._templates[name] = self.template.concrete(mode)
+        return t
 
     # -- Stage protocol -----------------------------------------------------------------------
     def setup(self) -> None:
@@ -112,6 +134,7 @@ class QuestionGenerationStage(Stage):
         for g in self.generators:
             b = build_backend(g, self.options)
             self._backends[g.name] = CachedBackend(b, cache) if cache is not None else b
+            self.template_for(g.name)
 
     def fingerprint_config(self) -> dict[str, Any]:
         return {
@@ -144,12 +167,14 @@ class QuestionGenerationStage(Stage):
                   else [None] * batch.num_rows)
         has_text = [bool(a and a.strip()) for a in abstracts]
         todo = [i for i, ok in enumerate(has_text) if ok]
-        prompts = [self.template.prompt_text(p, t, a)
-                   for p, t, a in zip(pmids, titles, abstracts, strict=True)]
-        requests = [self.template.render(pmids[i], titles[i], abstracts[i]) for i in todo]
+        prompts: dict[str, list[str]] = {}
         per_gen: dict[str, dict[int, Any]] = {}
         for g in self.generators:
             backend = self._backends[g.name]
+            tmpl = self.template_for(g.name)
+            prompts[g.name] = [tmpl.prompt_text(p, t, a)
+                               for p, t, a in zip(pmids, titles, abstracts, strict=True)]
+            requests = [tmpl.render(pmids[i], titles[i], abstracts[i]) for i in todo]
             completions = backend.generate(requests, self.params) if requests else []
             per_gen[g.name] = dict(zip(todo, completions, strict=True))
         cols: dict[str, list[Any]] = {f.name: [] for f in QUESTIONS_SCHEMA}
@@ -169,8 +194,8 @@ class QuestionGenerationStage(Stage):
                 cols["backend"].append(g.backend)
                 cols["model"].append(g.model if g.backend != "openai"
                                      else f"{g.base_url}#{g.model}")
-                cols["prompt_mode"].append(self.template.mode)
-                cols["prompt"].append(prompts[i])
+                cols["prompt_mode"].append(self.template_for(g.name).mode)
+                cols["prompt"].append(prompts[g.name][i])
                 cols["question"].append(question)
                 cols["raw"].append(raw)
                 cols["reject_reason"].append(reason)
@@ -250,6 +275,7 @@ def generate_questions(
         **stats,
         "generators_config": [g.to_dict() for g in stage.generators],
         "template": stage.template.to_dict(),
+        "prompt_modes": {n: {"mode": m, "why": w} for n, (m, w) in stage.modes.items()},
         "params": stage.params.to_dict(),
         "this_run": {
             "shards": run["shards"],
@@ -258,8 +284,48 @@ def generate_questions(
             "generators": stage.counters(),
         },
     }
+    stats["warnings"] = rejection_warnings(stats)
+    for w in stats["warnings"]:
+        log.warning("%s", w)
     write_json_atomic(out / "stats.json", stats)
     return stats
+
+
+#: below this accepted share (with at least MIN_ROWS_TO_WARN rows) a generator is "failing"
+LOW_ACCEPTANCE = 0.2
+MIN_ROWS_TO_WARN = 5
+
+
+def rejection_warnings(stats: dict[str, Any]) -> list[str]:
+    """One sentence per generator whose outputs were nearly all rejected, with the likely fix."""
+    out = []
+    modes = stats.get("prompt_modes", {})
+    for name, g in stats.get("generators", {}).items():
+        sent = g["rows"] - g["reject_reasons"].get("no_abstract", 0)
+        if sent < MIN_ROWS_TO_WARN or g["accepted"] >= LOW_ACCEPTANCE * sent:
+            continue
+        reasons = sorted(((n, r) for r, n in g["reject_reasons"].items()
+                          if n and r != "no_abstract"), reverse=True)
+        top = ", ".join(f"{r} {n}" for n, r in reasons[:3])
+        mode = modes.get(name, {}).get("mode", "?")
+        fixes = []
+        other = {"raw": "chat", "chat": "raw"}.get(mode)
+        if other:
+            fixes.append(f"--mode {other} (this run used {mode}: "
+                         f"{modes.get(name, {}).get('why', '')})")
+        top_reason = reasons[0][1] if reasons else None
+        if top_reason in ("no_question", "too_long"):
+            fixes.append("a larger --max-new-tokens, or --response-prefix 'Question:' in chat "
+                         "mode")
+        if top_reason == "too_short":
+            fixes.append("a larger --max-new-tokens")
+        if top_reason == "copies_prompt":
+            fixes.append("a chat model with --mode chat, or a generator SFT'd with "
+                         "`kailin train sft`")
+        out.append(f"generator {name}: only {g['accepted']}/{sent} outputs were accepted as "
+                   f"questions (rejected: {top}); try " + "; or ".join(fixes or ["another model"])
+                   + ". The raw outputs are in the 'raw' column.")
+    return out
 
 
 def _check_input(out: Path, signature: dict[str, Any]) -> None:

@@ -116,8 +116,10 @@ class GenerationConfig(_Section):
     batch_size: int = Field(8, ge=1)
     seed: int = 0
     template: str | None = None
-    mode: Literal["raw", "chat"] = Field("raw", description="raw: the KAILIN prompt as text "
-                                         "(what SFT trains on); chat: the model's chat template")
+    mode: Literal["auto", "raw", "chat"] = Field(
+        "auto", description="auto: chat for models with a chat template that kailin did not "
+        "fine-tune, raw for SFT/DPO-tuned generators; raw: the KAILIN prompt as text (what SFT "
+        "trains on); chat: the model's chat template")
     response_prefix: str | None = Field(None, description="text the answer starts with "
                                         "(default: 'Question:' in chat mode, none in raw mode)")
     max_abstract_chars: int | None = Field(2000, ge=100)
