@@ -356,3 +356,50 @@ def test_llama_cpp_server_on_packaged_gguf() -> None:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_killed_batch_keeps_every_completion_it_received(tmp_path: Path) -> None:
+    """A client killed (SIGKILL) at 90% of one HTTP batch: the re-run re-issues <= 10% of the
+    calls, because each completion was committed to the cache the moment it arrived."""
+    from kailin.llm.cache import CachedBackend, ResponseCache
+
+    n = 60
+    srv = FakeOpenAI(delay=0.05)
+    cache_path = tmp_path / "cache.sqlite"
+    prompts = [f"prompt number {i} about topic {i}" for i in range(n)]
+    script = (
+        "import json, sys\n"
+        "from kailin.llm.base import SamplingParams\n"
+        "from kailin.llm.cache import CachedBackend, ResponseCache\n"
+        "from kailin.llm.openai_http import OpenAIBackend\n"
+        f"b = OpenAIBackend({srv.url!r}, 'fake-model', concurrency=2, timeout=5)\n"
+        f"c = CachedBackend(b, ResponseCache({str(cache_path)!r}))\n"
+        f"c.generate(json.loads({json.dumps(json.dumps(prompts))}), SamplingParams())\n"
+    )
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", script])
+        deadline = time.monotonic() + 60
+        cache = None
+        while time.monotonic() < deadline:
+            if cache is None and cache_path.exists():
+                cache = ResponseCache(cache_path)
+            if cache is not None and len(cache) >= int(0.9 * n):
+                break
+            assert proc.poll() is None, "the client finished before it could be killed"
+            time.sleep(0.01)
+        proc.kill()  # the batch never returns: the old code cached nothing of it
+        proc.wait()
+        assert cache is not None
+        kept = len(cache)
+        assert int(0.9 * n) <= kept < n
+        before = sum(srv.paths.values())
+        cb = CachedBackend(backend(srv, concurrency=2), ResponseCache(cache_path))
+        out = cb.generate(prompts, SamplingParams())
+        reissued = sum(srv.paths.values()) - before
+        assert [o.text for o in out] == [f"Sure! Here is a question: What is {' '.join(p.split()[:3])}?"
+                                         for p in prompts]
+        assert reissued == n - kept <= 0.1 * n
+        assert cb.hits == kept and cb.stored == reissued
+        print(f"killed at {kept}/{n} cached; re-run re-issued {reissued} calls")
+    finally:
+        srv.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Union
 
@@ -127,6 +127,16 @@ class Backend(ABC):
     @abstractmethod
     def generate(self, requests: Sequence[Request], params: SamplingParams) -> list[Completion]:
         """One completion per request, in order."""
+
+    def generate_each(self, requests: Sequence[Request], params: SamplingParams,
+                      on_result: Callable[[int, Completion], None]) -> list[Completion]:
+        """Like :meth:`generate`, calling ``on_result(index, completion)`` as each completion
+        arrives, so a caller can keep it even if a later request fails. The default reports
+        all of them at the end; backends that finish requests one by one override this."""
+        out = self.generate(requests, params)
+        for i, c in enumerate(out):
+            on_result(i, c)
+        return out
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (HTTP clients, GPU memory)."""

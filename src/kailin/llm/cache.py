@@ -108,7 +108,9 @@ class CachedBackend(Backend):
     """Wraps a backend: answers from the cache, sends only the misses to the backend.
 
     ``hits``, ``misses`` and ``backend_calls`` count this object's work (``backend_calls`` is the
-    number of ``generate`` calls forwarded to the wrapped backend).
+    number of ``generate`` calls forwarded to the wrapped backend). Each new completion is
+    written to the cache the moment the backend reports it (:meth:`Backend.generate_each`), in
+    its own committed SQLite transaction (WAL), so a killed run keeps every answer it received.
     """
 
     def __init__(self, backend: Backend, cache: ResponseCache) -> None:
@@ -118,6 +120,8 @@ class CachedBackend(Backend):
         self.hits = 0
         self.misses = 0
         self.backend_calls = 0
+        #: completions written to the cache by this object (each right after it arrived)
+        self.stored = 0
 
     @property
     def model_name(self) -> str:
@@ -138,11 +142,17 @@ class CachedBackend(Backend):
         self.misses += sum(1 for k in keys if k not in found)
         if missing:
             self.backend_calls += 1
-            new = self.backend.generate([requests[i] for i in missing.values()], params)
-            self.cache.put_many(
-                (k, ident["backend"], str(ident.get("model")), c)
-                for k, c in zip(missing, new, strict=True)
-            )
+            miss_keys = list(missing)
+            backend_name, model = ident["backend"], str(ident.get("model"))
+
+            def keep(j: int, c: Completion) -> None:
+                # committed one by one as they arrive: a crash or a failed request later in the
+                # batch loses none of the completions already paid for
+                self.cache.put_many([(miss_keys[j], backend_name, model, c)])
+                self.stored += 1
+
+            new = self.backend.generate_each([requests[i] for i in missing.values()], params,
+                                             keep)
             for k, c in zip(missing, new, strict=True):
                 found[k] = Completion(c.text, c.prompt_tokens, c.completion_tokens,
                                       c.finish_reason, cached=False)

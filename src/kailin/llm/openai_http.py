@@ -17,7 +17,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -154,7 +154,8 @@ class OpenAIBackend(Backend):
         return path, body
 
     async def _one(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, req: Request,
-                   params: SamplingParams, index: int) -> Completion:
+                   params: SamplingParams, index: int,
+                   on_result: Callable[[int, Completion], None] | None = None) -> Completion:
         path, body = self._body(req, params)
         url = self.base_url + path
         last_error = ""
@@ -170,7 +171,10 @@ class OpenAIBackend(Backend):
                               attempt + 1)
                 else:
                     if resp.status_code == 200:
-                        return _parse(resp, url, index, is_chat(req))
+                        c = _parse(resp, url, index, is_chat(req))
+                        if on_result is not None:  # e.g. the response cache: kept at once
+                            on_result(index, c)
+                        return c
                     last_error = f"HTTP {resp.status_code}: {_error_text(resp)}"
                     if resp.status_code not in RETRY_STATUS:
                         raise HTTPBackendError(f"{url}: request #{index} failed: {last_error}")
@@ -188,21 +192,29 @@ class OpenAIBackend(Backend):
             f"{url}: request #{index} failed after {self.max_retries + 1} attempts: {last_error}"
         )
 
-    async def agenerate(self, requests: Sequence[Request],
-                        params: SamplingParams) -> list[Completion]:
+    async def agenerate(self, requests: Sequence[Request], params: SamplingParams,
+                        on_result: Callable[[int, Completion], None] | None = None
+                        ) -> list[Completion]:
         reqs = [validate_request(r, i) for i, r in enumerate(requests)]
         sem = asyncio.Semaphore(self.concurrency)
         limits = httpx.Limits(max_connections=self.concurrency,
                               max_keepalive_connections=self.concurrency)
         async with httpx.AsyncClient(timeout=self.timeout, limits=limits) as client:
             return list(await asyncio.gather(
-                *(self._one(client, sem, r, params, i) for i, r in enumerate(reqs))
+                *(self._one(client, sem, r, params, i, on_result) for i, r in enumerate(reqs))
             ))
 
     def generate(self, requests: Sequence[Request], params: SamplingParams) -> list[Completion]:
+        return self.generate_each(requests, params, None)
+
+    def generate_each(self, requests: Sequence[Request], params: SamplingParams,
+                      on_result: Callable[[int, Completion], None] | None
+                      ) -> list[Completion]:
+        """Every completion is handed to ``on_result`` the moment its response arrives (before
+        the rest of the batch finishes or fails)."""
         if not requests:
             return []
-        coro_fn = lambda: self.agenerate(requests, params)  # noqa: E731
+        coro_fn = lambda: self.agenerate(requests, params, on_result)  # noqa: E731
         try:
             asyncio.get_running_loop()
         except RuntimeError:
