@@ -43,9 +43,44 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+#: loggers of libraries whose INFO lines and warnings only show with --verbose
+THIRD_PARTY_LOGGERS = ("transformers", "datasets", "huggingface_hub", "sentence_transformers",
+                       "httpx", "httpcore", "urllib3", "filelock", "torch", "accelerate", "peft",
+                       "trl", "vllm", "qdrant_client", "fsspec", "numexpr")
+
+
+def quiet_third_party(verbose: bool = False, progress: bool = True) -> None:
+    """Third-party progress bars and warnings off unless ``verbose``; every bar (kailin's too)
+    off when ``progress`` is false. Environment variables are set only where the user has not
+    set them, and before the libraries are imported (commands import them lazily)."""
+    import os
+    import warnings
+
+    if not progress:
+        os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm reads TQDM_* as defaults
+    if verbose:
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # hub, transformers, datasets
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")  # library warnings (FutureWarning, UserWarning...)
+    warnings.filterwarnings("default", module=r"kailin(\.|$)")
+
+
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Log debug messages; show third-party progress bars and "
+                                      "warnings (hidden by default)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="Only warnings, errors and each command's summary lines; "
+                                    "no progress bars."),
+    no_progress: bool = typer.Option(False, "--no-progress", envvar="KAILIN_NO_PROGRESS",
+                                     help="No progress bars (kailin's included)."),
     log_json: bool = typer.Option(False, "--log-json", envvar="KAILIN_LOG_JSON",
                                   help="Structured logs: one JSON object per line."),
     version: bool = typer.Option(
@@ -56,8 +91,9 @@ def _root(
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if log_json else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler],
-                        force=True)
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    quiet_third_party(verbose=verbose, progress=not (quiet or no_progress))
 
 
 # --- registration: one line per concern ----------------------------------------------------
