@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - create .venv, install kailin with its extras, run the whole pipeline on the
-#                 bundled sample (configs/demo.yaml; results in runs/demo)
+#                 bundled sample (configs/demo.yaml; results in runs/demo), then write
+#                 runs/demo/report.html (`kailin report`) and print its path
 #   make test   - same set-up, then the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,6 +22,7 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/kailin run configs/demo.yaml
+	@$(VENV)/bin/kailin report runs/demo
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

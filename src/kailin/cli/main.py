@@ -129,6 +129,9 @@ from kailin.cli import run as _run  # noqa: E402
 
 app.command("run")(_run.run)
 app.command("status")(_run.status)
+from kailin.cli import report as _report  # noqa: E402
+
+app.command("report")(_report.report)
 
 
 def main() -> None:

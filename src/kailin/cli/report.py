@@ -1,0 +1,22 @@
+"""``kailin report RUN_DIR``: one self-contained HTML page of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def report(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `kailin run`."),
+    out: Path | None = typer.Option(None, "--out", help="HTML file (default RUN_DIR/report.html)."),
+    pairs: int = typer.Option(20, "--pairs", help="Random preference pairs to show."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the pair sample."),
+) -> None:
+    """Stage table, preference funnel, score distributions, self-check, pairs, reports."""
+    from kailin.errors import InputError
+    from kailin.report.html import build_report
+
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: no such run folder")
+    typer.echo(str(build_report(run_dir, out, n_pairs=pairs, seed=seed)))
