@@ -172,7 +172,7 @@ def _pairs(run: Path, n: int, seed: int) -> str:
     docs: dict[int, dict] = {}
     if corpus is not None:
         docs = {d["pmid"]: d for d in corpus.to_pylist()}
-    scores = _read(run / "scores")
+    scores = _read(run / "scores", ["pmid", "question", "context_pmids", "context_titles"])
     ctx: dict[tuple[int, str], dict] = {}
     if scores is not None and "context_pmids" in scores.column_names:
         for s in scores.select([c for c in ("pmid", "question", "context_pmids",
