@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,12 @@ class TransformersBackend(Backend):
         return ids
 
     def generate(self, requests: Sequence[Request], params: SamplingParams) -> list[Completion]:
+        return self.generate_each(requests, params, None)
+
+    def generate_each(self, requests: Sequence[Request], params: SamplingParams,
+                      on_result: Callable[[int, Completion], None] | None
+                      ) -> list[Completion]:
+        """Each micro-batch's completions go to ``on_result`` as soon as it is decoded."""
         reqs = [validate_request(r, i) for i, r in enumerate(requests)]
         if not reqs:
             return []
@@ -220,6 +226,8 @@ class TransformersBackend(Backend):
                 text, cut = apply_stop(text, params.stop)
                 out[i] = Completion(text, int(n_prompt[row]), len(gen_ids),
                                     "stop" if cut else finish)
+                if on_result is not None:
+                    on_result(i, out[i])
         return [c for c in out if c is not None]
 
     def close(self) -> None:
