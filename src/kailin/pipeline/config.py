@@ -71,6 +71,8 @@ class MeshConfig(_Section):
                           "faithful 4); the dataset keeps index.k of them")
     max_passed_over: int = Field(16, ge=0, description="hits without MeSH passed over per "
                                  "question to find k contexts with MeSH")
+    selfcheck_sample: int = Field(200, ge=0, description="records whose titles stand in for "
+                                  "expert questions in reports/signal_selfcheck.json (0: off)")
 
 
 class IndexConfig(_Section):

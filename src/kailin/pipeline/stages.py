@@ -296,6 +296,21 @@ def _score_key(ctx: RunContext) -> str:
     return ctx.sub_key(_score_settings(ctx.cfg), ["index", "corpus"])
 
 
+def signal_stage(ctx: RunContext) -> dict:
+    """The per-run self-check: does the document score carry information on this corpus?"""
+    from kailin.evaluate.signal import title_selfcheck
+    from kailin.retrieval import load_index
+
+    stage = _score_stage(ctx)
+    res = title_selfcheck(corpus_dir(ctx), load_index(ctx.path("index")),
+                          mesh_dir=ctx.resolve(ctx.cfg.mesh.dir), scoring=stage.scoring,
+                          k=stage.k, sample=ctx.cfg.mesh.selfcheck_sample,
+                          max_passed_over=stage.max_passed_over)
+    write_json_atomic(ctx.path("reports", "signal_selfcheck.json"), res)
+    return {k: res[k] for k in ("sample", "auc_other", "auc_generic", "nan_share")
+            if isinstance(res.get(k), int | float)}
+
+
 def evaluator_stage(ctx: RunContext) -> dict:
     from kailin.align.evaluator import train_evaluator
 
@@ -550,6 +565,9 @@ def pipeline_stages(cfg: RunConfig) -> list[StageSpec]:
                   ["workset", *sft], outputs=["questions"], mode="self"),
         StageSpec("score", score_stage, _score_settings, ["questions", "index", "corpus"],
                   outputs=["scores"], mode="self", files=_mesh_files),
+        StageSpec("signal", signal_stage, _score_settings, ["index", "corpus"],
+                  enabled=lambda c: c.mesh.selfcheck_sample > 0,
+                  outputs=["reports/signal_selfcheck.json"], files=_mesh_files),
         StageSpec("evaluator", evaluator_stage, lambda c: {"evaluator": _dump(c.evaluator)},
                   ["score"], enabled=lambda c: c.evaluator.enabled
                   or c.preferences.labeller == "evaluator", outputs=["evaluator"],

@@ -267,7 +267,8 @@ class Index(ABC):
         years = _normalise_years(years)
         mask = self.docstore.year_mask(years)
         excluding = exclude_pmids is not None and any(p is not None for p in exclude_pmids)
-        extra = max_passed_over if require_mesh and not self.docstore.has_mesh.all() else 0
+        filtering = require_mesh and not self.docstore.has_mesh.all()
+        extra = max_passed_over if filtering else 0
         n = min(k + extra + (1 if excluding else 0), len(self))
         rows, scores = self._search_rows(list(queries), n, mask, years)
         out: list[list[Hit]] = []
@@ -279,7 +280,7 @@ class Index(ABC):
                 keep &= self.docstore.pmids[np.where(r >= 0, r, 0)] != int(exclude_pmids[i])
             r, s = r[keep], s[keep]
             skipped = 0
-            if extra:
+            if filtering:
                 with_mesh = self.docstore.has_mesh[r]
                 # keep the first k rows with MeSH; count the MeSH-less rows ranked above the
                 # last one kept (or all looked at, when fewer than k were found)
