@@ -155,7 +155,7 @@ def _get(cfg: RunConfig, path: str) -> Any:
 
 @pytest.mark.parametrize(("key", "value", "first"), [
     ("corpus.limit", 9, {"workset"}),          # the index is not rebuilt for a larger sample
-    ("mesh.aggregate", "mean", {"score"}),
+    ("mesh.aggregate", "mean", {"score", "signal"}),  # signal: the per-run self-check
     ("export.template", "Q: {question}\nA: {answer}", {"export"}),
     ("dpo.max_steps", 6, {"dpo"}),
     ("answers.grounding", "llm-judge", {"answers"}),
