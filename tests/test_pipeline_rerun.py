@@ -66,7 +66,7 @@ def _questions(run: Path) -> dict[tuple[int, str], str]:
 def test_rerun_after_config_changes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     ran, _ = _run(tmp_path, BASE)
-    assert ran == {"corpus", "workset", "index", "questions", "score", "prefer", "dpo",
+    assert ran == {"corpus", "workset", "index", "questions", "score", "signal", "prefer", "dpo",
                    "answers", "export"}
 
     # 1. a no-op re-run does no work: every stage skipped, no output touched
@@ -160,7 +160,7 @@ LIGHT = _with(dpo={"enabled": False}, answers={"enabled": False})
 def light_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("light")
     ran, _ = _run(base, LIGHT)
-    assert ran == {"corpus", "workset", "index", "questions", "score", "prefer", "export"}
+    assert ran == {"corpus", "workset", "index", "questions", "score", "signal", "prefer", "export"}
     return base
 
 
@@ -173,8 +173,8 @@ def _outputs(run: Path, name: str) -> list:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("section", "values", "expect", "changed_output"), [
-    ("mesh", {"aggregate": "mean"}, {"score", "prefer", "export"}, "scores"),
-    ("index", {"k": 3}, {"score", "prefer", "export"}, "export/cpt"),
+    ("mesh", {"aggregate": "mean"}, {"score", "signal", "prefer", "export"}, "scores"),
+    ("index", {"k": 3}, {"score", "signal", "prefer", "export"}, "export/cpt"),
     ("generation", {"max_abstract_chars": 150}, {"questions", "score", "prefer", "export"},
      "questions"),
     ("preferences", {"min_margin": 0.05}, {"prefer"}, "preferences"),
