@@ -50,7 +50,7 @@ def test_structured_logs(capsys: pytest.CaptureFixture[str]) -> None:
 
     from kailin.cli.main import _root
 
-    _root(verbose=False, log_json=True, version=False)
+    _root(verbose=False, quiet=False, no_progress=False, log_json=True, version=False)
     logging.getLogger("kailin.run").info("[1/2] corpus: done in %.1f s", 1.25)
     line = capsys.readouterr().err.strip().splitlines()[-1]
     rec = json.loads(line)
