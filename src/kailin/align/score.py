@@ -95,7 +95,6 @@ class ScoreStage(Stage):
         self._index = index
         self._mesh = mesh
         self._scorer: Any = None
-        self._corpus_files: list[str] | None = None
         self._lookup: CorpusMeshLookup | None = None
 
     def fingerprint_config(self) -> dict[str, Any]:
@@ -127,11 +126,7 @@ class ScoreStage(Stage):
             self._mesh = load_mesh(self.mesh_dir)
         self._scorer = self._mesh.scorer(**self.scoring)
         if self.corpus_dir:
-            from kailin.corpus.reader import open_corpus
-
-            self._corpus_files = [str(f) for f in open_corpus(self.corpus_dir).files()]
-            if self.scoring["major_weight"] != 1.0:
-                self._lookup = CorpusMeshLookup(self.corpus_dir)
+            self._lookup = CorpusMeshLookup(self.corpus_dir)
 
     # -- the work -------------------------------------------------------------------------
     def process(self, batch: pa.Table) -> pa.Table:
@@ -171,8 +166,8 @@ class ScoreStage(Stage):
         todo = [i for i in live if context_mesh[i]]
         if todo:
             src_major = ctx_major = None
-            if self._lookup is not None:
-                self._lookup.clear()
+            if self._lookup is not None and self.scoring["major_weight"] != 1.0:
+                # the sources are cached from _source_mesh: only the contexts are read here
                 found = self._lookup.get([pmids[i] for i in todo]
                                          + [p for i in todo for p in context_pmids[i]])
                 src_major = [_flags(sources[i], found.get(pmids[i])) for i in todo]
@@ -199,7 +194,7 @@ class ScoreStage(Stage):
     def _source_mesh(self, batch: pa.Table, pmids: list[int]) -> list[list[str]]:
         if "mesh_uis" in batch.column_names:
             return [list(m or []) for m in batch["mesh_uis"].to_pylist()]
-        if not self._corpus_files:
+        if self._lookup is None:
             found = _docstore_mesh(self._index, pmids)
             if found is None:
                 raise InputError(
@@ -207,17 +202,9 @@ class ScoreStage(Stage):
                     "the corpus (--corpus DIR) so the source abstracts' MeSH can be looked up"
                 )
             return _report_lost(found, pmids)
-        import duckdb
-
-        con = duckdb.connect()
-        con.register("want", pa.table({"pmid": pa.array(sorted(set(pmids)), pa.int64())}))
-        rows = con.execute(
-            "SELECT c.pmid, c.mesh_uis FROM read_parquet($files) c "
-            "JOIN want w ON c.pmid = w.pmid",
-            {"files": self._corpus_files},
-        ).fetchall()
-        con.close()
-        return _report_lost({int(p): list(m or []) for p, m in rows}, pmids)
+        self._lookup.clear()  # one batch at a time: memory stays bounded
+        found = self._lookup.get(pmids)
+        return _report_lost({p: uis for p, (uis, _) in found.items()}, pmids)
 
 
 class CorpusMeshLookup:
@@ -227,17 +214,18 @@ class CorpusMeshLookup:
         from kailin.corpus.reader import open_corpus
 
         self.files = [str(f) for f in open_corpus(corpus_dir).files()]
-        self._cache: dict[int, tuple[list[str], list[bool]]] = {}
+        self._cache: dict[int, tuple[list[str], list[bool]] | None] = {}
 
     def clear(self) -> None:
         self._cache.clear()
 
     def get(self, pmids: Iterable[int]) -> dict[int, tuple[list[str], list[bool]]]:
+        """``{pmid: (mesh_uis, mesh_major)}`` of the PMIDs found in the corpus (one DuckDB
+        query for those not looked up before)."""
         pmids = [int(p) for p in pmids]
         want = sorted(set(pmids) - set(self._cache))
         if want:
             import duckdb
-            import pyarrow as pa
 
             con = duckdb.connect()
             con.register("want", pa.table({"pmid": pa.array(want, pa.int64())}))
@@ -252,8 +240,8 @@ class CorpusMeshLookup:
                     major = [False] * len(uis)
                 self._cache[int(p)] = (uis, [bool(x) for x in major])
             for p in want:
-                self._cache.setdefault(p, ([], []))
-        return {int(p): self._cache[int(p)] for p in pmids}
+                self._cache.setdefault(p, None)  # not in the corpus
+        return {p: self._cache[p] for p in pmids if self._cache[p] is not None}
 
 
 def _flags(uis: list[str], found: tuple[list[str], list[bool]] | None) -> list[bool]:

@@ -399,8 +399,7 @@ def evaluate_signal(
     texts = [qs.questions[i] for i in keep]
     perm = _derangement(n, seed)
     k_max = 8
-    ks_needed = max([c.k for c in configs] + [k_max if k_sweep else 1])
-    if ks_needed > k_max:
+    if any(not 1 <= c.k <= k_max for c in configs):
         raise InputError(f"k must be between 1 and {k_max}")
 
     # one retrieval per (question, source): trusted, other, each generic

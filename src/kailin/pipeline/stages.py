@@ -255,9 +255,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
 # --- scoring and preferences ------------------------------------------------------------------
 def _score_stage(ctx: RunContext):
     from kailin.align.score import ScoreStage
+    from kailin.mesh.score import DEFAULT_SCORE_K, PAPER_SCORE_K
 
     m, ix = ctx.cfg.mesh, ctx.cfg.index
-    k = m.k if m.k is not None else (max(ix.k, 4) if m.faithful else max(ix.k, 6))
+    # the score looks at no fewer contexts than the dataset keeps (index.k)
+    k = m.k if m.k is not None else max(ix.k, PAPER_SCORE_K if m.faithful else DEFAULT_SCORE_K)
     return ScoreStage(ctx.path("index"), corpus_dir=corpus_dir(ctx),
                       mesh_dir=ctx.resolve(m.dir), k=k, measure=m.measure,
                       faithful=m.faithful, exclude_source=ix.leave_source_out,
