@@ -8,6 +8,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+# llama.cpp (the test extra's OpenAI-compatible server) built for a portable x86-64 level: its
+# -march=native build picks AMX kernels that crash (SIGSEGV in ggml_backend_amx_mul_mat) on VMs
+# whose CPU reports AMX but whose kernel does not grant the tile state. --no-cache-dir: a wheel
+# cached from a native build would otherwise be reused whatever CMAKE_ARGS says.
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+else
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+endif
 
 .PHONY: demo test setup lint clean
 
@@ -15,6 +25,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.13.0"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q --no-cache-dir "llama-cpp-python[server]>=0.3"
 	$(PIP) install -q -e ".[all]"
 	touch $(STAMP)
 
