@@ -94,6 +94,22 @@ def test_weighted_scores_agree_between_compiled_and_numpy() -> None:
             sc.use_compiled = False
             b = sc.doc_scores(src, ctx, smaj, cmaj)
             np.testing.assert_allclose(a, b, atol=1e-9, err_msg=f"{measure} {kw}")
+    # the embedding kinds (cosine blocks by BLAS in the kernel) on random unit vectors
+    from kailin.retrieval.mesh_embeddings import MeshEmbeddingSimilarity
+
+    vecs = rng.standard_normal((len(mesh.uis), 24)).astype(np.float32)
+    emb = MeshEmbeddingSimilarity(vecs, mesh.uis)
+    for measure in ("embedding", "hybrid"):
+        for kw in ({"aggregate": "mean"},
+                   {"aggregate": "bma", "exclude": "check-tags", "ic_power": 3.0,
+                    "major_weight": 2.0, "rank_weighting": "reciprocal"}):
+            sc = mesh.scorer(measure, embeddings=emb, **kw)
+            assert sc._compiled is not None
+            a = sc.doc_scores(src, ctx, smaj, cmaj)
+            sc.use_compiled = False
+            b = sc.doc_scores(src, ctx, smaj, cmaj)
+            np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"{measure} {kw}")
+            assert np.isfinite(a).sum() > 20
     # a weight changes the score; weight 1 is the unweighted score
     sc = mesh.scorer("resnik", aggregate="bma")
     plain = sc.doc_scores(src, ctx)

@@ -225,6 +225,14 @@ def doc_kernel(kind, bma, src_ptr, src_ids, src_w, ctx_rec, ctx_ptr, ctx_ids, ct
     for j in range(len(ctx_rec)):
         maxc = max(maxc, ctx_ptr[j + 1] - ctx_ptr[j])
     buf = np.empty((maxs, maxc))
+    # embedding kinds: the cosine block of a (source, context) pair is one small matrix product
+    # (BLAS) of the gathered vectors; the source's vectors are gathered once per record
+    dense = kind == 5 or kind == 6
+    dim = emb.shape[1] if dense else 1
+    sbuf = np.zeros((maxs, dim), dtype=np.float32)
+    cbuf = np.zeros((maxc, dim), dtype=np.float32)
+    cos = np.zeros((maxs, maxc), dtype=np.float32)
+    last_r = -1
     for j in range(len(ctx_rec)):
         r = ctx_rec[j]
         s0, s1 = src_ptr[r], src_ptr[r + 1]
@@ -233,14 +241,30 @@ def doc_kernel(kind, bma, src_ptr, src_ids, src_w, ctx_rec, ctx_ptr, ctx_ids, ct
         if ns == 0 or nc == 0:
             continue
         pairs += ns * nc
+        if dense:
+            if r != last_r:
+                for x in range(ns):
+                    sbuf[x, :] = emb[src_ids[s0 + x]]
+                last_r = r
+            for y in range(nc):
+                cbuf[y, :] = emb[ctx_ids[c0 + y]]
+            cos[:ns, :nc] = np.dot(sbuf[:ns], cbuf[:nc].T)
         acc = 0.0
         wsum = 0.0
         for x in range(ns):
             a = src_ids[s0 + x]
             wa = src_w[s0 + x]
             for y in range(nc):
-                v = _sim(kind, a, ctx_ids[c0 + y], tn_ptr, tns, prefix, depth, tn_desc, cat_ptr,
-                         cat_list, has_cat, ic, max_ic, chain_ic, gic, gmax, masks, emb, alpha)
+                if kind == 5:
+                    v = float(cos[x, y])
+                elif kind == 6:
+                    v = alpha * _sim_ic(2, a, ctx_ids[c0 + y], tn_ptr, tns, prefix, depth,
+                                        chain_ic, gic, gmax, masks) \
+                        + (1 - alpha) * float(cos[x, y])
+                else:
+                    v = _sim(kind, a, ctx_ids[c0 + y], tn_ptr, tns, prefix, depth, tn_desc,
+                             cat_ptr, cat_list, has_cat, ic, max_ic, chain_ic, gic, gmax, masks,
+                             emb, alpha)
                 buf[x, y] = v
                 w = wa * ctx_w[c0 + y]
                 acc += w * v
