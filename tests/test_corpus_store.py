@@ -38,17 +38,19 @@ def _ingest(files, out, **kw):
     return store.ingest(files, out, **kw)
 
 
-def _live(out: Path) -> dict[int, dict]:
+def _live(out: Path) -> dict[tuple[int, int], dict]:
+    """The live records keyed by (pmid, version), checking each key is in exactly one row."""
     t = open_corpus(out).read(["pmid", "title", "version", "source_file"])
     rows = t.to_pylist()
-    pmids = [r["pmid"] for r in rows]
-    assert len(pmids) == len(set(pmids)), "duplicate PMIDs in the live shards"
-    return {r["pmid"]: r for r in rows}
+    keys = [(r["pmid"], r["version"]) for r in rows]
+    assert len(keys) == len(set(keys)), "duplicate (pmid, version) keys in the live shards"
+    return {(r["pmid"], r["version"]): r for r in rows}
 
 
 def _update_file(tmp: Path) -> tuple[Path, int, int]:
-    """A real-format update file (named after the baseline, so ordered after it): a new version
-    of one baseline record with a changed title, and a DeleteCitation of another."""
+    """A real-format update file (named after the baseline, so ordered after it): a revised
+    record (same PMID and Version, changed title), a Version 2 of another baseline record (a
+    distinct article under NLM's rule) and a DeleteCitation of a third."""
     text = gzip.decompress(BASE.read_bytes()).decode("utf-8")
     head, _, rest = text.partition("<PubmedArticle>")
     arts = [
@@ -57,13 +59,10 @@ def _update_file(tmp: Path) -> tuple[Path, int, int]:
     ]
     upd_pmid = 973217
     assert f">{upd_pmid}</PMID>" in arts[0]
-    new = (
-        arts[0]
-        .replace('<PMID Version="1">', '<PMID Version="2">', 1)
-        .replace("Hospital debt management", "UPDATED Hospital debt management", 1)
-    )
+    new = arts[0].replace("Hospital debt management", "UPDATED Hospital debt management", 1)
+    v2 = arts[2].replace('<PMID Version="1">', '<PMID Version="2">', 1)
     gone = int(arts[1].split("</PMID>")[0].rsplit(">", 1)[1])
-    body = new + f'\n<DeleteCitation><PMID Version="1">{gone}</PMID></DeleteCitation>\n'
+    body = new + v2 + f'\n<DeleteCitation><PMID Version="1">{gone}</PMID></DeleteCitation>\n'
     f = tmp / "pubmedsample18n0002_update.xml.gz"
     with gzip.open(f, "wt", encoding="utf-8") as fh:
         fh.write(head + body + "</PubmedArticleSet>\n")
@@ -75,7 +74,7 @@ def test_ingest_samples_one_row_per_pmid(tmp_path: Path) -> None:
     rep = _ingest([XML], out, workers=2)
     live = _live(out)
     assert rep.records == len(live) == 264  # medsamp2006's 88 PMIDs are all in the 2018 sample
-    assert {r["source_file"] for r in live.values() if r["pmid"] in (973217,)} == {BASE.name}
+    assert live[(973217, 1)]["source_file"] == BASE.name
     m = json.loads((out / "manifest.json").read_text())
     assert len(m["files"]) == 6 and m["records"] == 264
     for e in m["files"]:
@@ -96,15 +95,19 @@ def test_updates_and_deletions_in_file_order(tmp_path: Path) -> None:
     one = tmp_path / "one"
     _ingest([upd, BASE], one)  # given out of order: processed by file name
     live = _live(one)
-    assert live[upd_pmid]["title"].startswith("UPDATED") and live[upd_pmid]["version"] == 2
-    assert gone not in live and len(live) == 176
+    assert live[(upd_pmid, 1)]["title"].startswith("UPDATED")
+    v2 = [k for k in live if k[1] == 2]
+    assert len(v2) == 1 and (v2[0][0], 1) in live  # Version 2 sits next to Version 1
+    assert live[v2[0]]["title"] == live[(v2[0][0], 1)]["title"]
+    assert (gone, 1) not in live and len(live) == 177
     # the same in two runs (baseline first, update later) gives the same corpus
     two = tmp_path / "two"
     _ingest([BASE], two)
-    assert gone in _live(two)
+    assert (gone, 1) in _live(two)
     _ingest([upd], two)
     assert _live(two) == live
-    assert show(two, gone) is None and show(two, upd_pmid)["version"] == 2
+    assert show(two, gone) is None and show(two, upd_pmid)["title"].startswith("UPDATED")
+    assert show(two, v2[0][0])["version"] == 2 and show(two, v2[0][0], version=1)["version"] == 1
     # re-ingesting the baseline later does not bring back the older version or the deleted PMID
     _ingest([BASE], two)
     assert _live(two) == live
@@ -150,7 +153,7 @@ def test_crash_anywhere_resumes_without_loss_or_duplicates(
     monkeypatch.setattr(store, "_stage_file", real_stage)
     _ingest(files, out)
     live = _live(out)
-    extra = live.pop(29768149)
+    extra = live.pop((29768149, 1))
     assert extra["source_file"] == "pubmed-29768149.xml"
     assert live == expected
     m = json.loads((out / "manifest.json").read_text())
@@ -184,18 +187,18 @@ def test_decontamination_and_exclusion_file(tmp_path: Path) -> None:
     rep = _ingest([PQA], out)
     test_pmids = set(json.loads((PQA.parent / "test_ground_truth.json").read_text()))
     live = _live(out)
-    assert len(live) == 500 and not {str(p) for p in live} & test_pmids
+    assert len(live) == 500 and not {str(p) for p, _ in live} & test_pmids
     m = json.loads((out / "manifest.json").read_text())
     assert m["files"][0]["excluded"] == 500 and m["exclusions"]["pubmedqa_test_default"]
     assert rep.summary()["excluded"] == 500
 
     ex = tmp_path / "ex.txt"
-    keep_out = sorted(live)[:7]
+    keep_out = [p for p, _ in sorted(live)[:7]]
     ex.write_text("\n".join(map(str, keep_out)) + "\n")
     out2 = tmp_path / "c2"
     _ingest([PQA], out2, exclude_pmids=ex, default_exclude=False)
     live2 = _live(out2)
-    assert len(live2) == 993 and not set(keep_out) & set(live2)
+    assert len(live2) == 993 and not set(keep_out) & {p for p, _ in live2}
 
 
 def test_stats_sql_select(tmp_path: Path) -> None:
@@ -221,7 +224,7 @@ def test_stats_sql_select(tmp_path: Path) -> None:
         .column("pmid")
         .to_pylist()
     )
-    assert set(neo) == set(want) and r["records"] == len(want) > 0
+    assert {p for p, _ in neo} == set(want) and r["records"] == len(want) > 0
     assert r["query"]["matched_uis"] == 3
     assert select(out, ["Neoplasms"], sub, mesh=FAKE)["reused"] is True
     r2 = select(out, ["D009369"], tmp_path / "neo2", mesh=FAKE, descendants=False)

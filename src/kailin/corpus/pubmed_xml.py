@@ -4,7 +4,8 @@ Files may be gzipped or plain. Memory stays flat: :func:`lxml.etree.iterparse` w
 hands over one citation at a time, which is cleared (and detached from the root) once read.
 
 Output items are ``("record", dict)`` (keys of :data:`kailin.corpus.schema.CORPUS_SCHEMA`, plus
-``_line``, the source line of the citation) and ``("delete", pmid)`` for ``DeleteCitation``.
+``_line``, the source line of the citation) and ``("delete", (pmid, version))`` for each PMID of a
+``DeleteCitation``.
 
 Bad input:
 
@@ -294,10 +295,9 @@ def parse_citation(
             for x in c:
                 if x.tag == "NameOfSubstance":
                     chem.append({"ui": x.get("UI"), "name": (x.text or "").strip()})
-    ver = pmid_el.get("Version")
     return {
         "pmid": int(ptxt),
-        "version": int(ver) if ver and ver.isdigit() else 1,
+        "version": _version(pmid_el),
         "title": _text(title_el),
         "abstract": _abstract(ab),
         "mesh_uis": uis,
@@ -315,13 +315,23 @@ def parse_citation(
     }
 
 
+def _version(pmid_el: Any) -> int:
+    """``<PMID Version="N">``: NLM's version of the citation (1 when absent or not a number).
+
+    NLM's rule: the key of a citation is (PMID, Version); a Version > 1 record is a different
+    article (e.g. an updated Cochrane review), not a replacement of Version 1, and a
+    ``DeleteCitation`` names the (PMID, Version) it removes."""
+    ver = (pmid_el.get("Version") or "").strip()
+    return int(ver) if ver.isdigit() and int(ver) > 0 else 1
+
+
 # --------------------------------------------------------------------------- fast path
 def iter_pubmed_xml(
     path: str | Path,
     resolver: MeshResolver | None = None,
     stats: ParseStats | None = None,
 ) -> Iterator[tuple[str, Any]]:
-    """Stream ``("record", dict)`` and ``("delete", pmid)`` items from a PubMed XML file.
+    """Stream ``("record", dict)`` and ``("delete", (pmid, version))`` items from a PubMed XML file.
 
     Raises :class:`InputError` for non-PubMed XML and truncated/corrupt files. When the file holds
     ill-formed XML it raises :class:`lxml.etree.XMLSyntaxError` after the items already yielded;
@@ -366,7 +376,7 @@ def iter_pubmed_xml(
                         t = (p.text or "").strip()
                         if t.isdigit():
                             stats.deleted += 1
-                            yield "delete", int(t)
+                            yield "delete", (int(t), _version(p))
                         else:
                             stats.note_malformed(
                                 f"{path}:{p.sourceline}", f"DeleteCitation PMID {t!r}"
@@ -474,7 +484,7 @@ def iter_pubmed_xml_salvage(
                         t = (p.text or "").strip()
                         if t.isdigit():
                             stats.deleted += 1
-                            yield "delete", int(t)
+                            yield "delete", (int(t), _version(p))
                 else:
                     stats.books_skipped += 1
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:

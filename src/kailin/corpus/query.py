@@ -76,10 +76,11 @@ def stats(corpus_dir: str | Path) -> dict:
     }
 
 
-def show(corpus_dir: str | Path, pmid: int) -> dict | None:
-    """The live record of ``pmid`` as a dict, or None."""
+def show(corpus_dir: str | Path, pmid: int, version: int | None = None) -> dict | None:
+    """The live record of ``pmid`` as a dict (its highest Version, or ``version``), or None."""
     con = connect(corpus_dir)
-    t = duckdb_table(con.sql(f"SELECT * FROM corpus WHERE pmid = {int(pmid)}"))
+    cond = f"pmid = {int(pmid)}" + (f" AND version = {int(version)}" if version is not None else "")
+    t = duckdb_table(con.sql(f"SELECT * FROM corpus WHERE {cond} ORDER BY version DESC LIMIT 1"))
     rows = t.to_pylist()
     return rows[0] if rows else None
 
