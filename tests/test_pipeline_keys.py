@@ -30,11 +30,13 @@ FULL = {
                    {"name": "b", "model": "smollm2", "temperature": 0.6, "seed": 1}],
     "evaluator": {"enabled": True},
     "dpo": {"max_steps": 4},
+    "steering": {"enabled": True},
+    "export": {"questions_from": "policy"},
 }
 #: keys that say where or how a run goes, not what it makes
 NO_OUTPUT_CHANGE = {"run_dir", "corpus.workers"}
 #: values the generic rule cannot guess
-OTHER = {"dpo.generator": "b"}
+OTHER = {"dpo.generator": "b", "steering.second_index": {"kind": "bm25", "method": "lucene"}}
 
 
 def _leaves(model: type[BaseModel], value: Any, prefix: str = "") -> list[str]:
@@ -202,7 +204,9 @@ def test_force_changes_the_stage_and_its_readers(tmp_path: Path, digests: FileDi
                                                    force={"prefer"}, digests=digests)
               if p.enabled}
     changed = {s for s in before if before[s] != forced[s]}
-    assert changed == {"prefer", "dpo", "generator_eval"}
+    # the policy (dpo, then the steering rounds) writes the export: everything after it re-runs
+    assert changed == {"prefer", "dpo", "generator_eval", "steering", "policy_questions",
+                       "answers", "export", "downstream", "pubmedqa"}
 
 
 def test_input_files_keyed_by_content(tmp_path: Path) -> None:

@@ -31,8 +31,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from kailin.errors import KailinError
 from kailin.io import duckdb_table, read_parquet, write_json_atomic, write_parquet_atomic
 from kailin.pipeline.config import RunConfig
+from kailin.pipeline.keys import digest
 from kailin.pipeline.run import RunContext, StageSpec, run_pipeline
 
 log = logging.getLogger("kailin.run")
@@ -185,9 +187,12 @@ def generator_model(ctx: RunContext, gen_name: str) -> str:
     return g.model
 
 
-def _question_stage(ctx: RunContext, gen_name: str, model: str):
+def _question_stage(ctx: RunContext, gen_name: str, model: str, label: str | None = None,
+                    temperature: float | None = None, seed: int | None = None):
     """The question stage of one generator (each generator runs separately, so that its model
-    has its own actor pool on Ray and its own decoding settings)."""
+    has its own actor pool on Ray and its own decoding settings). ``label`` names the rows'
+    ``generator`` (default: the generator's name); ``temperature``/``seed`` override its
+    decoding (the steering rounds sample from a policy)."""
     from kailin.generate.prompts import PromptTemplate
     from kailin.generate.questions import QuestionGenerationStage
     from kailin.llm.base import SamplingParams
@@ -198,12 +203,14 @@ def _question_stage(ctx: RunContext, gen_name: str, model: str):
     tmpl = PromptTemplate(**({"template": gcfg.template} if gcfg.template else {}),
                           mode=gcfg.mode, response_prefix=gcfg.response_prefix,
                           max_abstract_chars=gcfg.max_abstract_chars)
-    params = SamplingParams(
-        max_new_tokens=gcfg.max_new_tokens,
-        temperature=gcfg.temperature if g.temperature is None else g.temperature,
-        top_p=gcfg.top_p, seed=gcfg.seed if g.seed is None else g.seed)
+    if temperature is None:
+        temperature = gcfg.temperature if g.temperature is None else g.temperature
+    if seed is None:
+        seed = gcfg.seed if g.seed is None else g.seed
+    params = SamplingParams(max_new_tokens=gcfg.max_new_tokens, temperature=temperature,
+                            top_p=gcfg.top_p, seed=seed)
     opts = BackendOptions(batch_size=gcfg.batch_size, threads=gcfg.threads)
-    return QuestionGenerationStage([f"{gen_name}={model}"], template=tmpl, params=params,
+    return QuestionGenerationStage([f"{label or gen_name}={model}"], template=tmpl, params=params,
                                    options=opts, cache_path=ctx.path("cache", "llm.sqlite"))
 
 
@@ -340,10 +347,9 @@ def _dpo_generator(cfg: RunConfig) -> str:
 
 
 def dpo_stage(ctx: RunContext) -> dict:
-    from kailin.align.dpo import DPOSettings, train_dpo
+    from kailin.align.dpo import train_dpo
     from kailin.align.prefer import PREFERENCES_FILE
 
-    d = ctx.cfg.dpo
     gen = _dpo_generator(ctx.cfg)
     pairs = read_parquet(ctx.path("preferences", PREFERENCES_FILE))
     if pairs.num_rows == 0:
@@ -351,14 +357,28 @@ def dpo_stage(ctx: RunContext) -> dict:
 
         raise KailinError("dpo: the preference stage kept no pairs; loosen preferences.tau / "
                           "band / min_margin or distil more abstracts (corpus.limit)")
-    settings = DPOSettings(model=generator_model(ctx, gen), beta=d.beta,
-                           learning_rate=d.learning_rate, warmup_steps=d.warmup(),
-                           batch_size=d.batch_size, grad_accum=1, max_steps=d.max_steps,
-                           max_length=d.max_length, save_steps=max(d.max_steps, 1),
-                           logging_steps=max(1, d.max_steps // 5))
-    meta = train_dpo(pairs, ctx.path("models", f"{gen}-dpo"), settings)
+    meta = train_dpo(pairs, ctx.path("models", f"{gen}-dpo"),
+                     dpo_settings(ctx.cfg, generator_model(ctx, gen), pairs.num_rows))
     return {"pairs": pairs.num_rows,
             **{k: meta[k] for k in ("train_loss", "steps") if k in meta}}
+
+
+def dpo_settings(cfg: RunConfig, model: str, n_pairs: int) -> Any:
+    """The DPO settings of the config for ``model`` on ``n_pairs`` pairs (``dpo.epochs``, when
+    set, replaces ``max_steps``)."""
+    import math
+
+    from kailin.align.dpo import DPOSettings
+    from kailin.train.common import LoraSettings
+
+    d = cfg.dpo
+    steps = (max(1, math.ceil(d.epochs * n_pairs / d.batch_size)) if d.epochs is not None
+             else d.max_steps)
+    return DPOSettings(model=model, beta=d.beta, learning_rate=d.learning_rate,
+                       warmup_steps=d.warmup(), batch_size=d.batch_size, grad_accum=1,
+                       max_steps=steps, max_length=d.max_length, save_steps=max(steps // 4, 10),
+                       logging_steps=max(1, steps // 20), lora=LoraSettings(r=d.lora_r,
+                                                                             alpha=2 * d.lora_r))
 
 
 def generator_eval_stage(ctx: RunContext) -> dict:
@@ -385,6 +405,230 @@ def generator_eval_stage(ctx: RunContext) -> dict:
     return {k: v for k, v in out.items() if isinstance(v, int | float)}
 
 
+# --- the steering experiment -----------------------------------------------------------------
+def _second_score_stage(ctx: RunContext, index_dir: Path):
+    """The independent check: another retriever (``steering.second_index``) and another
+    measure (``steering.second_measure``), never used for labels."""
+    from kailin.align.score import ScoreStage
+    from kailin.mesh.score import DEFAULT_SCORE_K, PAPER_SCORE_K
+
+    st = ctx.cfg.steering
+    k = PAPER_SCORE_K if st.second_faithful else DEFAULT_SCORE_K
+    return ScoreStage(index_dir, corpus_dir=corpus_dir(ctx), mesh_dir=ctx.resolve(ctx.cfg.mesh.dir),
+                      k=k, measure=st.second_measure, faithful=st.second_faithful,
+                      exclude_source=ctx.cfg.index.leave_source_out,
+                      max_passed_over=ctx.cfg.mesh.max_passed_over)
+
+
+def _policy_models(ctx: RunContext) -> list[str]:
+    """The DPO policy after each round: round 1 is the dpo stage's model."""
+    gen = _dpo_generator(ctx.cfg)
+    out = [str(ctx.path("models", f"{gen}-dpo", "model"))]
+    if ctx.cfg.steering.enabled:
+        out += [str(ctx.path("steering", f"round{r}", "dpo", "model"))
+                for r in range(2, ctx.cfg.steering.rounds + 1)]
+    return out
+
+
+def steering_stage(ctx: RunContext) -> dict:
+    """base vs dpo vs dpo_shuffled on the held-out abstracts, round after round (see
+    :mod:`kailin.align.steering`); writes ``reports/steering.json``."""
+    import time
+
+    from kailin.align.dpo import train_dpo
+    from kailin.align.prefer import PREFERENCES_FILE, PreferSettings, prefer
+    from kailin.align.steering import (
+        arm_summary,
+        contrast,
+        dpo_curve,
+        hacking_metrics,
+        per_pmid_scores,
+        shuffle_pairs,
+        tie_share,
+    )
+    from kailin.mesh import load_mesh
+    from kailin.retrieval import build_index
+
+    t0 = time.monotonic()
+    cfg, st = ctx.cfg, ctx.cfg.steering
+    gen = _dpo_generator(cfg)
+    base_model = generator_model(ctx, gen)
+    work = read_parquet(ctx.path("corpus", "work.parquet"), columns=["pmid", "title", "abstract"])
+    held = read_parquet(ctx.path("corpus", "heldout.parquet"),
+                        columns=["pmid", "title", "abstract", "mesh_uis"])
+    root = ctx.path("steering")
+    p = cfg.preferences
+    prefer_settings = PreferSettings(tau=p.tau, band=p.band, min_margin=p.min_margin)
+    key = ctx.key
+
+    def run(stage, src, out: Path, tag: str) -> None:
+        ctx.executor().run(stage, src, out, key=digest({"stage": key, "tag": tag}))
+
+    # the second retriever, over the same corpus
+    ix2 = root / "index2"
+    if not (ix2 / "_kailin_ok").exists():
+        opts = dict(st.second_index)
+        build_index(corpus_dir(ctx), ix2, kind=opts.pop("kind", "bm25"), overwrite=True,
+                    progress=ctx.progress, **opts)
+        (ix2 / "_kailin_ok").write_text(key)
+    primary, second = _score_stage(ctx), _second_score_stage(ctx, ix2)
+
+    trainings: dict[str, dict] = {}
+    pairs1 = read_parquet(ctx.path("preferences", PREFERENCES_FILE))
+    dpo_meta_path = ctx.path("models", f"{gen}-dpo", "kailin_train.json")
+    models: dict[str, list[str]] = {"dpo": _policy_models(ctx)[:1], "dpo_shuffled": []}
+    rounds_info: list[dict] = [{"round": 1, "pairs": pairs1.num_rows,
+                                "ties": tie_share(read_parquet(ctx.path("scores")))}]
+    pairs = pairs1
+    for r in range(1, st.rounds + 1):
+        if r >= 2:  # sample two questions per abstract from the round r-1 policy, relabel
+            rdir = root / f"round{r}"
+            for i in range(2):
+                label = f"round{r}_sample{i}"
+                stage = _question_stage(ctx, gen, models["dpo"][-1], label=label,
+                                        temperature=st.sample_temperature,
+                                        seed=st.seed + 1000 * r + i)
+                run(stage, work, rdir / "questions" / label, label)
+                run(primary, rdir / "questions" / label, rdir / "scores" / label,
+                    f"{label}/score")
+            stats = prefer(rdir / "scores", rdir / "preferences", prefer_settings)
+            pairs = read_parquet(rdir / "preferences" / PREFERENCES_FILE)
+            rounds_info.append({"round": r, "pairs": pairs.num_rows,
+                                "ties": tie_share(read_parquet(rdir / "scores")),
+                                "dropped": stats.get("dropped")})
+            if pairs.num_rows == 0:
+                raise KailinError(f"steering round {r}: no preference pairs left; the policy's "
+                                  "two samples tie (raise steering.sample_temperature)")
+            meta = train_dpo(pairs, rdir / "dpo",
+                             dpo_settings(cfg, models["dpo"][-1], pairs.num_rows))
+            models["dpo"].append(str(rdir / "dpo" / "model"))
+            trainings[f"dpo.round{r}"] = {"pairs": pairs.num_rows,
+                                          "curve": dpo_curve(meta.get("log_history", []))}
+        elif dpo_meta_path.exists():
+            meta = json.loads(dpo_meta_path.read_text())
+            trainings["dpo.round1"] = {"pairs": pairs.num_rows,
+                                       "curve": dpo_curve(meta.get("log_history", []))}
+        if st.shuffled_control:
+            shuffled, flipped = shuffle_pairs(pairs, seed=st.seed + r)
+            sdir = root / f"round{r}" / "dpo_shuffled"
+            start = models["dpo_shuffled"][-1] if models["dpo_shuffled"] else base_model
+            meta = train_dpo(shuffled, sdir, dpo_settings(cfg, start, shuffled.num_rows))
+            models["dpo_shuffled"].append(str(sdir / "model"))
+            trainings[f"dpo_shuffled.round{r}"] = {
+                "pairs": shuffled.num_rows, "swapped": flipped,
+                "curve": dpo_curve(meta.get("log_history", []))}
+
+    # held-out: every arm after every round, under both scorers
+    mesh = load_mesh(ctx.resolve(cfg.mesh.dir))
+    titles = dict(zip(held["pmid"].to_pylist(), held["title"].to_pylist(), strict=True))
+    names = {p_: [mesh.name(u) for u in (uis or []) if u in mesh.vocab.id_of]
+             for p_, uis in zip(held["pmid"].to_pylist(), held["mesh_uis"].to_pylist(),
+                                strict=True)}
+    pmids = sorted(titles)
+    arms_models = {"base": [base_model], **{k: v for k, v in models.items() if v}}
+    evals: dict[str, dict] = {}
+    for arm, ms in arms_models.items():
+        for r, model in enumerate(ms, start=1):
+            tag = arm if arm == "base" else f"{arm}.round{r}"
+            qdir = root / "heldout" / tag
+            run(_question_stage(ctx, gen, model, label=tag), held, qdir / "questions",
+                f"heldout/{tag}")
+            run(primary, qdir / "questions", qdir / "scores", f"heldout/{tag}/score")
+            run(second, qdir / "questions", qdir / "scores2", f"heldout/{tag}/score2")
+            evals[tag] = {
+                "model": model,
+                "scores": per_pmid_scores(read_parquet(qdir / "scores")),
+                "scores2": per_pmid_scores(read_parquet(qdir / "scores2")),
+                "hacking": hacking_metrics(read_parquet(qdir / "questions"), titles, names),
+            }
+    final = {arm: (arm if arm == "base" else f"{arm}.round{len(ms)}")
+             for arm, ms in arms_models.items()}
+
+    def contrasts(which: str) -> dict:
+        out = {}
+        pairs_ = [("dpo_vs_base", "dpo", "base"), ("dpo_vs_shuffled", "dpo", "dpo_shuffled"),
+                  ("shuffled_vs_base", "dpo_shuffled", "base")]
+        for name, a, b in pairs_:
+            if a in final and b in final:
+                out[name] = contrast(evals[final[a]][which], evals[final[b]][which], pmids,
+                                     n_boot=st.n_boot, seed=st.seed)
+        return out
+
+    report: dict[str, Any] = {
+        "heldout": len(pmids),
+        "pairs": pairs1.num_rows,
+        "pairs_per_round": [x["pairs"] for x in rounds_info],
+        "rounds": st.rounds,
+        "generator": gen,
+        "final": final,
+        "arms": {arm: {**arm_summary(evals[tag]["scores"], pmids), "model": evals[tag]["model"]}
+                 for arm, tag in final.items()},
+        "contrasts": contrasts("scores"),
+        "second_scorer": {
+            "index": dict(st.second_index), "measure": st.second_measure,
+            "faithful": st.second_faithful,
+            "arms": {arm: arm_summary(evals[tag]["scores2"], pmids)
+                     for arm, tag in final.items()},
+            "contrasts": contrasts("scores2")},
+        "hacking": {tag: e["hacking"] for tag, e in evals.items()},
+        "per_round": {tag: {"mean": arm_summary(e["scores"], pmids)["mean"],
+                            "mean_second": arm_summary(e["scores2"], pmids)["mean"]}
+                      for tag, e in evals.items()},
+        "rounds_info": rounds_info,
+        "training": trainings,
+        "scorer": {"labels_and_primary": {**primary.scoring, "k": primary.k},
+                   "second": {**second.scoring, "k": second.k}},
+        "seconds": round(time.monotonic() - t0, 1),
+        "seeds": {"steering": st.seed, "generation": cfg.generation.seed},
+    }
+    report["downstream"] = _downstream_summary(ctx)
+    write_json_atomic(ctx.path("reports", "steering.json"), report)
+    c = report["contrasts"].get("dpo_vs_base", {})
+    return {"heldout": len(pmids), "pairs": pairs1.num_rows, "rounds": st.rounds,
+            "dpo_vs_base.delta": c.get("delta"), "dpo_vs_base.ci_low": c.get("ci_low"),
+            "dpo_vs_base.ci_high": c.get("ci_high")}
+
+
+def _downstream_summary(ctx: RunContext) -> dict:
+    """What the pubmedqa stage measured, when it has run (it runs after the export)."""
+    p = ctx.path("reports", "pubmedqa.json")
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def policy_model(ctx: RunContext) -> tuple[str, int]:
+    """The aligned generator that writes the export: (model dir, round)."""
+    models = _policy_models(ctx)
+    r = ctx.cfg.export.policy_round or len(models)
+    return models[min(r, len(models)) - 1], min(r, len(models))
+
+
+def policy_questions_stage(ctx: RunContext) -> dict:
+    """The aligned generator writes one question per distilled abstract, scored like the
+    generators' (its contexts are the dataset's)."""
+    from kailin.generate.questions import question_stats
+
+    gen = _dpo_generator(ctx.cfg)
+    model, rnd = policy_model(ctx)
+    label = f"{gen}-dpo-round{rnd}"
+    work = read_parquet(ctx.path("corpus", "work.parquet"), columns=["pmid", "title", "abstract"])
+    key = ctx.key
+    ctx.executor().run(_question_stage(ctx, gen, model, label=label), work,
+                       ctx.path("policy", "questions"), key=digest({"k": key, "q": label}))
+    ctx.executor().run(_score_stage(ctx), ctx.path("policy", "questions"),
+                       ctx.path("policy", "scores"), key=digest({"k": key, "s": label}))
+    write_json_atomic(ctx.path("policy", "policy.json"),
+                      {"generator": label, "model": model, "round": rnd})
+    qs = read_parquet(ctx.path("policy", "questions"))
+    return {"model_round": rnd, **_flat(question_stats(qs))}
+
+
+def _export_scores(ctx: RunContext) -> pa.Table:
+    """The scored questions the dataset is made from."""
+    if ctx.cfg.export.questions_from == "policy":
+        return read_parquet(ctx.path("policy", "scores"))
+    return read_parquet(ctx.path("scores"))
+
+
 # --- dataset ----------------------------------------------------------------------------------
 def _best_questions(scores: pa.Table) -> pa.Table:
     """Per PMID, the best-scoring non-empty question (the one a preference pair would choose)."""
@@ -404,7 +648,7 @@ def answers_stage(ctx: RunContext) -> dict:
     from kailin.dataset.answers import AnswerStage, grounding_rates
 
     a = ctx.cfg.answers
-    best = _best_questions(read_parquet(ctx.path("scores")))
+    best = _best_questions(_export_scores(ctx))
     if a.limit:
         best = best.slice(0, a.limit)
     stage = AnswerStage(teacher=a.teacher, corpus_dir=str(corpus_dir(ctx)),
@@ -431,7 +675,14 @@ EXPORT_SECTIONS = ("corpus", "mesh", "index", "generators", "generation", "answe
 
 def _export_provenance(ctx: RunContext) -> dict:
     dump = ctx.cfg.model_dump(mode="json")
-    return {k: dump[k] for k in EXPORT_SECTIONS}
+    out = {k: dump[k] for k in EXPORT_SECTIONS}
+    if ctx.cfg.export.questions_from == "policy":
+        p = ctx.path("policy", "policy.json")
+        out["questions"] = {"from": "policy", **(json.loads(p.read_text()) if p.exists() else {})}
+    else:
+        out["questions"] = {"from": "generators", "models": {
+            g.name: generator_model(ctx, g.name) for g in ctx.cfg.generators}, "round": 0}
+    return out
 
 
 def export_stage(ctx: RunContext) -> dict:
@@ -442,7 +693,7 @@ def export_stage(ctx: RunContext) -> dict:
     if ctx.cfg.answers.enabled:
         records = read_parquet(ctx.path("answers"))
     else:
-        records = _best_questions(read_parquet(ctx.path("scores")))
+        records = _best_questions(_export_scores(ctx))
     kwargs: dict[str, Any] = {"decontaminate": e.exclude_pubmedqa_test,
                               "require_grounded": ctx.cfg.answers.filter_ungrounded,
                               "n_contexts": ctx.cfg.index.k}
@@ -588,17 +839,39 @@ def pipeline_stages(cfg: RunConfig) -> list[StageSpec]:
                   enabled=lambda c: c.dpo.enabled and c.corpus.heldout > 0,
                   outputs=["generator_eval", "reports/generator.json"], mode="self",
                   files=_mesh_files),
+        StageSpec("steering", steering_stage,
+                  lambda c: {"steering": _dump(c.steering), "dpo": _dump(c.dpo),
+                             "preferences": _dump(c.preferences),
+                             "generation": _dump(c.generation),
+                             "generator": _dump(_gen(c, _dpo_generator(c))),
+                             **_score_settings(c)},
+                  ["dpo", "prefer", "score", f"sft:{dpo_gen}", "index", "corpus", "workset"],
+                  enabled=lambda c: c.steering.enabled, outputs=["steering",
+                                                                 "reports/steering.json"],
+                  mode="self", files=_mesh_files),
+        StageSpec("policy_questions", policy_questions_stage,
+                  lambda c: {"export": {"questions_from": c.export.questions_from,
+                                        "policy_round": c.export.policy_round},
+                             "steering.rounds": c.steering.rounds if c.steering.enabled else 1,
+                             "generation": _dump(c.generation),
+                             "generator": _dump(_gen(c, _dpo_generator(c))),
+                             **_score_settings(c)},
+                  ["dpo", "steering", "index", "corpus", "workset"],
+                  enabled=lambda c: c.export.questions_from == "policy",
+                  outputs=["policy"], mode="self", files=_mesh_files),
         StageSpec("answers", answers_stage,
                   lambda c: {"answers": {k: v for k, v in _dump(c.answers).items()
-                                         if k != "filter_ungrounded"}, "index.k": c.index.k},
-                  ["score", "corpus"], enabled=lambda c: c.answers.enabled,
+                                         if k != "filter_ungrounded"}, "index.k": c.index.k,
+                             "export.questions_from": c.export.questions_from},
+                  ["score", "policy_questions", "corpus"], enabled=lambda c: c.answers.enabled,
                   outputs=["answers"], mode="self"),
         StageSpec("export", export_stage,
                   lambda c: {"export": _dump(c.export),
                              "answers": {"enabled": c.answers.enabled,
                                          "filter_ungrounded": c.answers.filter_ungrounded},
                              "index.k": c.index.k, "mesh.dir": c.mesh.dir},
-                  ["answers", "score", "corpus"], outputs=["export"], files=_mesh_files),
+                  ["answers", "score", "policy_questions", "corpus"], outputs=["export"],
+                  files=_mesh_files),
         StageSpec("downstream", downstream_stage, lambda c: {"downstream": _dump(c.downstream)},
                   ["export"], enabled=lambda c: c.downstream.enabled,
                   outputs=["models/downstream", "models/downstream-sft"], mode="resume"),

@@ -1,0 +1,192 @@
+"""Does MeSH-guided DPO steer the generator? The pieces of the steering experiment.
+
+The experiment (the pipeline's ``steering`` stage runs it; ``configs/experiment.yaml``) trains
+arms from the same SFT generator and compares them on the same held-out abstracts:
+
+* ``base``: the SFT generator, no DPO;
+* ``dpo``: DPO on the MeSH-labelled preference pairs, for ``rounds`` rounds (round r >= 2 samples
+  two questions per abstract from the round r-1 policy, relabels them with the score and trains
+  again: m-KAILIN's iterative alignment);
+* ``dpo_shuffled``: DPO with the same settings on the same pairs, chosen and rejected swapped at
+  random (a seeded coin per pair). If ``dpo`` beats ``base`` only as much as this control does,
+  the gain comes from DPO itself (shorter questions, say), not from the MeSH labels.
+
+Held-out quality is the document score under the run's scoring and under a second, independent
+configuration (another retriever and another measure), so that a gain cannot be mere
+overfitting to the scorer that labelled the pairs. Next to it, what reward hacking would show:
+the share of valid questions, their length, the share copying the title, distinct-2 and the
+share stuffing MeSH terms. This module holds those pure functions (tables in, numbers out);
+the stage in :mod:`kailin.pipeline.stages` wires models, generation and scoring.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from kailin.align.generator_eval import paired_bootstrap
+
+_WORD = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
+
+
+def shuffle_pairs(pairs: pa.Table, seed: int = 0) -> tuple[pa.Table, int]:
+    """The same pairs with chosen and rejected swapped where a seeded coin says so.
+
+    Every column ``chosen_*`` is swapped with its ``rejected_*`` twin too. Returns the table and
+    the number of pairs swapped."""
+    rng = np.random.default_rng(seed)
+    flip = rng.random(pairs.num_rows) < 0.5
+    mask = pa.array(flip)
+    cols = {}
+    for name in pairs.column_names:
+        if name.startswith("chosen") and name.replace("chosen", "rejected", 1) in pairs.column_names:
+            other = name.replace("chosen", "rejected", 1)
+            import pyarrow.compute as pc
+
+            cols[name] = pc.if_else(mask, pairs[other], pairs[name])
+            cols[other] = pc.if_else(mask, pairs[name], pairs[other])
+    out = pairs
+    for name, col in cols.items():
+        out = out.set_column(out.column_names.index(name), name, col)
+    return out, int(flip.sum())
+
+
+def per_pmid_scores(scores: pa.Table, generator: str | None = None) -> dict[int, float]:
+    """PMID -> score (NaN for a missing score) of one generator's score table."""
+    pm = scores["pmid"].to_pylist()
+    sc = scores["score"].to_pylist()
+    gs = (scores["generator"].to_pylist() if "generator" in scores.column_names
+          else [None] * len(pm))
+    out: dict[int, float] = {}
+    for p, s, g in zip(pm, sc, gs, strict=True):
+        if generator is not None and g != generator:
+            continue
+        out[int(p)] = float("nan") if s is None else float(s)
+    return out
+
+
+def arm_summary(scores: Mapping[int, float], pmids: Sequence[int]) -> dict[str, Any]:
+    v = np.array([scores.get(p, float("nan")) for p in pmids], dtype=np.float64)
+    ok = ~np.isnan(v)
+    return {"mean": float(v[ok].mean()) if ok.any() else None, "n": int(ok.sum()),
+            "nan": int((~ok).sum()), "std": float(v[ok].std()) if ok.any() else None,
+            "quantiles": ([float(x) for x in np.quantile(v[ok], [0.1, 0.25, 0.5, 0.75, 0.9])]
+                          if ok.any() else [])}
+
+
+def contrast(a: Mapping[int, float], b: Mapping[int, float], pmids: Sequence[int],
+             n_boot: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """``a`` minus ``b`` over the shared PMIDs, with a paired bootstrap 95% CI. A question with
+    no score (NaN: rejected, or no context with MeSH) is left out of the pair."""
+    before = [b.get(p, float("nan")) for p in pmids]
+    after = [a.get(p, float("nan")) for p in pmids]
+    r = paired_bootstrap(before, after, n_boot=n_boot, seed=seed)
+    out = {k: r[k] for k in ("delta", "ci_low", "ci_high", "n", "n_dropped")}
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def copies_title(question: str, title: str, threshold: float = 0.8) -> bool:
+    """The question repeats the title: at least ``threshold`` of the title's words (with
+    repeats) occur in the question, for a title of at least 4 words."""
+    tw = _words(title)
+    if len(tw) < 4:
+        return False
+    qw = set(_words(question))
+    return sum(w in qw for w in tw) / len(tw) >= threshold
+
+
+def _stem(w: str) -> str:
+    """A crude plural fold, the same on both sides (adolescents ~ adolescent)."""
+    return w[:-1] if len(w) > 3 and w.endswith("s") else w
+
+
+def mesh_terms_in(question: str, names: Sequence[str]) -> int:
+    """How many of the source's MeSH descriptor names occur (as whole words, plurals folded)
+    in the question."""
+    q = " " + " ".join(_stem(w) for w in _words(question)) + " "
+    n = 0
+    for name in names:
+        w = " ".join(_stem(x) for x in _words(name))
+        if w and f" {w} " in q:
+            n += 1
+    return n
+
+
+def distinct_n(questions: Sequence[str], n: int = 2) -> float | None:
+    """Distinct n-grams over all n-grams of the questions (Li et al. 2016's distinct-n)."""
+    grams: list[tuple[str, ...]] = []
+    for q in questions:
+        w = _words(q)
+        grams += [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def hacking_metrics(questions: pa.Table, titles: Mapping[int, str],
+                    mesh_names: Mapping[int, Sequence[str]], stuffing: int = 3
+                    ) -> dict[str, Any]:
+    """What reward hacking would show, over one arm's questions on the held-out abstracts.
+
+    ``valid``: share of rows whose question was accepted (``reject_reason`` null);
+    ``words``: mean length of valid questions; ``copies_title``: share of valid questions that
+    repeat the source title; ``distinct_2``; ``mesh_stuffing``: share of valid questions naming
+    at least ``stuffing`` of the source's MeSH descriptors verbatim."""
+    pm = questions["pmid"].to_pylist()
+    qs = questions["question"].to_pylist()
+    reasons = (questions["reject_reason"].to_pylist() if "reject_reason" in
+               questions.column_names else [None] * len(pm))
+    valid = [(int(p), q) for p, q, r in zip(pm, qs, reasons, strict=True)
+             if r is None and q and q.strip()]
+    n = len(pm)
+    if not valid:
+        return {"rows": n, "valid": 0.0, "words": None, "copies_title": None,
+                "distinct_2": None, "mesh_stuffing": None}
+    return {
+        "rows": n,
+        "valid": len(valid) / n if n else 0.0,
+        "words": float(np.mean([len(_words(q)) for _, q in valid])),
+        "copies_title": float(np.mean([copies_title(q, titles.get(p, "")) for p, q in valid])),
+        "distinct_2": distinct_n([q for _, q in valid]),
+        "mesh_stuffing": float(np.mean([mesh_terms_in(q, mesh_names.get(p, ())) >= stuffing
+                                        for p, q in valid])),
+    }
+
+
+def dpo_curve(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """trl's logged DPO metrics per logging step: loss, reward margin and accuracy, chosen and
+    rejected rewards."""
+    keys = {"loss": "loss", "rewards/margins": "margin", "rewards/accuracies": "accuracy",
+            "rewards/chosen": "chosen", "rewards/rejected": "rejected"}
+    out = []
+    for row in log_history:
+        if "rewards/margins" not in row:
+            continue
+        item: dict[str, Any] = {"step": row.get("step")}
+        for k, name in keys.items():
+            if k in row:
+                item[name] = float(row[k])
+        out.append(item)
+    return out
+
+
+def tie_share(scores: pa.Table, tol: float = 1e-9) -> dict[str, Any]:
+    """Over PMIDs with two or more scored questions: the share whose best and worst scores lie
+    within ``tol`` (the generators wrote questions that the score cannot tell apart)."""
+    best: dict[int, list[float]] = {}
+    for p, s, q in zip(scores["pmid"].to_pylist(), scores["score"].to_pylist(),
+                       scores["question"].to_pylist(), strict=True):
+        if s is None or q is None or not str(q).strip() or math.isnan(s):
+            continue
+        best.setdefault(int(p), []).append(float(s))
+    multi = [v for v in best.values() if len(v) >= 2]
+    ties = sum(1 for v in multi if max(v) - min(v) <= tol)
+    return {"pmids": len(multi), "ties": ties,
+            "tie_share": ties / len(multi) if multi else None}

@@ -1,0 +1,148 @@
+"""The steering experiment: its pieces on small tables, and a tiny real run of the whole
+experiment (real corpus, real SmolLM2, real DPO, two rounds, the shuffled control) so that the
+code path stays alive; the export is written by the aligned policy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from kailin.align.steering import (
+    contrast,
+    copies_title,
+    distinct_n,
+    dpo_curve,
+    hacking_metrics,
+    mesh_terms_in,
+    shuffle_pairs,
+    tie_share,
+)
+
+
+def _pairs(n: int) -> pa.Table:
+    return pa.table({"pmid": list(range(n)), "prompt": [f"p{i}" for i in range(n)],
+                     "chosen": [f"good {i}" for i in range(n)],
+                     "rejected": [f"bad {i}" for i in range(n)],
+                     "chosen_score": [0.9] * n, "rejected_score": [0.1] * n,
+                     "chosen_generator": ["a"] * n, "rejected_generator": ["b"] * n})
+
+
+def test_shuffle_swaps_chosen_and_rejected_with_their_columns() -> None:
+    t = _pairs(400)
+    s, flipped = shuffle_pairs(t, seed=3)
+    assert 150 < flipped < 250  # a fair coin
+    rows = s.to_pylist()
+    swapped = [r for r in rows if r["chosen"].startswith("bad")]
+    assert len(swapped) == flipped
+    for r in swapped:  # every chosen_* column moved with its text
+        assert r["chosen_score"] == 0.1 and r["rejected_score"] == 0.9
+        assert r["chosen_generator"] == "b" and r["rejected"].startswith("good")
+    assert s["prompt"].to_pylist() == t["prompt"].to_pylist()
+    assert shuffle_pairs(t, seed=3)[0].equals(s)  # seeded
+    assert not shuffle_pairs(t, seed=4)[0].equals(s)
+
+
+def test_hacking_metrics() -> None:
+    titles = {1: "Insulin resistance in adolescents with obesity", 2: "A short title",
+              3: "Statins and stroke"}
+    names = {1: ["Insulin Resistance", "Obesity", "Adolescent"], 2: [], 3: ["Stroke"]}
+    q = pa.table({
+        "pmid": [1, 2, 3, 3],
+        "question": ["Is insulin resistance in adolescents with obesity common?",
+                     "Does exercise help?", None, "Do statins prevent stroke?"],
+        "reject_reason": [None, None, "no_question", None]})
+    m = hacking_metrics(q, titles, names)
+    assert m["valid"] == pytest.approx(0.75)
+    assert m["copies_title"] == pytest.approx(1 / 3)
+    assert m["mesh_stuffing"] == pytest.approx(1 / 3)  # three descriptor names in the first
+    assert m["words"] == pytest.approx((8 + 3 + 4) / 3)
+    assert copies_title("What is this?", "Insulin resistance in adolescents with obesity") is False
+    assert mesh_terms_in("insulin resistance and obesity", ["Insulin Resistance", "Obesity",
+                                                           "Insulin"]) == 3
+    assert distinct_n(["a b a b", "a b"]) == pytest.approx(2 / 4)
+    assert distinct_n([]) is None
+
+
+def test_tie_share_and_contrast_and_curve() -> None:
+    t = pa.table({"pmid": [1, 1, 2, 2, 3], "score": [0.5, 0.5, 0.2, 0.7, 0.4],
+                  "question": ["x", "y", "x", "y", "x"]})
+    assert tie_share(t) == {"pmids": 2, "ties": 1, "tie_share": 0.5}
+    rng = np.random.default_rng(0)
+    pmids = list(range(200))
+    b = {p: float(rng.random()) for p in pmids}
+    a = {p: v + 0.1 for p, v in b.items()}
+    c = contrast(a, b, pmids, n_boot=500)
+    assert c["delta"] == pytest.approx(0.1) and c["ci_low"] == pytest.approx(0.1)
+    noisy = {p: float(rng.random()) for p in pmids}
+    c2 = contrast(noisy, b, pmids, n_boot=500)
+    assert c2["ci_low"] < 0 < c2["ci_high"]
+    curve = dpo_curve([{"loss": 0.69, "rewards/margins": 0.0, "rewards/accuracies": 0.0,
+                        "step": 1}, {"train_loss": 0.6, "step": 2}])
+    assert curve == [{"step": 1, "loss": 0.69, "margin": 0.0, "accuracy": 0.0}]
+
+
+TINY: dict[str, Any] = {
+    "run_dir": "run",
+    "executor": {"kind": "local", "rows_per_shard": 4},
+    "corpus": {"demo": True, "limit": 8, "heldout": 4},
+    "index": {"kind": "bm25", "k": 2},
+    "mesh": {"selfcheck_sample": 0},
+    "generators": [
+        {"name": "greedy", "model": "smollm2", "sft": {"enabled": False}},
+        {"name": "sampled", "model": "smollm2", "temperature": 0.9, "seed": 1,
+         "sft": {"enabled": False}},
+    ],
+    "generation": {"mode": "chat", "max_new_tokens": 24, "max_abstract_chars": 300,
+                   "batch_size": 8, "threads": 2},
+    "dpo": {"epochs": 1, "batch_size": 2, "max_length": 160},
+    "steering": {"enabled": True, "rounds": 2, "n_boot": 200},
+    "answers": {"enabled": False},
+    "export": {"questions_from": "policy"},
+    "downstream": {"enabled": False},
+    "pubmedqa": {"enabled": False},
+}
+
+
+@pytest.mark.slow
+def test_tiny_steering_experiment(tmp_path: Path) -> None:
+    from kailin.pipeline.config import RunConfig
+    from kailin.pipeline.stages import run_config
+
+    m = run_config(RunConfig.model_validate(TINY), tmp_path, run_dir=tmp_path / "run",
+                   progress=False)
+    assert {"dpo", "steering", "policy_questions", "export"} <= set(m["ran"])
+    rep = json.loads((tmp_path / "run" / "reports" / "steering.json").read_text())
+    assert rep["heldout"] == 4 and rep["rounds"] == 2 and rep["pairs"] >= 1
+    assert set(rep["arms"]) == {"base", "dpo", "dpo_shuffled"}
+    for arm in rep["arms"].values():
+        assert {"mean", "n"} <= set(arm)
+    for name in ("dpo_vs_base", "dpo_vs_shuffled"):
+        c = rep["contrasts"][name]
+        assert {"delta", "ci_low", "ci_high"} <= set(c)
+    assert set(rep["second_scorer"]["contrasts"]) >= {"dpo_vs_base", "dpo_vs_shuffled"}
+    assert "downstream" in rep
+    # round 2 trained from round 1's policy, on pairs it sampled itself
+    assert rep["final"] == {"base": "base", "dpo": "dpo.round2",
+                            "dpo_shuffled": "dpo_shuffled.round2"}
+    assert len(rep["pairs_per_round"]) == 2
+    assert rep["training"]["dpo.round2"]["curve"], "trl's reward margins are reported"
+    assert {"valid", "words", "copies_title", "distinct_2", "mesh_stuffing"} <= set(
+        rep["hacking"]["dpo.round2"])
+    # the export was written by the final policy, and its card says so
+    from kailin.io import read_parquet
+
+    q = read_parquet(tmp_path / "run" / "policy" / "questions")
+    assert set(q["generator"].to_pylist()) == {"greedy-dpo-round2"}
+    stats = json.loads((tmp_path / "run" / "export" / "export.json").read_text())
+    prov = stats["provenance"]["config"]["questions"]
+    assert prov["from"] == "policy" and prov["round"] == 2
+    assert prov["model"].endswith("round2/dpo/model")
+    # a re-run does nothing
+    m2 = run_config(RunConfig.model_validate(TINY), tmp_path, run_dir=tmp_path / "run",
+                    progress=False)
+    assert m2["ran"] == []
