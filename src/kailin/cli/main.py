@@ -132,6 +132,7 @@ app.command("status")(_run.status)
 from kailin.cli import report as _report  # noqa: E402
 
 app.command("report")(_report.report)
+app.command("results")(_report.results)
 
 
 def main() -> None:

@@ -20,3 +20,15 @@ def report(
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: no such run folder")
     typer.echo(str(build_report(run_dir, out, n_pairs=pairs, seed=seed)))
+
+
+def results(
+    steering_json: Path = typer.Argument(..., help="RUN_DIR/reports/steering.json (or the "
+                                         "committed docs/results/steering.json)."),
+    out: Path = typer.Option(Path("docs/results.md"), "--out",
+                             help="Markdown page; its SVG plots go to results/ beside it."),
+) -> None:
+    """The steering experiment's results page (tables and plots), generated from its JSON."""
+    from kailin.report.results import write_results
+
+    typer.echo(str(write_results(steering_json, out)))

