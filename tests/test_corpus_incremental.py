@@ -44,16 +44,20 @@ def _retitle(pmid: int, tag: str = "REVISED", version: int = 1, new_pmid: int | 
     a = ARTS[pmid]
     a = re.sub(r"<ArticleTitle>", f"<ArticleTitle>{tag} ", a, count=1)
     return a.replace(
-        f'<PMID Version="1">{pmid}</PMID>', f'<PMID Version="{version}">{new_pmid or pmid}</PMID>', 1
+        f'<PMID Version="1">{pmid}</PMID>',
+        f'<PMID Version="{version}">{new_pmid or pmid}</PMID>',
+        1,
     )
 
 
 def _update(path: Path, articles: list[str], deletes: list[tuple[int, int]] = ()) -> Path:
     body = "".join(articles)
     if deletes:
-        body += "<DeleteCitation>" + "".join(
-            f'<PMID Version="{v}">{p}</PMID>' for p, v in deletes
-        ) + "</DeleteCitation>"
+        body += (
+            "<DeleteCitation>"
+            + "".join(f'<PMID Version="{v}">{p}</PMID>' for p, v in deletes)
+            + "</DeleteCitation>"
+        )
     with gzip.open(path, "wt", encoding="utf-8") as fh:
         fh.write(HEAD + body + "\n</PubmedArticleSet>\n")
     return path
@@ -100,8 +104,11 @@ def test_update_rewrites_only_the_shards_it_touches(base: Path, tmp_path: Path) 
     new_ids = [90_000_001, 90_000_002, 90_000_003]
     upd = _update(
         tmp_path / "pubmedsample18n0002.xml.gz",
-        [_retitle(p) for p in revised] + [_retitle(pmids[i], "NEW", new_pmid=n)
-                                          for i, n in zip((10, 60, 120), new_ids, strict=True)],
+        [_retitle(p) for p in revised]
+        + [
+            _retitle(pmids[i], "NEW", new_pmid=n)
+            for i, n in zip((10, 60, 120), new_ids, strict=True)
+        ],
         [(gone, 1)],
     )
     rep = _ingest([upd], base, **NO_COMPACT)
@@ -116,7 +123,10 @@ def test_update_rewrites_only_the_shards_it_touches(base: Path, tmp_path: Path) 
     assert len(new_shards) == 1 and len(created) == 3  # 2 rewritten + 1 new
     c = rep.commit
     assert (c["mode"], c["shards_kept"], c["shards_rewritten"], c["shards_new"]) == (
-        "incremental", 7, 2, 1,
+        "incremental",
+        7,
+        2,
+        1,
     )
     assert (c["keys_replaced"], c["keys_removed"]) == (2, 1)
     assert c["bytes_written"] == sum(after[n][2] for n in created)
@@ -152,16 +162,16 @@ def test_version_2_is_another_article_and_deletions_name_versions(
     assert {(t["pmid"], t["version"]) for t in tombs} == {(p, 1), (p, 2)}
 
 
-def test_compaction_merges_small_shards_and_keeps_every_record(
-    base: Path, tmp_path: Path
-) -> None:
+def test_compaction_merges_small_shards_and_keeps_every_record(base: Path, tmp_path: Path) -> None:
     kw = {"compact_max_small": 3, "compact_small_fraction": 0.5}
     expected_new = set()
     for day in range(4):  # each update adds one 2-record shard (small: < 10 rows)
         ids = [91_000_000 + 10 * day, 91_000_001 + 10 * day]
         expected_new |= {(i, 1) for i in ids}
         arts = [_retitle(sorted(ARTS)[day * 2 + j], "NEW", new_pmid=i) for j, i in enumerate(ids)]
-        rep = _ingest([_update(tmp_path / f"pubmedsample18n{day + 2:04d}.xml.gz", arts)], base, **kw)
+        rep = _ingest(
+            [_update(tmp_path / f"pubmedsample18n{day + 2:04d}.xml.gz", arts)], base, **kw
+        )
         n_files = len(_files(base))
         if day < 3:  # 9 baseline shards (the last one has 17 rows: not small) + day+1 small ones
             assert rep.commit["shards_compacted"] == 0 and n_files == 10 + day
@@ -180,16 +190,25 @@ def test_compaction_merges_small_shards_and_keeps_every_record(
 def test_compaction_is_recorded(base: Path, tmp_path: Path) -> None:
     arts = [_retitle(sorted(ARTS)[0], "NEW", new_pmid=92_000_000)]
     rep = _ingest(
-        [_update(tmp_path / "pubmedsample18n0002.xml.gz", arts)], base,
-        compact_max_small=0, compact_small_fraction=0.9,
+        [_update(tmp_path / "pubmedsample18n0002.xml.gz", arts)],
+        base,
+        compact_max_small=0,
+        compact_small_fraction=0.9,
     )
     # the 17-row last shard and the new 1-row shard are small (< 18 rows): merged into one
     assert rep.commit["shards_compacted"] == 2 and len(_files(base)) == 9
     assert len(_rows(base)) == 178
 
 
-CRASH = ["rewritten", "compacted", "merged", "commit-marker", "swap", "after-swap",
-         "after-manifest"]
+CRASH = [
+    "rewritten",
+    "compacted",
+    "merged",
+    "commit-marker",
+    "swap",
+    "after-swap",
+    "after-manifest",
+]
 
 
 @pytest.mark.parametrize("point", CRASH)
@@ -277,8 +296,9 @@ def test_old_baseline_file_under_a_new_name_loses_to_the_update(base: Path, tmp_
 def test_hard_links_not_copies(base: Path, tmp_path: Path) -> None:
     p = sorted(ARTS)
     before = {n: v[0] for n, v in _files(base).items()}
-    _ingest([_update(tmp_path / "pubmedsample18n0002.xml.gz", [_retitle(p[0])])], base,
-            **NO_COMPACT)
+    _ingest(
+        [_update(tmp_path / "pubmedsample18n0002.xml.gz", [_retitle(p[0])])], base, **NO_COMPACT
+    )
     after = {n: v[0] for n, v in _files(base).items()}
     same = set(before) & set(after)
     assert len(same) == 8 and all(before[n] == after[n] for n in same)

@@ -67,7 +67,8 @@ def test_delete_citations() -> None:
     recs, dels, st = parse(XML / "pubmed20n1016_excerpt.xml.gz")
     assert (len(recs), len(dels), st.deleted) == (26, 262, 262)
     _, dels2, _ = parse(XML / "pubmed26n1335_excerpt_updatefile.xml.gz")
-    assert sorted(dels2)[:2] == [(41456105, 1), (41557076, 1)]  # DeleteCitation names (PMID, Version)
+    # DeleteCitation names (PMID, Version)
+    assert sorted(dels2)[:2] == [(41456105, 1), (41557076, 1)]
 
 
 def test_version_attribute_is_parsed() -> None:

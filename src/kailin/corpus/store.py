@@ -360,6 +360,10 @@ class _ShardWriter:
         return made
 
 
+def _count(con: Any, where: str) -> int:
+    return int(con.execute(f"SELECT count(*) FROM {where}").fetchall()[0][0])
+
+
 def _num_rows(f: Path) -> int:
     return pq.ParquetFile(f).metadata.num_rows
 
@@ -494,7 +498,9 @@ def _merge(
             "CREATE TEMP TABLE tk AS SELECT DISTINCT pmid, version FROM "
             "(SELECT pmid, version FROM inc UNION ALL SELECT pmid, version FROM ntombs_t)"
         )
-        touched_sql = "SELECT pmid FROM tk" + (" UNION SELECT pmid FROM excl" if excl_changed else "")
+        touched_sql = "SELECT pmid FROM tk" + (
+            " UNION SELECT pmid FROM excl" if excl_changed else ""
+        )
         touched = np.sort(
             np.asarray(con.sql(f"SELECT DISTINCT pmid FROM ({touched_sql})").fetchnumpy()["pmid"])
         )
@@ -563,8 +569,8 @@ def _merge(
             shards_rewritten=len(affected),
             shards_kept=len(kept),
             shards_new=len(shards.written) - n_rewritten_out,
-            keys_replaced=int(con.execute("SELECT count(*) FROM chg WHERE inc_wins AND NOT dropped").fetchall()[0][0]),
-            keys_removed=int(con.execute("SELECT count(*) FROM chg WHERE dropped").fetchall()[0][0]),
+            keys_replaced=_count(con, "chg WHERE inc_wins AND NOT dropped"),
+            keys_removed=_count(con, "chg WHERE dropped"),
         )
     # compaction: too many small shards -> merge them all
     present = sorted((nxt / "data").glob("*.parquet"))
