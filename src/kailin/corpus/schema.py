@@ -1,8 +1,8 @@
 """The corpus table: the contract between ingestion and every later stage.
 
 A corpus directory holds ``CORPUS_DIR/manifest.json`` and Parquet shards under
-``CORPUS_DIR/data/`` that contain exactly the live records (one row per PMID, latest version,
-deletions applied). Later stages read it through :func:`kailin.corpus.reader.open_corpus`.
+``CORPUS_DIR/data/`` that contain exactly the live records (one row per NLM key (PMID, Version):
+a Version > 1 citation is a distinct article; the last record of a key wins, deletions applied). Later stages read it through :func:`kailin.corpus.reader.open_corpus`.
 """
 
 from __future__ import annotations
