@@ -13,6 +13,9 @@ SPEC                                meaning
                                     ends before ``/chat/completions``, usually ``.../v1``)
                                     serving ``MODEL``: ``openai:http://127.0.0.1:8000/v1#m``
 ``vllm:ID_OR_PATH``                 vLLM's offline engine (``vllm:smollm2`` works too)
+``llamacpp:PATH.gguf``              llama.cpp in process (``llama-cpp-python``), batched over
+                                    sequences; ``llamacpp:smollm2`` is the packaged GGUF with
+                                    the checkpoint's tokenizer
 ==================================  ==========================================================
 
 The API key of ``openai:`` generators comes from the environment variable named by
@@ -35,6 +38,7 @@ _HUB_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 SPEC_HELP = (
     "smollm2 | hf:HUB_ID_OR_PATH | PATH | ORG/NAME | openai:BASE_URL#MODEL | vllm:HUB_ID_OR_PATH"
+    " | llamacpp:PATH.gguf"
 )
 
 
@@ -42,7 +46,7 @@ SPEC_HELP = (
 class GeneratorSpec:
     """A parsed spec. ``model`` is ``"smollm2"`` for the packaged model (resolved on load)."""
 
-    backend: str  # "transformers" | "openai" | "vllm"
+    backend: str  # "transformers" | "openai" | "vllm" | "llamacpp"
     model: str
     base_url: str | None = None
     spec: str = ""
@@ -93,6 +97,15 @@ def parse_spec(spec: str, name: str = "") -> GeneratorSpec:
         if not model:
             raise InputError(f"{where}{s!r}: expected vllm:HUB_ID_OR_PATH")
         return GeneratorSpec("vllm", model, spec=s, name=name)
+    if s.startswith("llamacpp:"):
+        model = s[len("llamacpp:"):]
+        if model.lower() in PACKAGED:
+            return GeneratorSpec("llamacpp", model.lower(), spec=s, name=name)
+        if not model.endswith(".gguf"):
+            raise InputError(f"{where}{s!r}: expected llamacpp:PATH.gguf or llamacpp:smollm2")
+        if not Path(model).expanduser().is_file():
+            raise InputError(f"{where}{s!r}: no such GGUF file")
+        return GeneratorSpec("llamacpp", str(Path(model).expanduser()), spec=s, name=name)
     if s.startswith("hf:"):
         model = s[len("hf:"):]
         if not model:
@@ -162,4 +175,18 @@ def build_backend(spec: GeneratorSpec | str, options: BackendOptions | None = No
 
         require_vllm()
         return VLLMBackend(resolve_model(g.model), **o.vllm_kwargs)
+    if g.backend == "llamacpp":
+        from kailin.llm.llamacpp_backend import LlamaCppBackend
+
+        gguf, tokenizer = g.model, None
+        if g.model in PACKAGED:
+            import importlib.util
+
+            from kailin.llm.packaged import smollm2_gguf
+
+            gguf = str(smollm2_gguf())
+            if importlib.util.find_spec("transformers") is not None:
+                tokenizer = resolve_model(g.model)  # same token ids as the transformers path
+        return LlamaCppBackend(gguf, tokenizer=tokenizer, batch_size=o.batch_size,
+                               threads=o.threads)
     raise InputError(f"unknown backend {g.backend!r}")
