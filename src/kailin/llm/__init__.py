@@ -2,9 +2,10 @@
 
 ``Backend.generate(requests, params) -> list[Completion]`` where a request is a prompt string or
 a list of chat messages. Backends: :class:`~kailin.llm.transformers_backend.TransformersBackend`,
-:class:`~kailin.llm.openai_http.OpenAIBackend`, :class:`~kailin.llm.vllm_backend.VLLMBackend`;
+:class:`~kailin.llm.openai_http.OpenAIBackend`, :class:`~kailin.llm.vllm_backend.VLLMBackend`,
+:class:`~kailin.llm.llamacpp_backend.LlamaCppBackend` (optional ``llama-cpp-python``);
 pick one from a spec string with :func:`~kailin.llm.spec.build_backend`. Heavy libraries (torch,
-transformers, vllm) are imported only when a model loads.
+transformers, vllm, llama_cpp) are imported only when a model loads.
 """
 
 from kailin.llm.base import Backend, Completion, Request, SamplingParams
