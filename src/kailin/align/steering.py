@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from kailin.align.generator_eval import paired_bootstrap
 
@@ -46,8 +47,6 @@ def shuffle_pairs(pairs: pa.Table, seed: int = 0) -> tuple[pa.Table, int]:
     for name in pairs.column_names:
         if name.startswith("chosen") and name.replace("chosen", "rejected", 1) in pairs.column_names:
             other = name.replace("chosen", "rejected", 1)
-            import pyarrow.compute as pc
-
             cols[name] = pc.if_else(mask, pairs[other], pairs[name])
             cols[other] = pc.if_else(mask, pairs[name], pairs[other])
     out = pairs

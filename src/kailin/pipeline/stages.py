@@ -478,13 +478,14 @@ def steering_stage(ctx: RunContext) -> dict:
     def run(stage, src, out: Path, tag: str) -> None:
         ctx.executor().run(stage, src, out, key=digest({"stage": key, "tag": tag}))
 
-    # the second retriever, over the same corpus
-    ix2 = root / "index2"
-    if not (ix2 / "_kailin_ok").exists():
+    # the second retriever, over the same corpus (rebuilt when its options or the corpus change)
+    ix2, ix2_key = root / "index2", ctx.sub_key({"second_index": st.second_index}, ["corpus"])
+    stamp = ix2 / "_kailin_ok"
+    if not stamp.exists() or stamp.read_text() != ix2_key:
         opts = dict(st.second_index)
         build_index(corpus_dir(ctx), ix2, kind=opts.pop("kind", "bm25"), overwrite=True,
                     progress=ctx.progress, **opts)
-        (ix2 / "_kailin_ok").write_text(key)
+        stamp.write_text(ix2_key)
     primary, second = _score_stage(ctx), _second_score_stage(ctx, ix2)
 
     trainings: dict[str, dict] = {}
@@ -545,15 +546,21 @@ def steering_stage(ctx: RunContext) -> dict:
         for r, model in enumerate(ms, start=1):
             tag = arm if arm == "base" else f"{arm}.round{r}"
             qdir = root / "heldout" / tag
-            run(_question_stage(ctx, gen, model, label=tag), held, qdir / "questions",
-                f"heldout/{tag}")
-            run(primary, qdir / "questions", qdir / "scores", f"heldout/{tag}/score")
-            run(second, qdir / "questions", qdir / "scores2", f"heldout/{tag}/score2")
+            # the generator_eval stage already wrote and scored base and dpo round 1 on the
+            # same held-out abstracts with the same scorer
+            src = {"base": ctx.path("generator_eval", "before"),
+                   "dpo.round1": ctx.path("generator_eval", "after")}.get(tag)
+            if src is None:
+                src = qdir
+                run(_question_stage(ctx, gen, model, label=tag), held, qdir / "questions",
+                    f"heldout/{tag}")
+                run(primary, qdir / "questions", qdir / "scores", f"heldout/{tag}/score")
+            run(second, src / "questions", qdir / "scores2", f"heldout/{tag}/score2")
             evals[tag] = {
                 "model": model,
-                "scores": per_pmid_scores(read_parquet(qdir / "scores")),
+                "scores": per_pmid_scores(read_parquet(src / "scores")),
                 "scores2": per_pmid_scores(read_parquet(qdir / "scores2")),
-                "hacking": hacking_metrics(read_parquet(qdir / "questions"), titles, names),
+                "hacking": hacking_metrics(read_parquet(src / "questions"), titles, names),
             }
     final = {arm: (arm if arm == "base" else f"{arm}.round{len(ms)}")
              for arm, ms in arms_models.items()}
@@ -873,7 +880,8 @@ def pipeline_stages(cfg: RunConfig) -> list[StageSpec]:
                              "generation": _dump(c.generation),
                              "generator": _dump(_gen(c, _dpo_generator(c))),
                              **_score_settings(c)},
-                  ["dpo", "prefer", "score", f"sft:{dpo_gen}", "index", "corpus", "workset"],
+                  ["dpo", "prefer", "score", "generator_eval", f"sft:{dpo_gen}", "index",
+                   "corpus", "workset"],
                   enabled=lambda c: c.steering.enabled, outputs=["steering",
                                                                  "reports/steering.json"],
                   mode="self", files=_mesh_files),

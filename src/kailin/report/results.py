@@ -192,12 +192,8 @@ def render_results(rep: dict[str, Any], assets: str = "results") -> tuple[str, d
         lines += ["| model | setting | accuracy | macro-F1 | n |", "|---|---|---|---|---|"]
         for tag in ("before", "after"):
             for s, v in ((ds.get(tag) or {}).get("settings") or {}).items():
-                acc_ci = v.get("accuracy_ci") or v.get("ci") or {}
-                ci = (f" [{_f(acc_ci.get('low') or acc_ci.get('ci_low'), 3)}, "
-                      f"{_f(acc_ci.get('high') or acc_ci.get('ci_high'), 3)}]"
-                      if acc_ci else "")
                 lines.append(f"| {tag}: `{ds['models'].get(tag)}` | {s} | "
-                             f"{_f(v.get('accuracy'), 3)}{ci} | {_f(v.get('macro_f1'), 3)} | "
+                             f"{_f(v.get('accuracy'), 3)} | {_f(v.get('macro_f1'), 3)} | "
                              f"{v.get('n')} |")
         lines.append("")
     else:
