@@ -230,3 +230,60 @@ def test_tau_is_off_by_default_and_a_nan_question_is_never_chosen() -> None:
     assert stats["dropped"]["nan_score"] == 2
     chosen = set(out["chosen"].to_pylist())
     assert not chosen & {"q2a?", "q3b?"}
+
+
+def with_raw(t: pa.Table, raws: list[str | None], reasons: list[str | None]) -> pa.Table:
+    return t.append_column("raw", pa.array(raws, pa.string())).append_column(
+        "reject_reason", pa.array(reasons, pa.string()))
+
+
+def test_invalid_rejected_pairs_a_valid_question_with_an_invalid_output() -> None:
+    t = with_raw(table([
+        (1, "s0", "What drives tumour growth?", 0.30),  # valid + invalid -> validity pair
+        (1, "s1", None, None),
+        (2, "s0", "Is A linked to B?", 0.40),            # two valid -> ordinary pair
+        (2, "s1", "What is C?", 0.10),
+        (3, "s0", None, None),                           # no valid question: nothing to choose
+        (3, "s1", None, None),
+        (4, "s0", "Does X help?", NAN),                  # valid but unscored: never chosen
+        (4, "s1", None, None),
+        (5, "s0", "Why Y?", 0.2),                        # the other had no abstract to read
+        (5, "s1", None, None),
+    ]), ["What drives tumour growth?", "Abstract: the the the", "Is A linked to B?",
+         "What is C?", "junk", "more junk", "Does X help?", "bad output", "Why Y?", ""],
+        [None, "no_question_mark", None, None, "no_question_mark", "too_short", None,
+         "no_question_mark", None, "no_abstract"])
+    off, stats_off = build_preferences(t)
+    assert sorted(off["pmid"].to_pylist()) == [2] and stats_off["validity_pairs"] == 0
+    out, stats = build_preferences(t, PreferSettings(invalid_rejected=True))
+    rows = pairs_by_pmid(out)
+    assert sorted(rows) == [1, 2]
+    assert rows[1]["chosen"] == "What drives tumour growth?"
+    assert rows[1]["rejected"] == "Abstract: the the the" and rows[1]["rejected_score"] is None
+    assert rows[1]["rejected_generator"] == "s1"
+    assert rows[2]["rejected"] == "What is C?"
+    assert stats["validity_pairs"] == 1 and stats["kept"] == 2
+    assert stats["dropped"]["too_few_questions"] == 3
+    # without the raw/reject_reason columns the option cannot apply
+    plain, _ = build_preferences(t.drop_columns(["raw", "reject_reason"]),
+                                 PreferSettings(invalid_rejected=True))
+    assert plain["pmid"].to_pylist() == [2]
+
+
+def test_max_pairs_keeps_the_widest_margins_validity_pairs_first() -> None:
+    t = with_raw(table([
+        (1, "a", "Q1a?", 0.50), (1, "b", "Q1b?", 0.45),   # margin 0.05
+        (2, "a", "Q2a?", 0.90), (2, "b", "Q2b?", 0.10),   # margin 0.80
+        (3, "a", "Q3a?", 0.60), (3, "b", "Q3b?", 0.30),   # margin 0.30
+        (4, "a", "Q4a?", 0.20), (4, "b", None, None),     # validity pair
+    ]), ["Q1a?", "Q1b?", "Q2a?", "Q2b?", "Q3a?", "Q3b?", "Q4a?", "rambling"],
+        [None] * 7 + ["no_question_mark"])
+    out, stats = build_preferences(t, PreferSettings(invalid_rejected=True, max_pairs=2))
+    assert out["pmid"].to_pylist() == [2, 4]
+    assert stats["kept"] == 2 and stats["dropped"]["max_pairs"] == 2
+    out, stats = build_preferences(t, PreferSettings(max_pairs=2))
+    assert out["pmid"].to_pylist() == [2, 3] and stats["dropped"]["max_pairs"] == 1
+    out, stats = build_preferences(t, PreferSettings(max_pairs=10))
+    assert out.num_rows == 3 and stats["dropped"]["max_pairs"] == 0
+    with pytest.raises(InputError, match="max-pairs"):
+        PreferSettings(max_pairs=0)

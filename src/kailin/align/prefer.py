@@ -21,6 +21,16 @@ Input: a Parquet file or directory with at least ``pmid``, ``generator``, ``prom
 6. ``same_question``: chosen and rejected texts are identical after trimming -> dropped (DPO
    would learn nothing from the pair).
 
+Two options (off by default, so the rules above are the paper's):
+
+7. ``invalid_rejected``: a PMID left with one valid question whose other output was rejected by
+   the question extractor (``reject_reason`` set, the model's ``raw`` text non-empty) makes a pair
+   of its own: chosen = the valid question, rejected = the invalid raw output. Sampling from a
+   policy (the steering rounds) yields many such outputs; without these pairs DPO never learns
+   to avoid them and validity falls round after round. Counted as ``validity_pairs``.
+8. ``max_pairs``: keep only the N pairs with the widest score margin (the most reliable labels;
+   validity pairs first, since no score can be wrong about them), ``max_pairs`` counts the rest.
+
 The first filter that rejects a PMID is the one counted. Output: ``OUT/data/train.parquet`` (load
 with ``datasets.load_dataset("parquet", data_files=...)`` or ``load_dataset(OUT)``) with columns
 ``prompt``, ``chosen``, ``rejected``, ``pmid``, ``chosen_score``, ``rejected_score``,
@@ -43,7 +53,10 @@ from kailin.errors import InputError
 from kailin.io import duckdb_table, read_parquet, write_json_atomic, write_parquet_atomic
 
 REQUIRED_COLUMNS = ("pmid", "generator", "prompt", "question", "score")
-FILTERS = ("too_few_questions", "tau", "band", "nan_score", "tie", "margin", "same_question")
+FILTERS = ("too_few_questions", "tau", "band", "nan_score", "tie", "margin", "same_question",
+           "max_pairs")
+#: extractor verdicts that say nothing about the model (no input was sent)
+NOT_THE_MODELS_FAULT = ("no_abstract",)
 PREFERENCES_FILE = Path("data") / "train.parquet"
 STATS_FILE = "prefer_stats.json"
 
@@ -55,6 +68,8 @@ class PreferSettings:
     tau: float | None = None
     band: tuple[float, float] | None = None
     min_margin: float = 0.0
+    invalid_rejected: bool = False
+    max_pairs: int | None = None
 
     def __post_init__(self) -> None:
         if self.tau is not None and math.isnan(self.tau):
@@ -65,6 +80,8 @@ class PreferSettings:
                 raise InputError(f"--band {lo} {hi}: LOW must be smaller than HIGH")
         if self.min_margin < 0 or math.isnan(self.min_margin):
             raise InputError(f"--min-margin {self.min_margin}: must be >= 0")
+        if self.max_pairs is not None and self.max_pairs < 1:
+            raise InputError(f"--max-pairs {self.max_pairs}: must be >= 1")
 
 
 def build_preferences(
@@ -131,7 +148,20 @@ def build_preferences(
     FROM pairs
     """
     con.execute(f"CREATE TEMP TABLE judged AS {sql}")
+    if s.invalid_rejected and {"raw", "reject_reason"} <= set(scores.column_names):
+        _add_validity_pairs(con, scores)
     counts = dict(con.execute("SELECT verdict, count(*) FROM judged GROUP BY verdict").fetchall())
+    kept = int(counts.get("kept", 0))
+    if s.max_pairs is not None and kept > s.max_pairs:
+        con.execute(f"""
+            UPDATE judged SET verdict = 'max_pairs' WHERE pmid IN (
+              SELECT pmid FROM judged WHERE verdict = 'kept'
+              ORDER BY coalesce(chosen_score - rejected_score, 'inf'::DOUBLE) DESC, pmid
+              OFFSET {int(s.max_pairs)})""")
+        counts = dict(con.execute(
+            "SELECT verdict, count(*) FROM judged GROUP BY verdict").fetchall())
+    validity = int(con.execute("SELECT count(*) FROM judged WHERE verdict = 'kept' AND "
+                               "rejected_score IS NULL").fetchall()[0][0])
     out = duckdb_table(con.sql(
         """
         SELECT prompt, chosen, rejected, pmid, chosen_score, rejected_score,
@@ -146,13 +176,36 @@ def build_preferences(
         "pmids": n_pmids,
         "dropped": {f: int(counts.get(f, 0)) for f in FILTERS},
         "kept": int(counts.get("kept", 0)),
+        "validity_pairs": validity,
         "settings": {
             "tau": s.tau,
             "band": list(s.band) if s.band else None,
             "min_margin": s.min_margin,
+            "invalid_rejected": s.invalid_rejected,
+            "max_pairs": s.max_pairs,
         },
     }
     return out, stats
+
+
+def _add_validity_pairs(con: duckdb.DuckDBPyConnection, scores: pa.Table) -> None:
+    """Turn ``too_few_questions`` PMIDs with one valid, scored question and an invalid raw
+    output into (valid, invalid) pairs (rule 7)."""
+    bad = scores.select(["pmid", "generator", "raw", "reject_reason"])
+    con.register("bad_src", bad)
+    excluded = ", ".join(repr(x) for x in NOT_THE_MODELS_FAULT)
+    con.execute(f"""
+        UPDATE judged SET verdict = 'kept', rejected = b.raw, rejected_score = NULL,
+                          rejected_generator = b.generator
+        FROM (SELECT pmid, arg_min(trim(raw), generator) AS raw, min(generator) AS generator
+              FROM bad_src WHERE reject_reason IS NOT NULL
+                AND reject_reason NOT IN ({excluded}) AND raw IS NOT NULL AND trim(raw) <> ''
+              GROUP BY pmid) b
+        WHERE judged.pmid = b.pmid AND judged.verdict = 'too_few_questions'
+          AND judged.n_questions = 1 AND judged.chosen IS NOT NULL
+          AND judged.chosen_score IS NOT NULL AND NOT isnan(judged.chosen_score)
+          AND trim(judged.chosen) <> trim(b.raw)""")
+    con.unregister("bad_src")
 
 
 def prefer(

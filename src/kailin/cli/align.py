@@ -76,6 +76,11 @@ def prefer(
                                                     "PMIDs whose scores are all strictly inside."),
     min_margin: float = typer.Option(0.0, "--min-margin", help="Drop a PMID whose chosen and "
                                      "rejected scores are closer than this."),
+    invalid_rejected: bool = typer.Option(False, "--invalid-rejected", help="A PMID with one "
+                                          "valid question and an output the extractor rejected "
+                                          "makes a (valid, invalid raw output) pair."),
+    max_pairs: int | None = typer.Option(None, "--max-pairs", help="Keep only the N pairs with "
+                                         "the widest score margins."),
     labeller: str = typer.Option("mesh", "--labeller", help="'mesh': rank by the MeSH score "
                                  "column; 'evaluator': rank by a trained evaluator agent."),
     evaluator: Path | None = typer.Option(None, "--evaluator", help="Evaluator directory "
@@ -100,7 +105,8 @@ def prefer(
     elif labeller != "mesh":
         raise InputError(f"--labeller {labeller!r}: choose 'mesh' or 'evaluator'")
     settings = PreferSettings(tau=tau_value, band=tuple(band) if band else None,
-                              min_margin=min_margin)
+                              min_margin=min_margin, invalid_rejected=invalid_rejected,
+                              max_pairs=max_pairs)
     stats = run_prefer(scores, out, settings, scores=scores_table)
     typer.echo(f"{stats['kept']} of {stats['pmids']} PMIDs kept -> {stats['output']}")
     for name, n in stats["dropped"].items():

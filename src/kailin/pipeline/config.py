@@ -137,6 +137,18 @@ class PreferenceConfig(_Section):
     band: tuple[float, float] | None = None
     min_margin: float = Field(0.0, ge=0)
     labeller: Literal["mesh", "evaluator"] = "mesh"
+    invalid_rejected: bool = Field(False, description="a PMID with one valid question and an "
+                                   "output the extractor rejected makes a (valid, invalid raw "
+                                   "output) pair, so DPO learns to avoid invalid outputs")
+    max_pairs: int | None = Field(None, ge=1, description="keep only the pairs with the widest "
+                                  "score margins (validity pairs first)")
+
+    def settings(self) -> Any:
+        """The :class:`kailin.align.prefer.PreferSettings` of this section."""
+        from kailin.align.prefer import PreferSettings
+
+        return PreferSettings(tau=self.tau, band=self.band, min_margin=self.min_margin,
+                              invalid_rejected=self.invalid_rejected, max_pairs=self.max_pairs)
 
 
 class DPOConfig(_Section):

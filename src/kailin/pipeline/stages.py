@@ -342,7 +342,7 @@ def evaluator_stage(ctx: RunContext) -> dict:
 
 
 def prefer_stage(ctx: RunContext) -> dict:
-    from kailin.align.prefer import PreferSettings, prefer
+    from kailin.align.prefer import prefer
 
     p = ctx.cfg.preferences
     scores = None
@@ -351,8 +351,7 @@ def prefer_stage(ctx: RunContext) -> dict:
 
         scores = relabel_scores(read_parquet(ctx.path("scores")), ctx.path("evaluator"))
     stats = prefer(ctx.path("scores"), ctx.path("preferences"),
-                   PreferSettings(tau=p.tau, band=p.band, min_margin=p.min_margin),
-                   scores=scores)
+                   p.settings(), scores=scores)
     return _flat({k: v for k, v in stats.items() if k not in ("settings", "output")})
 
 
@@ -450,7 +449,7 @@ def steering_stage(ctx: RunContext) -> dict:
     import time
 
     from kailin.align.dpo import train_dpo
-    from kailin.align.prefer import PREFERENCES_FILE, PreferSettings, prefer
+    from kailin.align.prefer import PREFERENCES_FILE, prefer
     from kailin.align.steering import (
         arm_summary,
         contrast,
@@ -472,7 +471,7 @@ def steering_stage(ctx: RunContext) -> dict:
                         columns=["pmid", "title", "abstract", "mesh_uis"])
     root = ctx.path("steering")
     p = cfg.preferences
-    prefer_settings = PreferSettings(tau=p.tau, band=p.band, min_margin=p.min_margin)
+    prefer_settings = p.settings()
     key = ctx.key
 
     def run(stage, src, out: Path, tag: str) -> None:
