@@ -202,3 +202,12 @@ def test_cli_export_and_errors(corpus, tmp_path) -> None:
     assert isinstance(r.exception, InputError) and "--corpus" in str(r.exception)
     r = CliRunner().invoke(app, ["dataset", "export", str(tmp_path / "nope"), str(tmp_path / "o")])
     assert isinstance(r.exception, InputError)
+
+
+def test_raw_template_keeps_the_abstracts_without_the_question() -> None:
+    from kailin.dataset.export import RAW_TEMPLATE
+
+    got = cpt_text("T", "the abstract", ["c1 text", "c2\nmore", "c3", "c4", "c5"], "Q?",
+                   template=RAW_TEMPLATE)
+    assert got == "T\nthe abstract\n\nc1 text\n\nc2 more\n\nc3\n\nc4"
+    assert "Q?" not in got and "[" not in got

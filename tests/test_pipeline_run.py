@@ -30,8 +30,9 @@ generation: {mode: chat, max_new_tokens: 28, max_abstract_chars: 300, batch_size
 preferences: {tau: null}
 dpo: {max_steps: 1, batch_size: 1, warmup_steps: 0, max_length: 160}
 answers: {teacher: smollm2, max_new_tokens: 12, limit: 3, grounding: lexical}
-downstream: {model: smollm2, cpt_steps: 1, batch_size: 1, max_length: 96}
-pubmedqa: {limit: 4}
+export: {questions_from: policy}
+downstream: {model: smollm2, cpt_steps: 1, batch_size: 1, max_length: 96, controls: true}
+pubmedqa: {limit: 4, n_boot: 200}
 """
 
 
@@ -76,6 +77,23 @@ def test_pipeline_end_to_end_with_kill_and_resume(tmp_path: Path) -> None:
     pqa = json.loads((run / "reports" / "pubmedqa.json").read_text())
     assert {"accuracy", "macro_f1", "n"} <= set(pqa) and pqa["n"] == 4
     assert set(pqa["before"]["settings"]) == {"reasoning_required", "question_only"}
+    # the downstream controls: the same steps on the same abstracts without questions, and on
+    # an export of the pre-DPO questions; every model with bootstrap CIs, paired contrasts
+    assert set(pqa["models"]) == {"before", "after", "raw_abstracts", "pre_dpo"}
+    for s in ("reasoning_required", "question_only"):
+        ci = pqa["ci"][s]
+        assert set(ci["models"]) == set(pqa["models"]) and ci["n"] == 4
+        assert {"after_vs_before", "after_vs_raw_abstracts", "after_vs_pre_dpo"} <= set(
+            ci["contrasts"])
+        acc = ci["models"]["after"]["accuracy"]
+        assert acc["ci_low"] <= acc["value"] <= acc["ci_high"]
+    raw = read_parquet(run / "controls" / "raw_abstracts" / "cpt")
+    assert raw.num_rows == read_parquet(run / "export" / "cpt").num_rows
+    assert not any("pondered" in t for t in raw["text"].to_pylist())
+    card = json.loads((run / "controls" / "pre_dpo" / "export.json").read_text())
+    assert "generators" in json.dumps(card)
+    for arm in ("raw_abstracts", "pre_dpo"):
+        assert (run / "models" / f"downstream-{arm}" / "model").is_dir()
     export = read_parquet(run / "export" / "cpt")
     assert "pmid" in export.column_names and export.num_rows > 0
     assert export["text"][0].as_py().startswith("After reading the paper ```")

@@ -109,3 +109,36 @@ def test_cli_custom_ground_truth_and_errors(tmp_path) -> None:
     pf.write_text("[1, 2]")
     r = CliRunner().invoke(app, ["evaluate", "pubmedqa", "-p", str(pf)])
     assert isinstance(r.exception, InputError) and "pred.json" in str(r.exception)
+
+
+def test_bootstrap_report_cis_and_paired_contrasts() -> None:
+    rng = random.Random(0)
+    labels = ["yes", "no", "maybe"]
+    gt = {str(i): rng.choice(labels) for i in range(300)}
+    perfect = dict(gt)
+    noisy = {p: (v if rng.random() < 0.6 else rng.choice(labels)) for p, v in gt.items()}
+    constant = {p: "yes" for p in gt}
+    rep = pq.bootstrap_report(gt, {"perfect": perfect, "noisy": noisy, "constant": constant,
+                                   "noisy2": dict(noisy)},
+                              [("perfect", "noisy"), ("noisy", "noisy2"), ("noisy", "missing")],
+                              n_boot=500, seed=1)
+    assert rep["n"] == 300 and rep["n_boot"] == 500
+    m = rep["models"]
+    assert m["perfect"]["accuracy"] == {"value": 1.0, "ci_low": 1.0, "ci_high": 1.0}
+    y_true, y_pred = list(gt.values()), [noisy[p] for p in gt]
+    for name, fn in (("accuracy", pq.accuracy), ("macro_f1", pq.macro_f1)):
+        v = m["noisy"][name]
+        assert v["value"] == pytest.approx(fn(y_true, y_pred))
+        assert v["ci_low"] < v["value"] < v["ci_high"]
+        assert v["ci_high"] - v["ci_low"] < 0.2
+    # macro-F1 of a constant predictor: sklearn's mean over the labels present
+    assert m["constant"]["macro_f1"]["value"] == pytest.approx(
+        pq.macro_f1(y_true, ["yes"] * 300))
+    c = rep["contrasts"]
+    assert set(c) == {"perfect_vs_noisy", "noisy_vs_noisy2"}  # unknown arms are skipped
+    assert c["perfect_vs_noisy"]["accuracy"]["significant"]
+    assert c["perfect_vs_noisy"]["accuracy"]["ci_low"] > 0
+    same = c["noisy_vs_noisy2"]["macro_f1"]
+    assert same == {"delta": 0.0, "ci_low": 0.0, "ci_high": 0.0, "significant": False}
+    with pytest.raises(InputError):
+        pq.bootstrap_report(gt, {"short": dict(list(gt.items())[:10])})

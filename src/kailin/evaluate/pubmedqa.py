@@ -320,3 +320,73 @@ def format_table(result: Mapping[str, Any], title: str = "PubMedQA") -> str:
         for g, m in groups.items():
             lines.append(f"  {g:<{w}}  {m['n']:>4}  {m['accuracy']:>6.3f}  {m['macro_f1']:>8.3f}")
     return "\n".join(lines)
+
+
+# --- confidence intervals ---------------------------------------------------------------------
+
+
+def _boot_metrics(t: np.ndarray, p: np.ndarray, idx: np.ndarray, labels: list[str]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and macro-F1 of every bootstrap resample (rows of ``idx``); macro-F1 over the
+    labels present in each resample, as sklearn computes it."""
+    tt, pp = t[idx], p[idx]
+    acc = (tt == pp).mean(axis=1)
+    f1s, present = [], []
+    for lab in labels:
+        tl, pl = tt == lab, pp == lab
+        tp = (tl & pl).sum(axis=1)
+        denom = tl.sum(axis=1) + pl.sum(axis=1)  # 2tp + fp + fn
+        f1s.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
+        present.append(denom > 0)
+    f1, pres = np.stack(f1s), np.stack(present)
+    return acc, (f1 * pres).sum(axis=0) / np.maximum(pres.sum(axis=0), 1)
+
+
+def bootstrap_report(
+    ground_truth: Mapping[str, str],
+    predictions: Mapping[str, Mapping[str, str]],
+    contrasts: Sequence[tuple[str, str]] = (),
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Accuracy and macro-F1 of each model's predictions with percentile bootstrap CIs, and
+    paired bootstrap CIs of the differences ``a - b`` for each (a, b) in ``contrasts`` (the same
+    resampled items for every model, so the item-to-item noise that both models share cancels).
+
+    ``predictions``: {model tag: {pmid: label}}, each covering every PMID of ``ground_truth``.
+    Returns ``{"models": {tag: {"accuracy": {"value", "ci_low", "ci_high"}, "macro_f1": ...}},
+    "contrasts": {"a_vs_b": {"accuracy": {"delta", "ci_low", "ci_high", "significant"},
+    "macro_f1": ...}}, "n", "n_boot", "confidence"}``.
+    """
+    pmids = list(ground_truth)
+    t = np.asarray([ground_truth[x] for x in pmids], dtype=object)
+    preds = {}
+    for tag, pr in predictions.items():
+        validate_predictions(pr, ground_truth, f"{tag} predictions")
+        preds[tag] = np.asarray([pr[x] for x in pmids], dtype=object)
+    labels = sorted(set(t.tolist()).union(*(set(v.tolist()) for v in preds.values())))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(pmids), size=(n_boot, len(pmids)))
+    lo_q, hi_q = (1 - confidence) / 2, 1 - (1 - confidence) / 2
+    boots = {tag: _boot_metrics(t, p, idx, labels) for tag, p in preds.items()}
+    names = ("accuracy", "macro_f1")
+    out: dict[str, Any] = {"n": len(pmids), "n_boot": n_boot, "confidence": confidence,
+                           "models": {}, "contrasts": {}}
+    for tag, p in preds.items():
+        point = (accuracy(t, p), macro_f1(t, p))
+        out["models"][tag] = {
+            name: {"value": point[i], "ci_low": float(np.quantile(boots[tag][i], lo_q)),
+                   "ci_high": float(np.quantile(boots[tag][i], hi_q))}
+            for i, name in enumerate(names)}
+    for a, b in contrasts:
+        if a not in preds or b not in preds:
+            continue
+        c: dict[str, Any] = {}
+        for i, name in enumerate(names):
+            d = boots[a][i] - boots[b][i]
+            lo, hi = float(np.quantile(d, lo_q)), float(np.quantile(d, hi_q))
+            c[name] = {"delta": out["models"][a][name]["value"] - out["models"][b][name]["value"],
+                       "ci_low": lo, "ci_high": hi, "significant": bool(lo > 0 or hi < 0)}
+        out["contrasts"][f"{a}_vs_{b}"] = c
+    return out

@@ -248,15 +248,22 @@ class DownstreamConfig(_Section):
     batch_size: int = Field(2, ge=1)
     max_length: int = Field(512, ge=32)
     learning_rate: float = 2e-5
+    controls: bool = Field(False, description="also train, with the same steps and settings, "
+                           "CPT on the same abstracts without questions (raw_abstracts) and, "
+                           "when the export comes from the policy, CPT on an export of the "
+                           "pre-DPO questions (pre_dpo); pubmedqa compares them with paired "
+                           "bootstrap CIs")
 
 
 class PubMedQAConfig(_Section):
     enabled: bool = True
     settings: list[Literal["reasoning_required", "question_only"]] = Field(
         default_factory=lambda: ["reasoning_required", "question_only"])
-    limit: int | None = Field(None, ge=1, description="first N test PMIDs (all 500 if unset)")
+    limit: int | None = Field(None, ge=1, description="N test PMIDs evenly spaced over the split "
+                                "(all 500 if unset)")
     method: Literal["loglik", "generate"] = "loglik"
     batch_size: int = Field(8, ge=1)
+    n_boot: int = Field(2000, ge=100, description="bootstrap resamples of the CIs")
 
 
 class RunConfig(_Section):

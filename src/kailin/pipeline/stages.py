@@ -719,26 +719,34 @@ def _export_provenance(ctx: RunContext) -> dict:
     return out
 
 
-def export_stage(ctx: RunContext) -> dict:
+def _write_export(ctx: RunContext, records: pa.Table, out: Path, template: str | None = None,
+                  questions: dict | None = None) -> dict:
+    """Export ``records`` to ``out`` with the config's export settings (``template`` and the
+    card's ``questions`` provenance overridable, for the downstream controls)."""
     from kailin.dataset.export import ExportConfig, export_dataset
     from kailin.mesh import load_mesh
 
     e = ctx.cfg.export
+    kwargs: dict[str, Any] = {"decontaminate": e.exclude_pubmedqa_test,
+                              "require_grounded": ctx.cfg.answers.filter_ungrounded,
+                              "n_contexts": ctx.cfg.index.k}
+    if template or e.template:
+        kwargs["template"] = template or e.template
+    prov = _export_provenance(ctx)
+    if questions is not None:
+        prov["questions"] = questions
+    return export_dataset(records, out, corpus_dir=corpus_dir(ctx), config=ExportConfig(**kwargs),
+                          mesh=load_mesh(ctx.resolve(ctx.cfg.mesh.dir)),
+                          provenance={"config": prov, "key": ctx.key,
+                                      "run_dir": str(ctx.run_dir)})
+
+
+def export_stage(ctx: RunContext) -> dict:
     if ctx.cfg.answers.enabled:
         records = read_parquet(ctx.path("answers"))
     else:
         records = _best_questions(_export_scores(ctx))
-    kwargs: dict[str, Any] = {"decontaminate": e.exclude_pubmedqa_test,
-                              "require_grounded": ctx.cfg.answers.filter_ungrounded,
-                              "n_contexts": ctx.cfg.index.k}
-    if e.template:
-        kwargs["template"] = e.template
-    cfg = ExportConfig(**kwargs)
-    res = export_dataset(records, ctx.path("export"), corpus_dir=corpus_dir(ctx), config=cfg,
-                         mesh=load_mesh(ctx.resolve(ctx.cfg.mesh.dir)),
-                         provenance={"config": _export_provenance(ctx),
-                                     "key": ctx.key,
-                                     "run_dir": str(ctx.run_dir)})
+    res = _write_export(ctx, records, ctx.path("export"))
     dec = res.get("decontamination", {})
     return {"records": res.get("records"), "source_pmids": res.get("distinct_source_pmids"),
             "excluded_pubmedqa_test_rows": dec.get("rows_excluded_source_pmid", 0)
@@ -746,17 +754,82 @@ def export_stage(ctx: RunContext) -> dict:
 
 
 # --- downstream -------------------------------------------------------------------------------
+#: the downstream control arms: tag -> (model folder, what it is trained on)
+DOWNSTREAM_CONTROLS = {"raw_abstracts": "the export's abstracts and contexts, no questions",
+                       "pre_dpo": "an export of the generators' (pre-DPO) questions"}
+
+
+def _cpt_settings(ctx: RunContext) -> Any:
+    from kailin.dataset.train import DownstreamSettings
+
+    d = ctx.cfg.downstream
+    return DownstreamSettings(model=d.model, max_steps=d.cpt_steps, batch_size=d.batch_size,
+                              grad_accum=1, max_length=d.max_length,
+                              learning_rate=d.learning_rate, save_steps=d.cpt_steps,
+                              logging_steps=max(1, d.cpt_steps // 5))
+
+
+def control_arms(cfg: RunConfig) -> list[str]:
+    """The downstream control arms this config trains."""
+    if not cfg.downstream.controls:
+        return []
+    return [a for a in DOWNSTREAM_CONTROLS
+            if a != "pre_dpo" or cfg.export.questions_from == "policy"]
+
+
+def _control_data(ctx: RunContext, arm: str) -> Path:
+    """Write the CPT data of a control arm (an export of the same rows, see
+    :data:`DOWNSTREAM_CONTROLS`); return its folder."""
+    import pyarrow.compute as pc
+
+    from kailin.dataset.export import RAW_TEMPLATE
+
+    out = ctx.path("controls", arm)
+    # the export's source abstracts, no more (answers.limit or filters may have cut some)
+    keep = pa.array(sorted(set(read_parquet(ctx.path("export", "cpt"),
+                                            columns=["pmid"])["pmid"].to_pylist())), pa.int64())
+
+    def rows(scores: pa.Table) -> pa.Table:
+        best = _best_questions(scores)
+        return best.filter(pc.is_in(best["pmid"].cast(pa.int64()), value_set=keep))
+
+    if arm == "raw_abstracts":
+        _write_export(ctx, rows(_export_scores(ctx)), out, template=RAW_TEMPLATE,
+                      questions={"from": "none (raw abstracts: downstream control)"})
+    else:
+        _write_export(ctx, rows(read_parquet(ctx.path("scores"))), out,
+                      questions={"from": "generators (pre-DPO: downstream control)", "models": {
+                          g.name: generator_model(ctx, g.name) for g in ctx.cfg.generators},
+                          "round": 0})
+    return out
+
+
+def _token_count(model: str, texts: list[str]) -> int:
+    from kailin.train.common import load_tokenizer
+
+    tok = load_tokenizer(model)
+    return sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+
+
 def downstream_stage(ctx: RunContext) -> dict:
     from kailin.dataset.train import DownstreamSettings, train_cpt
 
     d = ctx.cfg.downstream
-    settings = DownstreamSettings(model=d.model, max_steps=d.cpt_steps, batch_size=d.batch_size,
-                                  grad_accum=1, max_length=d.max_length,
-                                  learning_rate=d.learning_rate, save_steps=d.cpt_steps,
-                                  logging_steps=max(1, d.cpt_steps // 5))
+    settings = _cpt_settings(ctx)
     meta = train_cpt(ctx.path("export", "cpt"), ctx.path("models", "downstream"), settings)
     out = {"train_loss": meta.get("train_loss"), "steps": meta.get("global_step"),
            "records": (meta.get("settings") or {}).get("n_examples")}
+    arms = control_arms(ctx.cfg)
+    if arms:  # the same steps and settings on the control data: the same tokens are seen
+        texts = read_parquet(ctx.path("export", "cpt"), columns=["text"])["text"].to_pylist()
+        out["tokens"] = _token_count(d.model, texts)
+        for arm in arms:
+            data = _control_data(ctx, arm)
+            m = train_cpt(data / "cpt", ctx.path("models", f"downstream-{arm}"), settings)
+            ctexts = read_parquet(data / "cpt", columns=["text"])["text"].to_pylist()
+            out.update({f"{arm}.train_loss": m.get("train_loss"),
+                        f"{arm}.steps": m.get("global_step"), f"{arm}.records": len(ctexts),
+                        f"{arm}.tokens": _token_count(d.model, ctexts)})
     if d.sft_steps:  # then SFT on the answered records (the export's sft config)
         from kailin.dataset.train import train_answers
 
@@ -776,19 +849,36 @@ def downstream_model(ctx: RunContext) -> str:
     return str(ctx.path("models", sub, "model"))
 
 
+#: the PubMedQA comparisons (a, b) reported as a - b with paired bootstrap CIs
+PUBMEDQA_CONTRASTS = (("after", "before"), ("after", "raw_abstracts"), ("after", "pre_dpo"),
+                      ("raw_abstracts", "before"), ("pre_dpo", "before"))
+
+
 def pubmedqa_stage(ctx: RunContext) -> dict:
+    from kailin.evaluate.pubmedqa import bootstrap_report, load_ground_truth, test_items
     from kailin.evaluate.pubmedqa_model import evaluate_model
 
     p, d = ctx.cfg.pubmedqa, ctx.cfg.downstream
     models = {"before": d.model}
     if d.enabled:
         models["after"] = downstream_model(ctx)
+        for arm in control_arms(ctx.cfg):
+            models[arm] = str(ctx.path("models", f"downstream-{arm}", "model"))
     report: dict[str, Any] = {"models": models, "limit": p.limit, "method": p.method}
     for tag, model in models.items():
         report[tag] = evaluate_model(model, settings=list(p.settings), method=p.method,
                                      limit=p.limit, batch_size=p.batch_size,
                                      predictions_dir=ctx.path("reports", f"pubmedqa_{tag}"),
                                      progress=ctx.progress)
+    # bootstrap CIs of every model and paired CIs of the differences, per setting
+    gt_all = load_ground_truth()
+    gt = {it.pmid: gt_all[it.pmid] for it in test_items(p.limit)}
+    report["ci"] = {}
+    for s in p.settings:
+        preds = {tag: json.loads(Path(report[tag]["settings"][s]["predictions_file"]).read_text())
+                 for tag in models}
+        report["ci"][s] = bootstrap_report(gt, preds, PUBMEDQA_CONTRASTS, n_boot=p.n_boot,
+                                           seed=ctx.cfg.steering.seed)
     # headline keys as `kailin evaluate pubmedqa --json` writes them: the final model in the
     # first setting
     final = report.get("after") or report["before"]
@@ -796,6 +886,11 @@ def pubmedqa_stage(ctx: RunContext) -> dict:
     report.update({"setting": p.settings[0], "accuracy": first["accuracy"],
                    "macro_f1": first["macro_f1"], "n": first["n"]})
     write_json_atomic(ctx.path("reports", "pubmedqa.json"), report)
+    steering = ctx.path("reports", "steering.json")
+    if steering.exists():  # the steering report carries the downstream result it could not see
+        rep = json.loads(steering.read_text())
+        rep["downstream"] = report
+        write_json_atomic(steering, rep)
     return {f"{tag}.{s}.accuracy": round(report[tag]["settings"][s]["accuracy"], 4)
             for tag in models for s in p.settings}
 
@@ -907,16 +1002,26 @@ def pipeline_stages(cfg: RunConfig) -> list[StageSpec]:
                              "index.k": c.index.k, "mesh.dir": c.mesh.dir},
                   ["answers", "score", "policy_questions", "corpus"], outputs=["export"],
                   files=_mesh_files),
-        StageSpec("downstream", downstream_stage, lambda c: {"downstream": _dump(c.downstream)},
-                  ["export"], enabled=lambda c: c.downstream.enabled,
-                  outputs=["models/downstream", "models/downstream-sft"], mode="resume"),
+        StageSpec("downstream", downstream_stage,
+                  lambda c: {"downstream": _dump(c.downstream),
+                             "controls": {"arms": control_arms(c), "export": _dump(c.export),
+                                          "index.k": c.index.k, "mesh.dir": c.mesh.dir}
+                             if c.downstream.controls else None},
+                  ["export", "score", "policy_questions", "corpus"],
+                  enabled=lambda c: c.downstream.enabled,
+                  outputs=["models/downstream", "models/downstream-sft", "controls",
+                           *[f"models/downstream-{a}" for a in DOWNSTREAM_CONTROLS]],
+                  mode="resume", files=_mesh_files),
         StageSpec("pubmedqa", pubmedqa_stage,
                   lambda c: {"pubmedqa": _dump(c.pubmedqa),
                              "downstream": {"enabled": c.downstream.enabled,
                                             "model": c.downstream.model,
-                                            "sft_steps": c.downstream.sft_steps}},
+                                            "sft_steps": c.downstream.sft_steps,
+                                            "controls": control_arms(c)},
+                             "seed": c.steering.seed},
                   ["downstream"], enabled=lambda c: c.pubmedqa.enabled,
-                  outputs=["reports/pubmedqa_before", "reports/pubmedqa_after"],
+                  outputs=["reports/pubmedqa_before", "reports/pubmedqa_after",
+                           *[f"reports/pubmedqa_{a}" for a in DOWNSTREAM_CONTROLS]],
                   mode="resume"),
     ]
     return specs

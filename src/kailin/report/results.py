@@ -103,6 +103,47 @@ def _svg_curves(training: dict[str, dict], key: str, title: str) -> str:
     return "\n".join(out)
 
 
+#: what each downstream model is, for the page
+DOWNSTREAM_ARMS = {"before": "base model, no CPT", "after": "CPT on the kailin export",
+                   "raw_abstracts": "CPT on the same abstracts and contexts, no questions",
+                   "pre_dpo": "CPT on an export of the pre-DPO questions"}
+
+
+def _ci_cell(v: dict[str, Any] | None) -> str:
+    if not v:
+        return "–"
+    point = v.get("value", v.get("delta"))
+    return f"{_f(point, 3)} [{_f(v.get('ci_low'), 3)}, {_f(v.get('ci_high'), 3)}]"
+
+
+def _downstream_lines(ds: dict[str, Any]) -> list[str]:
+    models = ds.get("models") or {}
+    cis = ds.get("ci") or {}
+    lines = ["| model | what | setting | accuracy [95% CI] | macro-F1 [95% CI] | n |",
+             "|---|---|---|---|---|---|"]
+    for tag in models:
+        for s, v in ((ds.get(tag) or {}).get("settings") or {}).items():
+            c = ((cis.get(s) or {}).get("models") or {}).get(tag) or {}
+            acc = _ci_cell(c.get("accuracy")) if c else _f(v.get("accuracy"), 3)
+            f1 = _ci_cell(c.get("macro_f1")) if c else _f(v.get("macro_f1"), 3)
+            lines.append(f"| {tag} | {DOWNSTREAM_ARMS.get(tag, models[tag])} | {s} | {acc} | "
+                         f"{f1} | {v.get('n')} |")
+    lines.append("")
+    if any((c or {}).get("contrasts") for c in cis.values()):
+        lines += ["Paired bootstrap over the same test items (a difference is significant when "
+                  "its 95% CI excludes 0):", "",
+                  "| contrast | setting | accuracy delta [95% CI] | macro-F1 delta [95% CI] | "
+                  "significant |", "|---|---|---|---|---|"]
+        for s, c in cis.items():
+            for name, d in (c.get("contrasts") or {}).items():
+                sig = [k for k in ("accuracy", "macro_f1") if (d.get(k) or {}).get("significant")]
+                lines.append(f"| {name.replace('_vs_', ' - ')} | {s} | "
+                             f"{_ci_cell(d.get('accuracy'))} | {_ci_cell(d.get('macro_f1'))} | "
+                             f"{', '.join(sig) or 'no'} |")
+        lines.append("")
+    return lines
+
+
 def render_results(rep: dict[str, Any], assets: str = "results") -> tuple[str, dict[str, str]]:
     """The Markdown page and its SVG files (name -> text) for one steering.json."""
     for k in ("heldout", "pairs", "rounds", "arms", "contrasts"):
@@ -189,13 +230,7 @@ def render_results(rep: dict[str, Any], assets: str = "results") -> tuple[str, d
     ds = rep.get("downstream") or {}
     lines += ["## Downstream: PubMedQA", ""]
     if ds.get("before"):
-        lines += ["| model | setting | accuracy | macro-F1 | n |", "|---|---|---|---|---|"]
-        for tag in ("before", "after"):
-            for s, v in ((ds.get(tag) or {}).get("settings") or {}).items():
-                lines.append(f"| {tag}: `{ds['models'].get(tag)}` | {s} | "
-                             f"{_f(v.get('accuracy'), 3)} | {_f(v.get('macro_f1'), 3)} | "
-                             f"{v.get('n')} |")
-        lines.append("")
+        lines += _downstream_lines(ds)
     else:
         lines += ["Not measured in this run (the pubmedqa stage had not run when the steering "
                   "stage wrote its report).", ""]
