@@ -143,13 +143,6 @@ class PreferenceConfig(_Section):
     max_pairs: int | None = Field(None, ge=1, description="keep only the pairs with the widest "
                                   "score margins (validity pairs first)")
 
-    def settings(self) -> Any:
-        """The :class:`kailin.align.prefer.PreferSettings` of this section."""
-        from kailin.align.prefer import PreferSettings
-
-        return PreferSettings(tau=self.tau, band=self.band, min_margin=self.min_margin,
-                              invalid_rejected=self.invalid_rejected, max_pairs=self.max_pairs)
-
 
 class DPOConfig(_Section):
     enabled: bool = True

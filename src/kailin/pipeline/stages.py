@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from kailin.errors import KailinError
 from kailin.io import duckdb_table, read_parquet, write_json_atomic, write_parquet_atomic
-from kailin.pipeline.config import RunConfig
+from kailin.pipeline.config import PreferenceConfig, RunConfig
 from kailin.pipeline.keys import digest
 from kailin.pipeline.run import RunContext, StageSpec, run_pipeline
 
@@ -341,6 +341,15 @@ def evaluator_stage(ctx: RunContext) -> dict:
     return {k: v for k, v in res.items() if isinstance(v, int | float | str)}
 
 
+def _prefer_settings(p: PreferenceConfig) -> Any:
+    """The :class:`kailin.align.prefer.PreferSettings` of a ``preferences`` section (built here,
+    not in the config module, so that the pipeline's bottom layer imports no stage)."""
+    from kailin.align.prefer import PreferSettings
+
+    return PreferSettings(tau=p.tau, band=p.band, min_margin=p.min_margin,
+                          invalid_rejected=p.invalid_rejected, max_pairs=p.max_pairs)
+
+
 def prefer_stage(ctx: RunContext) -> dict:
     from kailin.align.prefer import prefer
 
@@ -351,7 +360,7 @@ def prefer_stage(ctx: RunContext) -> dict:
 
         scores = relabel_scores(read_parquet(ctx.path("scores")), ctx.path("evaluator"))
     stats = prefer(ctx.path("scores"), ctx.path("preferences"),
-                   p.settings(), scores=scores)
+                   _prefer_settings(p), scores=scores)
     return _flat({k: v for k, v in stats.items() if k not in ("settings", "output")})
 
 
@@ -471,7 +480,7 @@ def steering_stage(ctx: RunContext) -> dict:
                         columns=["pmid", "title", "abstract", "mesh_uis"])
     root = ctx.path("steering")
     p = cfg.preferences
-    prefer_settings = p.settings()
+    prefer_settings = _prefer_settings(p)
     key = ctx.key
 
     def run(stage, src, out: Path, tag: str) -> None:
