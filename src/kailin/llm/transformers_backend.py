@@ -102,6 +102,8 @@ class TransformersBackend(Backend):
             ident["revision"] = self.revision
         if self.gguf_file:
             ident["gguf_file"] = self.gguf_file
+        if self.dtype_arg != "auto":  # other weights' precision, other text: not a cache hit
+            ident["dtype"] = self.dtype_arg
         return ident
 
     # -- loading ------------------------------------------------------------------------------

@@ -223,7 +223,7 @@ def _question_stage(ctx: RunContext, gen_name: str, model: str, label: str | Non
         seed = gcfg.seed if g.seed is None else g.seed
     params = SamplingParams(max_new_tokens=gcfg.max_new_tokens, temperature=temperature,
                             top_p=gcfg.top_p, seed=seed)
-    opts = BackendOptions(batch_size=gcfg.batch_size, threads=gcfg.threads)
+    opts = BackendOptions(batch_size=gcfg.batch_size, threads=gcfg.threads, dtype=gcfg.dtype)
     return QuestionGenerationStage([f"{label or gen_name}={model}"], template=tmpl, params=params,
                                    options=opts, cache_path=ctx.path("cache", "llm.sqlite"))
 
