@@ -26,6 +26,8 @@ from kailin.pipeline.stages import pipeline_stages
 FULL = {
     "run_dir": "run",
     "corpus": {"demo": True, "limit": 8, "heldout": 3},
+    "index": {"kind": "dense"},
+    "retriever": {"enabled": True},
     "generators": [{"name": "a", "model": "smollm2"},
                    {"name": "b", "model": "smollm2", "temperature": 0.6, "seed": 1}],
     "evaluator": {"enabled": True},
@@ -36,7 +38,8 @@ FULL = {
 #: keys that say where or how a run goes, not what it makes
 NO_OUTPUT_CHANGE = {"run_dir", "corpus.workers"}
 #: values the generic rule cannot guess
-OTHER = {"dpo.generator": "b", "steering.second_index": {"kind": "bm25", "method": "lucene"}}
+OTHER = {"dpo.generator": "b", "index.kind": "hybrid",  # (bm25: no encoder for the retriever)
+         "steering.second_index": {"kind": "bm25", "method": "lucene"}}
 
 
 def _leaves(model: type[BaseModel], value: Any, prefix: str = "") -> list[str]:

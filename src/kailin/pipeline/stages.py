@@ -6,6 +6,8 @@ stage                  does                                        writes (under
 corpus                 ingest files / build the demo corpus,       corpus/full (+ selected/)
                        select by MeSH / years
 workset                keep N abstracts to distil + M held out     corpus/work.parquet, ...
+retriever              fine-tune the dense encoder on the corpus   models/retriever/
+                       (opt.; after questions with pairs question)
 index                  BM25 / dense / hybrid index of the corpus   index/
 sft:<generator>        SFT each question generator                 models/<gen>-sft/
 questions              every generator writes one question per     questions/ (shards)
@@ -34,7 +36,7 @@ import pyarrow as pa
 from kailin.errors import KailinError
 from kailin.io import duckdb_table, read_parquet, write_json_atomic, write_parquet_atomic
 from kailin.pipeline.config import PreferenceConfig, RunConfig
-from kailin.pipeline.keys import digest
+from kailin.pipeline.keys import digest, table_digest
 from kailin.pipeline.run import RunContext, StageSpec, run_pipeline
 
 log = logging.getLogger("kailin.run")
@@ -156,14 +158,121 @@ def corpus_dir(ctx: RunContext) -> Path:
     return ctx.path("corpus", "full")
 
 
+# --- retriever --------------------------------------------------------------------------------
+#: the retriever stage's fine-tuned encoder (a sentence-transformers folder), and the record of a
+#: finished training in it (settings and data digest: a re-run with the same ones returns)
+RETRIEVER_DIR = "models/retriever"
+RETRIEVER_META = "kailin_train.json"
+
+
+def retriever_inputs(cfg: RunConfig) -> list[str]:
+    """The stages the retriever reads: the corpus; the workset when it holds abstracts out
+    (their PMIDs are never trained on); the questions with ``pairs: question``."""
+    out = ["corpus"]
+    if cfg.corpus.limit and cfg.corpus.heldout:
+        out.append("workset")
+    if cfg.retriever.pairs == "question":
+        out.append("questions")
+    return out
+
+
+def _retriever_excluded(ctx: RunContext) -> list[int]:
+    """PMIDs the fine-tuning never sees (neither as pairs nor as negatives): the workset's
+    held-out abstracts and the PubMedQA test PMIDs."""
+    from kailin.corpus.sources import default_exclusions
+
+    out = set(default_exclusions())
+    if "workset" in retriever_inputs(ctx.cfg):
+        held = read_parquet(ctx.path("corpus", "heldout.parquet"), columns=["pmid"])
+        out |= {int(p) for p in held["pmid"].to_pylist()}
+    return sorted(out)
+
+
+def _local_or_hub(ctx: RunContext, model: str | None) -> str | None:
+    """A model given as a path relative to the config file, resolved; a hub id as it is."""
+    if model and (model.startswith((".", "/", "~")) or (ctx.base_dir / model).exists()):
+        return str(ctx.resolve(str(Path(model).expanduser())))
+    return model
+
+
+def _finetune_config(ctx: RunContext) -> Any:
+    from kailin.retrieval.finetune import FinetuneConfig
+
+    r = ctx.cfg.retriever
+    return FinetuneConfig(
+        base=_local_or_hub(ctx, r.base), pairs=r.pairs,
+        questions=str(ctx.path("questions")) if r.pairs == "question" else None,
+        holdout=r.holdout, exclude_pmids=_retriever_excluded(ctx), max_records=r.max_records,
+        min_title_words=r.min_title_words, mine_max_seq_length=r.mine_max_seq_length,
+        filter_top_n=r.filter_top_n, negatives=r.negatives, neg_start=r.neg_start,
+        neg_depth=r.neg_depth, false_negative_overlap=r.false_negative_overlap, loss=r.loss,
+        mini_batch_size=r.mini_batch_size, batch_size=r.batch_size, epochs=r.epochs,
+        max_steps=r.max_steps, learning_rate=r.learning_rate, warmup_ratio=r.warmup_ratio,
+        max_seq_length=r.max_seq_length, seed=r.seed, device=r.device,
+        bf16=r.dtype == "bfloat16", fp16=r.dtype == "float16")
+
+
+def _retriever_data_digest(ctx: RunContext, pairs: str) -> str:
+    """What the pairs are mined from: the corpus shards (and the questions)."""
+    from kailin.corpus.reader import open_corpus
+
+    parts = {"corpus": open_corpus(corpus_dir(ctx)).manifest_hash()}
+    if pairs == "question":
+        qs = read_parquet(ctx.path("questions"))
+        parts["questions"] = table_digest(qs.select(
+            [c for c in ("pmid", "question", "reject_reason") if c in qs.column_names]))
+    return digest(parts)
+
+
+def retriever_stage(ctx: RunContext) -> dict:
+    """Fine-tune the dense encoder on the run's corpus (:func:`kailin.retrieval.finetune.
+    finetune`, as ``kailin index finetune``) into ``models/retriever``. The engine replaces the
+    folder when the stage's key changes and keeps it (resuming from its checkpoints) when it is
+    the same; a finished training with the same settings and data is not redone."""
+    from dataclasses import asdict
+
+    from kailin.retrieval.finetune import finetune
+
+    out = ctx.path(RETRIEVER_DIR)
+    fcfg = _finetune_config(ctx)
+    settings = json.loads(json.dumps(
+        {**asdict(fcfg), "data_digest": _retriever_data_digest(ctx, fcfg.pairs)}, default=str))
+    meta_path = out / RETRIEVER_META
+    done = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if done.get("settings") == settings and (out / "modules.json").is_file():
+        log.info("%s: already trained with these settings and data", out)
+        meta = done
+    else:
+        meta_path.unlink(missing_ok=True)
+        meta = finetune(corpus_dir(ctx), out, fcfg, progress=ctx.progress)
+        meta = {"kind": "retriever", "settings": settings,
+                **{k: v for k, v in meta.items() if k not in ("config", "complete")}}
+        write_json_atomic(meta_path, meta)  # written last: its presence means finished
+    m = meta.get("mining") or {}
+    return {"pairs": m.get("pairs"), "consistency_rate": m.get("consistency_rate"),
+            "excluded_records": m.get("held_out"), "steps": meta.get("steps"),
+            "train_loss": meta.get("train_loss"), "train_seconds": meta.get("train_seconds")}
+
+
 # --- index ------------------------------------------------------------------------------------
+def index_model(ctx: RunContext) -> str | None:
+    """The encoder of a dense or hybrid index: ``index.model``, else the retriever stage's
+    fine-tuned model when that stage is on, else None (the packaged MiniLM)."""
+    ix = ctx.cfg.index
+    if ix.model:
+        return ix.model
+    if ctx.cfg.retriever.enabled and ix.kind in ("dense", "hybrid"):
+        return str(ctx.path(RETRIEVER_DIR))
+    return None
+
+
 def index_stage(ctx: RunContext) -> dict:
     from kailin.retrieval import build_index
 
     ix = ctx.cfg.index
     opts: dict[str, Any] = {}
-    if ix.model:
-        opts["model"] = ix.model
+    if (model := index_model(ctx)) is not None:
+        opts["model"] = model
     index = build_index(corpus_dir(ctx), ctx.path("index"), kind=ix.kind, overwrite=True,
                         progress=ctx.progress, **opts)
     return {"kind": ix.kind,
@@ -719,6 +828,8 @@ EXPORT_SECTIONS = ("corpus", "mesh", "index", "generators", "generation", "answe
 def _export_provenance(ctx: RunContext) -> dict:
     dump = ctx.cfg.model_dump(mode="json")
     out = {k: dump[k] for k in EXPORT_SECTIONS}
+    if ctx.cfg.retriever.enabled:  # the contexts' encoder (a disabled one is in no key)
+        out["retriever"] = dump["retriever"]
     if ctx.cfg.export.questions_from == "policy":
         p = ctx.path("policy", "policy.json")
         out["questions"] = {"from": "policy", **(json.loads(p.read_text()) if p.exists() else {})}
@@ -936,10 +1047,21 @@ def pipeline_stages(cfg: RunConfig) -> list[StageSpec]:
         StageSpec("workset", workset_stage,
                   lambda c: {"corpus": {k: getattr(c.corpus, k) for k in WORKSET_KEYS}},
                   ["corpus"], outputs=["corpus/work.parquet", "corpus/heldout.parquet"]),
+    ]
+    # the retriever (listed only when on) fine-tunes the index's encoder, so the index comes
+    # right after it: after the workset, or after the questions when they are the training
+    # pairs (nothing in between reads the index)
+    retrieval = [
+        *([StageSpec("retriever", retriever_stage, lambda c: {"retriever": _dump(c.retriever)},
+                     retriever_inputs(cfg), enabled=lambda c: c.retriever.enabled,
+                     outputs=[RETRIEVER_DIR], mode="resume")] if cfg.retriever.enabled else []),
         StageSpec("index", index_stage,
                   lambda c: {"index": {"kind": c.index.kind, "model": c.index.model}},
-                  ["corpus"], outputs=["index"]),
+                  ["corpus", "retriever"], outputs=["index"]),
     ]
+    late = cfg.retriever.enabled and cfg.retriever.pairs == "question"
+    if not late:
+        specs += retrieval
     for g in gens:
         specs.append(StageSpec(
             f"sft:{g}", sft_stage(g),
@@ -954,6 +1076,7 @@ def pipeline_stages(cfg: RunConfig) -> list[StageSpec]:
                   lambda c: {"generation": _dump(c.generation),
                              "generators": [_dump(g) for g in c.generators]},
                   ["workset", *sft], outputs=["questions"], mode="self"),
+        *(retrieval if late else []),
         StageSpec("score", score_stage, _score_settings, ["questions", "index", "corpus"],
                   outputs=["scores"], mode="self", files=_mesh_files),
         StageSpec("signal", signal_stage, _score_settings, ["index", "corpus"],
