@@ -171,3 +171,24 @@ def test_cli_demo_and_select_with_packaged_mesh(tmp_path: Path) -> None:
         ).stdout
     )
     assert only["records"] < sel["records"]
+
+
+def test_cli_ingest_update_rewrites_only_what_it_touches(tmp_path: Path) -> None:
+    """An update file on an existing store: the baseline's shards are kept and the new records
+    go to new shards; --full-rewrite rewrites every shard instead; the live records agree."""
+    r, app = CliRunner(), _app()
+    base, upd = XML / "pubmed26n1334_excerpt.xml.gz", XML / "pubmed26n1335_excerpt_updatefile.xml.gz"
+    commits, live = {}, {}
+    for mode, extra in (("incremental", []), ("full", ["--full-rewrite"])):
+        out = tmp_path / mode
+        opts = ["--out", str(out), "--rows-per-shard", "20", "--no-progress"]
+        assert r.invoke(app, ["ingest", str(base), *opts]).exit_code == 0
+        res = r.invoke(app, ["ingest", str(upd), *opts, *extra])
+        assert res.exit_code == 0, res.output
+        s = _json_out(res.stdout)
+        commits[mode], live[mode] = s["commit"], s["live_records"]
+    inc, full = commits["incremental"], commits["full"]
+    assert inc["mode"] != "full" and inc["shards_rewritten"] == 0 and inc["shards_kept"] == 2
+    assert inc["shards_new"] >= 1
+    assert full["mode"] == "full" and full["shards_kept"] == 0 and full["shards_rewritten"] == 2
+    assert live["incremental"] == live["full"] == 60

@@ -36,8 +36,23 @@ def ingest_cmd(
         help="Do not exclude the PubMedQA test PMIDs (excluded by default for decontamination).",
     ),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    full_rewrite: bool = typer.Option(
+        False, "--full-rewrite",
+        help="Rewrite every live shard (default: an update rewrites only the shards holding the "
+        "records it replaces or deletes, and new records go to new shards)."),
+    rows_per_shard: int | None = typer.Option(
+        None, "--rows-per-shard", min=1, help="Records per shard [default: 500,000]."),
+    compact_small_fraction: float = typer.Option(
+        0.25, "--compact-small-fraction", min=0.0, max=1.0,
+        help="A shard below this share of --rows-per-shard counts as small."),
+    compact_max_small: int = typer.Option(
+        8, "--compact-max-small", min=0,
+        help="Merge the small shards once more than this many pile up."),
 ) -> None:
-    """Ingest PubMed/MEDLINE files into a columnar corpus (resumable; re-runs are no-ops)."""
+    """Ingest PubMed/MEDLINE files into a columnar corpus (resumable; re-runs are no-ops).
+
+    On a corpus that already has shards (a daily update file on the baseline), only the shards
+    that hold a (PMID, Version) the files replace or delete are rewritten."""
     from kailin.corpus.store import ingest
 
     report = ingest(
@@ -47,6 +62,10 @@ def ingest_cmd(
         default_exclude=not no_default_exclusions,
         workers=workers,
         progress=not no_progress,
+        incremental=not full_rewrite,
+        **({"rows_per_shard": rows_per_shard} if rows_per_shard else {}),
+        compact_small_fraction=compact_small_fraction,
+        compact_max_small=compact_max_small,
     )
     _echo_json(report.summary())
 

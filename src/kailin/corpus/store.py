@@ -671,6 +671,7 @@ class IngestReport:
                 f.get("unresolved_mesh", 0) for f in self.files if f["status"] == "committed"
             ),
             "live_records": self.records,
+            **({"commit": self.commit} if self.commit else {}),
             "seconds": round(self.seconds, 2),
             "records_per_s": round(parsed / self.seconds, 1) if self.seconds else None,
         }
