@@ -9,20 +9,43 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from kailin.align.dpo import DPOSettings, load_pairs, train_dpo
+from kailin.align.dpo import DPOConfig, _resolved, load_pairs, train_dpo
 from kailin.align.prefer import prefer
 from kailin.align.sft import format_prompt, pubmedqa_json_examples
 from kailin.errors import InputError
 
 
-def test_defaults_are_the_authors_run() -> None:
-    s = DPOSettings()
-    assert (s.beta, s.learning_rate, s.lr_scheduler, s.warmup_steps, s.weight_decay) == (
-        0.1, 5e-4, "cosine", 100, 0.05)
-    assert (s.lora.r, s.lora.alpha, s.lora.dropout) == (8, 16, 0.05)
-    assert s.lora.target_modules == ("q_proj", "k_proj", "v_proj")
-    assert (s.batch_size, s.grad_accum, s.epochs, s.max_length, s.save_steps, s.seed) == (
-        16, 4, 3.0, 1024, 50, 0)
+def test_cli_defaults_are_the_authors_run() -> None:
+    s = _resolved(DPOConfig.authors(), "smollm2", n_pairs=6400)
+    assert (s["beta"], s["learning_rate"], s["lr_scheduler"], s["warmup_steps"],
+            s["weight_decay"]) == (0.1, 5e-4, "cosine", 100, 0.05)
+    assert (s["lora"]["r"], s["lora"]["alpha"], s["lora"]["dropout"]) == (8, 16, 0.05)
+    assert s["lora"]["target_modules"] == ["q_proj", "k_proj", "v_proj"]
+    assert (s["batch_size"], s["grad_accum"], s["max_length"], s["save_steps"], s["seed"]) == (
+        16, 4, 1024, 50, 0)
+    assert s["max_steps"] == 300  # 3 epochs of 6400 pairs at 16 x 4 per step
+    # `kailin train dpo` with no options builds exactly DPOConfig.authors()
+    import inspect
+
+    from kailin.cli.train import dpo
+
+    opts = {k: p.default.default for k, p in inspect.signature(dpo).parameters.items()
+            if hasattr(p.default, "default")}
+    assert (opts["beta"], opts["lr"], opts["warmup_steps"], opts["weight_decay"],
+            opts["lora_r"], opts["lora_alpha"], opts["epochs"], opts["max_steps"],
+            opts["batch_size"], opts["grad_accum"], opts["max_length"], opts["save_steps"],
+            opts["seed"]) == (0.1, 5e-4, 100, 0.05, 8, 16, 3.0, -1, 16, 4, 1024, 50, 0)
+
+
+def test_pipeline_defaults_and_the_steps_rule() -> None:
+    c = DPOConfig()
+    s = _resolved(c, "m", n_pairs=100)
+    assert (s["max_steps"], s["warmup_steps"], s["save_steps"], s["logging_steps"],
+            s["grad_accum"], s["lora"]["alpha"]) == (10, 1, 10, 1, 1, 16)
+    s = _resolved(DPOConfig(epochs=2, batch_size=4, lora_r=4), "m", n_pairs=9)
+    assert (s["max_steps"], s["warmup_steps"], s["lora"]["alpha"]) == (5, 0, 8)
+    with pytest.raises(Exception, match="extra"):
+        DPOConfig(lora_dropout=0.1)
 
 
 def test_load_pairs_checks_columns(tmp_path: Path) -> None:
@@ -73,8 +96,8 @@ def test_dpo_steps_checkpoint_resume_cli(prefs: Path, tmp_path: Path, one_thread
             raise KeyboardInterrupt("simulated crash")
 
     out = tmp_path / "dpo"
-    s = DPOSettings(max_steps=2, batch_size=2, grad_accum=1, max_length=128, save_steps=1,
-                    logging_steps=1)
+    s = DPOConfig(max_steps=2, batch_size=2, grad_accum=1, max_length=128, save_steps=1,
+                  logging_steps=1, warmup_steps=100, lora_alpha=16)
     with pytest.raises(KeyboardInterrupt):
         train_dpo(prefs, out, s, callbacks=[Crash()])
     ck = out / "checkpoints" / "checkpoint-1"

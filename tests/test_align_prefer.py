@@ -8,13 +8,14 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from kailin.align.prefer import (
     FILTERS,
     PREFERENCES_FILE,
     STATS_FILE,
-    PreferSettings,
+    PreferConfig,
     build_preferences,
     parse_tau,
     prefer,
@@ -63,13 +64,13 @@ def test_tau_filter_every_score_must_be_at_most_tau() -> None:
         (2, "a", "q2a?", 0.51), (2, "b", "q2b?", 0.1),    # one above tau: dropped
         (3, "a", "q3a?", 0.9), (3, "b", "q3b?", 0.7),     # both above
     ])
-    out, stats = build_preferences(t, PreferSettings(tau=0.5))
+    out, stats = build_preferences(t, PreferConfig(tau=0.5))
     assert out["pmid"].to_pylist() == [1]
     assert stats["dropped"]["tau"] == 2
-    out, stats = build_preferences(t, PreferSettings(tau=None))
+    out, stats = build_preferences(t, PreferConfig(tau=None))
     assert out["pmid"].to_pylist() == [1, 2, 3]
     assert stats["dropped"]["tau"] == 0
-    out, _ = build_preferences(t, PreferSettings(tau=0.8))
+    out, _ = build_preferences(t, PreferConfig(tau=0.8))
     assert out["pmid"].to_pylist() == [1, 2]
 
 
@@ -79,11 +80,11 @@ def test_nan_scores_are_dropped_by_tau_then_band_then_nan_rule() -> None:
         (2, "a", "q2a?", None), (2, "b", "q2b?", 0.3),   # null counts as NaN
         (3, "a", "q3a?", 0.3), (3, "b", "q3b?", 0.1),
     ])
-    out, stats = build_preferences(t, PreferSettings(tau=0.5))
+    out, stats = build_preferences(t, PreferConfig(tau=0.5))
     assert out["pmid"].to_pylist() == [3] and stats["dropped"]["tau"] == 2
-    out, stats = build_preferences(t, PreferSettings(tau=None, band=(0.0, 1.0)))
+    out, stats = build_preferences(t, PreferConfig(tau=None, band=(0.0, 1.0)))
     assert out["pmid"].to_pylist() == [3] and stats["dropped"]["band"] == 2
-    out, stats = build_preferences(t, PreferSettings(tau=None))
+    out, stats = build_preferences(t, PreferConfig(tau=None))
     assert out["pmid"].to_pylist() == [3] and stats["dropped"]["nan_score"] == 2
 
 
@@ -94,11 +95,11 @@ def test_band_is_strict_on_both_ends() -> None:
         (3, "a", "q3a?", 0.5), (3, "b", "q3b?", 0.2),    # 0.2 is not > 0.2
         (4, "a", "q4a?", 0.5), (4, "b", "q4b?", 0.1),    # 0.1 outside
     ])
-    out, stats = build_preferences(t, PreferSettings(tau=None, band=(0.2, 0.7)))
+    out, stats = build_preferences(t, PreferConfig(tau=None, band=(0.2, 0.7)))
     assert out["pmid"].to_pylist() == [1]
     assert stats["dropped"]["band"] == 3
     # tau runs first: pmid 2 (0.7 > 0.5) and 1 (0.6) are counted under tau
-    out, stats = build_preferences(t, PreferSettings(tau=0.5, band=(0.2, 0.7)))
+    out, stats = build_preferences(t, PreferConfig(tau=0.5, band=(0.2, 0.7)))
     assert out.num_rows == 0
     assert stats["dropped"]["tau"] == 2 and stats["dropped"]["band"] == 2
 
@@ -111,11 +112,11 @@ def test_ties_and_margin() -> None:
     ])
     out, stats = build_preferences(t)
     assert out["pmid"].to_pylist() == [2, 3] and stats["dropped"]["tie"] == 1
-    out, stats = build_preferences(t, PreferSettings(min_margin=0.01))
+    out, stats = build_preferences(t, PreferConfig(min_margin=0.01))
     assert out["pmid"].to_pylist() == [3]
     assert stats["dropped"]["tie"] == 1 and stats["dropped"]["margin"] == 1
     # exactly the margin is kept ("closer than the margin" is dropped)
-    out, _ = build_preferences(t, PreferSettings(min_margin=0.1 - 1e-12))
+    out, _ = build_preferences(t, PreferConfig(min_margin=0.1 - 1e-12))
     assert out["pmid"].to_pylist() == [3]
 
 
@@ -136,7 +137,7 @@ def test_fewer_than_two_nonempty_questions() -> None:
 def test_empty_questions_scores_do_not_count_for_tau() -> None:
     # the empty question's score (0.9) is not a score "of a question": tau looks at real ones
     t = table([(1, "a", "q1a?", 0.3), (1, "b", "q1b?", 0.1), (1, "c", "", 0.9)])
-    out, _ = build_preferences(t, PreferSettings(tau=0.5))
+    out, _ = build_preferences(t, PreferConfig(tau=0.5))
     assert out["pmid"].to_pylist() == [1]
 
 
@@ -153,7 +154,7 @@ def test_counts_add_up_and_cover_every_filter() -> None:
         (3, "a", "q?", 0.9), (3, "b", "r?", 0.1),
         (4, "a", "q?", 0.2), (4, "b", "r?", 0.2),
     ])
-    _, stats = build_preferences(t, PreferSettings(tau=0.5))
+    _, stats = build_preferences(t, PreferConfig(tau=0.5))
     assert set(stats["dropped"]) == set(FILTERS)
     assert stats["pmids"] == 4 and stats["input_rows"] == 7
     assert stats["kept"] + sum(stats["dropped"].values()) == stats["pmids"]
@@ -166,10 +167,14 @@ def test_missing_columns_is_an_input_error() -> None:
 
 
 def test_bad_settings() -> None:
-    with pytest.raises(InputError):
-        PreferSettings(band=(0.7, 0.2))
-    with pytest.raises(InputError):
-        PreferSettings(min_margin=-1)
+    with pytest.raises(ValidationError, match="LOW must be smaller than HIGH"):
+        PreferConfig(band=(0.7, 0.2))
+    with pytest.raises(ValidationError, match="min_margin"):
+        PreferConfig(min_margin=-1)
+    with pytest.raises(ValidationError, match="NaN"):
+        PreferConfig(tau=NAN)
+    with pytest.raises(ValidationError, match="extra"):
+        PreferConfig(taus=0.5)
     assert parse_tau("none") is None and parse_tau("0.4") == 0.4
     with pytest.raises(InputError):
         parse_tau("high")
@@ -182,7 +187,7 @@ def test_prefer_writes_hf_loadable_parquet_and_stats(tmp_path) -> None:
     src.mkdir()
     pq.write_table(t.slice(0, 2), src / "part-00000.parquet")
     pq.write_table(t.slice(2), src / "part-00001.parquet")
-    stats = prefer(src, tmp_path / "prefs", PreferSettings(tau=0.5))
+    stats = prefer(src, tmp_path / "prefs", PreferConfig(tau=0.5))
     saved = json.loads((tmp_path / "prefs" / STATS_FILE).read_text())
     assert saved["kept"] == 1 and saved["dropped"]["tau"] == 1 and stats == saved
     datasets = pytest.importorskip("datasets")
@@ -255,7 +260,7 @@ def test_invalid_rejected_pairs_a_valid_question_with_an_invalid_output() -> Non
          "no_question_mark", None, "no_abstract"])
     off, stats_off = build_preferences(t)
     assert sorted(off["pmid"].to_pylist()) == [2] and stats_off["validity_pairs"] == 0
-    out, stats = build_preferences(t, PreferSettings(invalid_rejected=True))
+    out, stats = build_preferences(t, PreferConfig(invalid_rejected=True))
     rows = pairs_by_pmid(out)
     assert sorted(rows) == [1, 2]
     assert rows[1]["chosen"] == "What drives tumour growth?"
@@ -266,7 +271,7 @@ def test_invalid_rejected_pairs_a_valid_question_with_an_invalid_output() -> Non
     assert stats["dropped"]["too_few_questions"] == 3
     # without the raw/reject_reason columns the option cannot apply
     plain, _ = build_preferences(t.drop_columns(["raw", "reject_reason"]),
-                                 PreferSettings(invalid_rejected=True))
+                                 PreferConfig(invalid_rejected=True))
     assert plain["pmid"].to_pylist() == [2]
 
 
@@ -278,12 +283,12 @@ def test_max_pairs_keeps_the_widest_margins_validity_pairs_first() -> None:
         (4, "a", "Q4a?", 0.20), (4, "b", None, None),     # validity pair
     ]), ["Q1a?", "Q1b?", "Q2a?", "Q2b?", "Q3a?", "Q3b?", "Q4a?", "rambling"],
         [None] * 7 + ["no_question_mark"])
-    out, stats = build_preferences(t, PreferSettings(invalid_rejected=True, max_pairs=2))
+    out, stats = build_preferences(t, PreferConfig(invalid_rejected=True, max_pairs=2))
     assert out["pmid"].to_pylist() == [2, 4]
     assert stats["kept"] == 2 and stats["dropped"]["max_pairs"] == 2
-    out, stats = build_preferences(t, PreferSettings(max_pairs=2))
+    out, stats = build_preferences(t, PreferConfig(max_pairs=2))
     assert out["pmid"].to_pylist() == [2, 3] and stats["dropped"]["max_pairs"] == 1
-    out, stats = build_preferences(t, PreferSettings(max_pairs=10))
+    out, stats = build_preferences(t, PreferConfig(max_pairs=10))
     assert out.num_rows == 3 and stats["dropped"]["max_pairs"] == 0
-    with pytest.raises(InputError, match="max-pairs"):
-        PreferSettings(max_pairs=0)
+    with pytest.raises(ValidationError, match="max_pairs"):
+        PreferConfig(max_pairs=0)

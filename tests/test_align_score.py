@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from kailin.align.prefer import PreferSettings, build_preferences
+from kailin.align.prefer import PreferConfig, build_preferences
 from kailin.align.score import ScoreStage, score_questions
 from kailin.align.sft import format_prompt
 from kailin.errors import InputError
@@ -168,7 +168,7 @@ def test_real_scores_prefer_real_questions(real_setup: dict) -> None:
     real, shuffled = np.nanmean(by_gen["real"]), np.nanmean(by_gen["shuffled"])
     assert 0 < shuffled < real <= 1
     # the real question wins most pairs
-    pairs, _ = build_preferences(t, PreferSettings(tau=None))
+    pairs, _ = build_preferences(t, PreferConfig(tau=None))
     chosen = pairs["chosen_generator"].to_pylist()
     assert chosen.count("real") > 0.5 * len(chosen)
     # a re-run costs nothing; the index docstore gives the same source MeSH as the corpus

@@ -57,3 +57,15 @@ def test_structured_logs(capsys: pytest.CaptureFixture[str]) -> None:
     assert rec["level"] == "INFO" and rec["logger"] == "kailin.run"
     assert rec["message"] == "[1/2] corpus: done in 1.2 s"
     logging.getLogger().handlers.clear()
+
+
+def test_set_overrides_keys_before_validation(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("run_dir: r\ncorpus: {demo: true, limit: 8}\n")
+    cfg, _ = load_config(cfg_file, ["steering.rounds=3", "corpus.limit=16",
+                                    "index.kind=dense", "corpus.select_mesh=[Neoplasms]"])
+    assert (cfg.steering.rounds, cfg.corpus.limit, cfg.index.kind) == (3, 16, "dense")
+    assert cfg.corpus.select_mesh == ["Neoplasms"]
+    for bad in ("steering.rounds", "steering.nonsense=1", "corpus.limit=0", "run_dir.x=1"):
+        with pytest.raises(InputError):
+            load_config(cfg_file, [bad])

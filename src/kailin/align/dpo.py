@@ -1,7 +1,7 @@
 """DPO of a question generator on MeSH preference pairs (KAILIN step 4).
 
-:class:`DPOSettings` holds the authors' run (``DPO/trl_dpo/dpo_llama2.py`` + ``run_dpo.sh``,
-METHOD 4.2) as defaults: beta 0.1; lr 5e-4 with a cosine schedule; 100 warmup steps; weight
+:meth:`DPOConfig.authors` (the defaults of ``kailin train dpo``) is the authors' run
+(``DPO/trl_dpo/dpo_llama2.py`` + ``run_dpo.sh``, METHOD 4.2): beta 0.1; lr 5e-4 with a cosine schedule; 100 warmup steps; weight
 decay 0.05; LoRA r 8 / alpha 16 / dropout 0.05 on q_proj, k_proj, v_proj; per-device batch 16 x
 gradient accumulation 4 (on 2 GPUs: 128 pairs per step); max_length 1024; 3 epochs; save every 50
 steps; seed 0. The reference model is the frozen base with the adapter disabled (TRL's behaviour
@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, ClassVar
 
 import pyarrow as pa
+from pydantic import Field
 
 from kailin.align.sft import RESUMABLE_CHANGES, fit_document
+from kailin.config import StageConfig
 from kailin.errors import InputError
 from kailin.io import read_parquet
 from kailin.train.common import (
@@ -44,33 +47,80 @@ from kailin.train.common import (
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class DPOSettings:
-    """DPO settings; defaults = the authors' run (see the module docstring)."""
+class DPOConfig(StageConfig):
+    """DPO settings: the ``dpo`` section of ``kailin run`` and the options of ``kailin train
+    dpo``. The defaults are the pipeline's (a few steps); :meth:`authors` (the defaults of
+    ``kailin train dpo``) is the authors' run, see the module docstring."""
 
-    model: str = "smollm2"
-    beta: float = 0.1
-    learning_rate: float = 5e-4
-    lr_scheduler: str = "cosine"
-    warmup_steps: int = 100
-    weight_decay: float = 0.05
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    batch_size: int = 16
-    grad_accum: int = 4
-    epochs: float = 3.0
-    max_steps: int = -1
-    max_length: int = 1024
-    max_chars: int | None = None
-    save_steps: int = 50
-    save_total_limit: int = 3
-    logging_steps: int = 10
-    seed: int = 0
-    max_pairs: int | None = None
+    added_fields: ClassVar[tuple[str, ...]] = (
+        "lora_alpha", "grad_accum", "weight_decay", "max_chars", "save_steps", "logging_steps",
+        "seed", "max_pairs")
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["lora"] = self.lora.to_dict()
-        return d
+    max_steps: int = Field(10, ge=1, description="training steps (unless epochs)")
+    batch_size: int = Field(2, ge=1, description="pairs per device and step")
+    learning_rate: float = Field(5e-4, description="peak learning rate (cosine schedule)")
+    warmup_steps: int | None = Field(None, ge=0, description="learning-rate warm-up steps "
+                                     "(default: a tenth of max_steps, rounded down)")
+    beta: float = Field(0.1, description="DPO beta (the authors': 0.1)")
+    max_length: int = Field(512, ge=32, description="tokens of prompt + answer (the prompt's "
+                            "abstract is cut to fit)")
+    epochs: float | None = Field(None, gt=0, description="train for this many passes over the "
+                                 "pairs instead of max_steps (warm-up: warmup_steps, default 0)")
+    lora_r: int = Field(8, ge=1, description="LoRA rank (the authors': 8)")
+    lora_alpha: int | None = Field(None, ge=1, description="LoRA alpha (default: 2 x lora_r, "
+                                   "the authors' 16)")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps (the authors': "
+                            "4)")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (the authors')")
+    max_chars: int | None = Field(None, ge=1, description="drop pairs whose prompt + answer "
+                                  "exceed N characters (the authors' filter: 1024)")
+    save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps (default: "
+                                   "a quarter of the steps, at least 10)")
+    logging_steps: int | None = Field(None, ge=1, description="log every N steps (default: a "
+                                      "twentieth of the steps, at least 1)")
+    seed: int = Field(0, description="training seed")
+    max_pairs: int | None = Field(None, ge=1, description="train on the first N pairs only")
+
+    @classmethod
+    def authors(cls, **overrides: Any) -> DPOConfig:
+        """The authors' run (``kailin train dpo``'s defaults): 3 epochs of batch 16 x 4, 100
+        warm-up steps, max_length 1024, a checkpoint every 50 steps."""
+        return cls(**{"epochs": 3.0, "batch_size": 16, "grad_accum": 4, "warmup_steps": 100,
+                      "max_length": 1024, "lora_alpha": 16, "save_steps": 50,
+                      "logging_steps": 10, **overrides})
+
+    def warmup(self) -> int:
+        """The warm-up steps: ``warmup_steps``, else a tenth of ``max_steps`` (0 with
+        ``epochs``)."""
+        if self.epochs is not None:
+            return self.warmup_steps or 0
+        return self.max_steps // 10 if self.warmup_steps is None else self.warmup_steps
+
+    def steps(self, n_pairs: int) -> int:
+        """Training steps on ``n_pairs`` pairs: ``max_steps``, or ``epochs`` passes."""
+        if self.epochs is None:
+            return self.max_steps
+        return max(1, math.ceil(self.epochs * n_pairs / (self.batch_size * self.grad_accum)))
+
+
+#: LoRA and schedule settings no config sets (the authors' values)
+LORA_DROPOUT, LR_SCHEDULER, SAVE_TOTAL_LIMIT = 0.05, "cosine", 3
+
+
+def _resolved(c: DPOConfig, model: str, n_pairs: int) -> dict[str, Any]:
+    """What the trainer gets (and what a finished run is recognised by): the config with the
+    steps, warm-up, checkpoint and logging intervals and LoRA alpha worked out."""
+    steps = c.steps(n_pairs)
+    lora = LoraSettings(r=c.lora_r, alpha=c.lora_alpha or 2 * c.lora_r, dropout=LORA_DROPOUT)
+    return {"model": model, "beta": c.beta, "learning_rate": c.learning_rate,
+            "lr_scheduler": LR_SCHEDULER, "warmup_steps": c.warmup(),
+            "weight_decay": c.weight_decay, "lora": lora.to_dict(), "batch_size": c.batch_size,
+            "grad_accum": c.grad_accum, "epochs": c.epochs or 1.0, "max_steps": steps,
+            "max_length": c.max_length, "max_chars": c.max_chars,
+            "save_steps": c.save_steps or max(steps // 4, 10),
+            "save_total_limit": SAVE_TOTAL_LIMIT,
+            "logging_steps": c.logging_steps or max(1, steps // 20), "seed": c.seed,
+            "max_pairs": c.max_pairs}
 
 
 def load_pairs(path: str | os.PathLike[str]) -> pa.Table:
@@ -94,7 +144,7 @@ def load_pairs(path: str | os.PathLike[str]) -> pa.Table:
     return t
 
 
-def _records(t: pa.Table, s: DPOSettings, tok: Any) -> list[dict[str, str]]:
+def _records(t: pa.Table, s: DPOConfig, tok: Any) -> list[dict[str, str]]:
     """Pairs as TRL records; the prompt's abstract is cut so prompt + answer fit max_length."""
     from kailin.align.sft import KAILIN_PROMPT
 
@@ -122,42 +172,45 @@ def _records(t: pa.Table, s: DPOSettings, tok: Any) -> list[dict[str, str]]:
 def train_dpo(
     pairs: str | os.PathLike[str] | pa.Table,
     out_dir: str | os.PathLike[str],
-    settings: DPOSettings | None = None,
+    config: DPOConfig | None = None,
     callbacks: list[Any] | None = None,
+    model: str = "smollm2",
 ) -> dict[str, Any]:
-    """DPO the generator ``settings.model`` on ``pairs``; resume from the last checkpoint; save
-    the adapter and the merged model. A finished run with the same settings returns at once."""
+    """DPO the generator ``model`` (a ``kailin train sft`` output, a checkpoint, a hub id or
+    'smollm2') on ``pairs`` with ``config``; resume from the last checkpoint; save the adapter
+    and the merged model. A finished run with the same settings returns at once."""
     require_training()
-    s = settings or DPOSettings()
+    c = config or DPOConfig()
     out = Path(out_dir)
     table = pairs if isinstance(pairs, pa.Table) else load_pairs(pairs)
-    if s.max_pairs:
-        table = table.slice(0, s.max_pairs)
-    cols = [c for c in ("prompt", "chosen", "rejected") if c in table.column_names]
-    sdict = s.to_dict() | {"n_pairs": table.num_rows,
-                           "data_digest": data_digest(table.select(cols).to_pylist())}
+    if c.max_pairs:
+        table = table.slice(0, c.max_pairs)
+    cols = [x for x in ("prompt", "chosen", "rejected") if x in table.column_names]
+    run = _resolved(c, model, table.num_rows)
+    sdict = run | {"n_pairs": table.num_rows,
+                   "data_digest": data_digest(table.select(cols).to_pylist())}
     if (done := finished_run(out, sdict)) is not None:
         return done
 
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig as TrlDPOConfig
+    from trl import DPOTrainer
 
     ckpt_dir = prepare_checkpoints(out, sdict, ignore=RESUMABLE_CHANGES)
 
-    tok = load_tokenizer(s.model)
-    records = _records(table, s, tok)
+    tok = load_tokenizer(model)
+    records = _records(table, c, tok)
     if not records:
         raise InputError("no usable preference pairs (empty texts, or none fits max_length)")
-    model = load_model(s.model)
-    cfg = DPOConfig(**training_args(s, ckpt_dir, s.learning_rate, s.warmup_steps,
-                                    beta=s.beta))
+    args = TrlDPOConfig(**training_args(SimpleNamespace(**run), ckpt_dir, c.learning_rate,
+                                        run["warmup_steps"], beta=c.beta))
     trainer = DPOTrainer(
-        model=model,
+        model=load_model(model),
         ref_model=None,
-        args=cfg,
+        args=args,
         train_dataset=Dataset.from_list(records),
         processing_class=tok,
-        peft_config=build_lora_config(s.lora),
+        peft_config=build_lora_config(LoraSettings(**run["lora"])),
         callbacks=callbacks,
     )
     resume = last_checkpoint(ckpt_dir)
@@ -168,7 +221,7 @@ def train_dpo(
     meta = {
         "kind": "dpo",
         "settings": sdict,
-        "base_model": s.model,
+        "base_model": model,
         "n_records": len(records),
         "resumed_from": resume,
         "global_step": trainer.state.global_step,

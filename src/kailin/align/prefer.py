@@ -42,13 +42,14 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 import pyarrow as pa
+from pydantic import Field, field_validator
 
+from kailin.config import StageConfig
 from kailin.errors import InputError
 from kailin.io import duckdb_table, read_parquet, write_json_atomic, write_parquet_atomic
 
@@ -61,34 +62,47 @@ PREFERENCES_FILE = Path("data") / "train.parquet"
 STATS_FILE = "prefer_stats.json"
 
 
-@dataclass(frozen=True)
-class PreferSettings:
-    """Filter settings; see the module docstring for the exact rules."""
+class PreferConfig(StageConfig):
+    """Which pairs to keep: the options of ``kailin prefer`` (``kailin.align.prefer``, whose
+    docstring gives the exact rules), the ``preferences`` section of ``kailin run``."""
 
-    tau: float | None = None
-    band: tuple[float, float] | None = None
-    min_margin: float = 0.0
-    invalid_rejected: bool = False
-    max_pairs: int | None = None
+    tau: float | None = Field(None, description="keep a PMID only when "
+                              "every score <= tau (the authors' filter, 0.5 on the paper's "
+                              "scale: use it with mesh.faithful; off by default)")
+    band: tuple[float, float] | None = Field(None, description="LOW HIGH: keep only PMIDs whose "
+                                             "scores all lie strictly inside")
+    min_margin: float = Field(0.0, ge=0, description="drop a PMID whose "
+                              "chosen and rejected scores are closer than this")
+    labeller: Literal["mesh", "evaluator"] = Field(
+        "mesh", description="mesh: rank by the MeSH score; evaluator: rank by the trained "
+        "m-KAILIN evaluator agent (the pipeline's evaluator stage, kailin prefer --evaluator)")
+    invalid_rejected: bool = Field(False, description="a PMID with one valid question and an "
+                                   "output the extractor rejected makes a (valid, invalid raw "
+                                   "output) pair, so DPO learns to avoid invalid outputs")
+    max_pairs: int | None = Field(None, ge=1, description="keep only the pairs with the widest "
+                                  "score margins (validity pairs first)")
 
-    def __post_init__(self) -> None:
-        if self.tau is not None and math.isnan(self.tau):
-            raise InputError("tau must be a number or None, not NaN")
-        if self.band is not None:
-            lo, hi = self.band
-            if not lo < hi:
-                raise InputError(f"--band {lo} {hi}: LOW must be smaller than HIGH")
-        if self.min_margin < 0 or math.isnan(self.min_margin):
-            raise InputError(f"--min-margin {self.min_margin}: must be >= 0")
-        if self.max_pairs is not None and self.max_pairs < 1:
-            raise InputError(f"--max-pairs {self.max_pairs}: must be >= 1")
+    @field_validator("tau", "min_margin")
+    @classmethod
+    def _not_nan(cls, v: float | None) -> float | None:
+        if v is not None and math.isnan(v):
+            raise ValueError("must be a number, not NaN")
+        return v
+
+    @field_validator("band")
+    @classmethod
+    def _band(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(f"band {v[0]} {v[1]}: LOW must be smaller than HIGH")
+        return v
 
 
 def build_preferences(
-    scores: pa.Table, settings: PreferSettings | None = None, source: str = "scores"
+    scores: pa.Table, settings: PreferConfig | None = None, source: str = "scores"
 ) -> tuple[pa.Table, dict[str, Any]]:
-    """Apply the rules to a scores table; return (pairs table, stats dict)."""
-    s = settings or PreferSettings()
+    """Apply the rules to a scores table (ranked by its ``score`` column, whatever
+    ``settings.labeller``: :func:`prefer` relabels); return (pairs table, stats dict)."""
+    s = settings or PreferConfig()
     missing = [c for c in REQUIRED_COLUMNS if c not in scores.column_names]
     if missing:
         raise InputError(
@@ -211,23 +225,34 @@ def _add_validity_pairs(con: duckdb.DuckDBPyConnection, scores: pa.Table) -> Non
 def prefer(
     scores_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
-    settings: PreferSettings | None = None,
+    settings: PreferConfig | None = None,
     scores: pa.Table | None = None,
+    evaluator: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Read a scores Parquet file/directory, build pairs, write them and the stats.
 
-    ``scores`` may be given directly (e.g. relabelled by the evaluator); ``scores_path`` is then
-    used only in messages.
+    With ``settings.labeller == "evaluator"`` the questions are ranked by the evaluator agent in
+    ``evaluator`` (``kailin train evaluator``, the pipeline's evaluator stage) instead of the
+    MeSH score. ``scores`` may be given directly (already relabelled, say); ``scores_path`` is
+    then used only in messages.
     """
+    s = settings or PreferConfig()
     if scores is None:
         try:
             scores = read_parquet(scores_path)
         except FileNotFoundError as exc:
             raise InputError(f"{exc}; give the output of `kailin score`") from exc
-    table, stats = build_preferences(scores, settings, source=str(scores_path))
+        if s.labeller == "evaluator":
+            if evaluator is None:
+                raise InputError("labeller evaluator needs the evaluator directory "
+                                 "(`kailin train evaluator`; kailin prefer --evaluator DIR)")
+            from kailin.align.evaluator import relabel_scores
+
+            scores = relabel_scores(scores, evaluator)
+    table, stats = build_preferences(scores, s, source=str(scores_path))
     out = Path(out_dir)
     write_parquet_atomic(table, out / PREFERENCES_FILE)
-    stats["settings"].update({k: v for k, v in asdict(settings or PreferSettings()).items()
+    stats["settings"].update({k: v for k, v in s.model_dump(mode="json").items()
                               if k not in stats["settings"]})
     stats["output"] = str(out / PREFERENCES_FILE)
     write_json_atomic(out / STATS_FILE, stats)

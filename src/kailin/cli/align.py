@@ -88,26 +88,18 @@ def prefer(
 ) -> None:
     """Build DPO pairs: per PMID chosen = best-scored question, rejected = worst, after the
     tau / band / margin filters. Writes OUT/data/train.parquet and OUT/prefer_stats.json."""
-    from kailin.align.prefer import PreferSettings, parse_tau
+    from kailin.align.prefer import PreferConfig, parse_tau
     from kailin.align.prefer import prefer as run_prefer
+    from kailin.config import from_options
 
-    scores_table = None
-    tau_value = parse_tau(tau) if tau is not None else None
-    if labeller == "evaluator":
-        if evaluator is None:
-            raise InputError("--labeller evaluator needs --evaluator DIR (`kailin train evaluator`)")
-        from kailin.align.evaluator import relabel_scores
-        from kailin.io import read_parquet
-
-        scores_table = relabel_scores(read_parquet(scores), evaluator)
-        if tau is None:  # the MeSH threshold means nothing on evaluator scores
-            tau_value = None
-    elif labeller != "mesh":
+    if labeller not in ("mesh", "evaluator"):
         raise InputError(f"--labeller {labeller!r}: choose 'mesh' or 'evaluator'")
-    settings = PreferSettings(tau=tau_value, band=tuple(band) if band else None,
-                              min_margin=min_margin, invalid_rejected=invalid_rejected,
-                              max_pairs=max_pairs)
-    stats = run_prefer(scores, out, settings, scores=scores_table)
+    if labeller == "evaluator" and evaluator is None:
+        raise InputError("--labeller evaluator needs --evaluator DIR (`kailin train evaluator`)")
+    settings = from_options(PreferConfig, tau=parse_tau(tau), band=band, min_margin=min_margin,
+                            labeller=labeller, invalid_rejected=invalid_rejected,
+                            max_pairs=max_pairs)
+    stats = run_prefer(scores, out, settings, evaluator=evaluator)
     typer.echo(f"{stats['kept']} of {stats['pmids']} PMIDs kept -> {stats['output']}")
     for name, n in stats["dropped"].items():
         typer.echo(f"  dropped by {name}: {n}")

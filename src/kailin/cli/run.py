@@ -21,13 +21,16 @@ def run(
     executor: str | None = typer.Option(None, "--executor", help="Override executor.kind: "
                                         "local or ray."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config key, KEY=VALUE "
+                                        "(repeatable; dotted keys, YAML values): --set "
+                                        "steering.rounds=1 --set index.kind=dense."),
 ) -> None:
     """Run the pipeline: stages whose key (settings, inputs, code) is unchanged are skipped, the
     others re-run, with everything downstream; a killed run resumes. One run per run folder."""
     from kailin.pipeline.config import load_config
     from kailin.pipeline.stages import run_config
 
-    cfg, base = load_config(config)
+    cfg, base = load_config(config, overrides)
     if executor:
         cfg.executor.kind = executor  # type: ignore[assignment]
     manifest = run_config(cfg, base, run_dir=out.resolve() if out else None,
@@ -61,6 +64,8 @@ def status(
     config: Path | None = typer.Option(None, "--config", help="Compare with this config "
                                        "(default: the config the run was made with)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    overrides: list[str] = typer.Option([], "--set", help="With --config: override a key, "
+                                        "KEY=VALUE (repeatable), as kailin run --set."),
 ) -> None:
     """Each stage of a run: done, stale (which input or setting changed), missing, running or
     failed, with counts and timings."""
@@ -73,7 +78,7 @@ def status(
 
     manifest = run_dir / "manifest.json"
     if config is not None:
-        cfg, base = load_config(config)
+        cfg, base = load_config(config, overrides)
     elif manifest.is_file():
         m = json.loads(manifest.read_text())
         cfg, base = RunConfig.model_validate(m["config"]), Path(m.get("base_dir") or run_dir)

@@ -84,15 +84,17 @@ def dpo(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """DPO of a question generator with LoRA (defaults: the authors' run), resumable."""
-    from kailin.align.dpo import DPOSettings, train_dpo
-    from kailin.train.common import LoraSettings
+    from kailin.align.dpo import DPOConfig, train_dpo
+    from kailin.config import from_options
 
-    s = DPOSettings(model=model, beta=beta, learning_rate=lr, warmup_steps=warmup_steps,
-                    weight_decay=weight_decay, lora=LoraSettings(r=lora_r, alpha=lora_alpha),
-                    epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                    grad_accum=grad_accum, max_length=max_length, max_chars=max_chars,
-                    save_steps=save_steps, max_pairs=max_pairs, seed=seed)
-    meta = train_dpo(pairs, out, s)
+    # --max-steps N > 0 replaces the epochs (the trainer's rule), else --epochs passes
+    steps = {"max_steps": max_steps, "epochs": None} if max_steps > 0 else {"epochs": epochs}
+    c = from_options(DPOConfig, beta=beta, learning_rate=lr, warmup_steps=warmup_steps,
+                     weight_decay=weight_decay, lora_r=lora_r, lora_alpha=lora_alpha,
+                     batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
+                     max_chars=max_chars, save_steps=save_steps, logging_steps=10,
+                     max_pairs=max_pairs, seed=seed, **steps)
+    meta = train_dpo(pairs, out, c, model=model)
     typer.echo(f"DPO -> {out}/model: {_summary(meta)}")
 
 

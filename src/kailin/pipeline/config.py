@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from kailin.align.dpo import DPOConfig as LibDPOConfig
+from kailin.align.prefer import PreferConfig
 from kailin.errors import InputError
 
 
@@ -180,34 +182,14 @@ class GenerationConfig(_Section):
         "or AMX (docs/llm.md), with greedy text that can differ from float32's")
 
 
-class PreferenceConfig(_Section):
-    tau: float | None = Field(None, description="keep a PMID only when every score <= tau "
-                              "(the authors' filter, 0.5 on the paper's scale: use it with "
-                              "mesh.faithful; off by default)")
-    band: tuple[float, float] | None = None
-    min_margin: float = Field(0.0, ge=0)
-    labeller: Literal["mesh", "evaluator"] = "mesh"
-    invalid_rejected: bool = Field(False, description="a PMID with one valid question and an "
-                                   "output the extractor rejected makes a (valid, invalid raw "
-                                   "output) pair, so DPO learns to avoid invalid outputs")
-    max_pairs: int | None = Field(None, ge=1, description="keep only the pairs with the widest "
-                                  "score margins (validity pairs first)")
+class DPOConfig(LibDPOConfig):
+    """The ``dpo`` stage: the settings of ``kailin train dpo`` (``kailin.align.dpo.DPOConfig``,
+    whose defaults these are; the command's are the authors' run) and which generator to
+    align. Save, logging and warm-up intervals follow the steps unless set."""
 
-
-class DPOConfig(_Section):
-    enabled: bool = True
+    enabled: bool = Field(True, description="run the dpo stage")
     generator: str | None = Field(None, description="which generator to align (default: the "
                                   "first)")
-    max_steps: int = Field(10, ge=1)
-    batch_size: int = Field(2, ge=1)
-    learning_rate: float = 5e-4
-    warmup_steps: int | None = Field(None, ge=0, description="learning-rate warm-up steps "
-                                     "(default: a tenth of max_steps, rounded down)")
-    beta: float = 0.1
-    max_length: int = Field(512, ge=32)
-    epochs: float | None = Field(None, gt=0, description="train for this many passes over the "
-                                 "pairs instead of max_steps (warm-up: warmup_steps, default 0)")
-    lora_r: int = Field(8, ge=1, description="LoRA rank (the authors': 8)")
 
     @model_validator(mode="after")
     def _warmup(self) -> DPOConfig:
@@ -215,11 +197,6 @@ class DPOConfig(_Section):
             raise ValueError(f"warmup_steps {self.warmup_steps} must be below max_steps "
                              f"{self.max_steps} (the learning rate would never leave warm-up)")
         return self
-
-    def warmup(self) -> int:
-        if self.epochs is not None:
-            return self.warmup_steps or 0
-        return self.max_steps // 10 if self.warmup_steps is None else self.warmup_steps
 
 
 class SteeringConfig(_Section):
@@ -320,7 +297,7 @@ class RunConfig(_Section):
         default_factory=lambda: [GeneratorConfig(name="general"),
                                  GeneratorConfig(name="yesno", question_type="yesno")])
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    preferences: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    preferences: PreferConfig = Field(default_factory=PreferConfig)
     dpo: DPOConfig = Field(default_factory=DPOConfig)
     steering: SteeringConfig = Field(default_factory=SteeringConfig)
     evaluator: EvaluatorConfig = Field(default_factory=EvaluatorConfig)
@@ -369,8 +346,34 @@ class RunConfig(_Section):
         return self
 
 
-def load_config(path: str | Path) -> tuple[RunConfig, Path]:
-    """Parse and validate a config file (safe YAML loader); returns it and its folder."""
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Set ``KEY=VALUE`` overrides (``steering.rounds=1``, ``index.kind=dense``) on a raw config
+    mapping: the dotted key names nested sections, the value is read as YAML (safe loader), so
+    ``1`` is a number, ``[a, b]`` a list and ``null`` unsets. Validation happens afterwards, so an
+    unknown key or a bad value is rejected like one in the file."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise InputError(f"--set {item!r}: give KEY=VALUE, e.g. steering.rounds=1")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise InputError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise InputError(f"--set {item!r}: {part} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+                ) -> tuple[RunConfig, Path]:
+    """Parse and validate a config file (safe YAML loader), with ``KEY=VALUE`` overrides
+    (:func:`apply_overrides`); returns it and its folder."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such config file")
@@ -380,6 +383,7 @@ def load_config(path: str | Path) -> tuple[RunConfig, Path]:
         raise InputError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise InputError(f"{path}: the config must be a mapping of sections")
+    apply_overrides(raw, overrides)
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as exc:

@@ -37,11 +37,15 @@ from typing import Any, Literal
 import kailin
 from kailin.errors import InputError
 from kailin.io import write_json_atomic
-from kailin.pipeline.config import RunConfig
 from kailin.pipeline.keys import FileDigests, changed_settings, digest
 from kailin.pipeline.lock import read_lock, run_lock
 
 log = logging.getLogger("kailin.run")
+
+#: the run's config: :class:`kailin.pipeline.config.RunConfig` for the standard stages (which
+#: import the library's settings classes, so this bottom layer does not name it); the engine
+#: reads only ``executor`` (kind, rows_per_shard, Ray options), ``run_dir`` and ``model_dump``
+ConfigLike = Any
 KEY_STAMP = "_kailin_key.json"
 
 
@@ -50,10 +54,10 @@ class StageSpec:
     name: str
     fn: Callable[[RunContext], dict]
     #: the config values this stage reads, as ``{section: values}``
-    settings: Callable[[RunConfig], Any]
+    settings: Callable[[ConfigLike], Any]
     #: stages whose outputs this stage reads
     inputs: list[str] = field(default_factory=list)
-    enabled: Callable[[RunConfig], bool] = lambda cfg: True
+    enabled: Callable[[ConfigLike], bool] = lambda cfg: True
     #: what the stage writes, relative to the run folder
     outputs: list[str] = field(default_factory=list)
     #: how a re-run treats existing outputs: ``self`` (the stage keys its own parts: shard
@@ -62,7 +66,7 @@ class StageSpec:
     #: folders removed before the stage runs)
     mode: Literal["self", "resume", "replace"] = "replace"
     #: input files outside the run folder, keyed by content
-    files: Callable[[RunConfig, Path], list[Path]] | None = None
+    files: Callable[[ConfigLike, Path], list[Path]] | None = None
     #: bump when the stage's code changes what it writes
     code: str = "1"
 
@@ -80,7 +84,7 @@ class StagePlan:
 
 @dataclass
 class RunContext:
-    cfg: RunConfig
+    cfg: ConfigLike
     run_dir: Path
     base_dir: Path
     progress: bool = True
@@ -163,7 +167,7 @@ def _check_names(specs: list[StageSpec], names: set[str], option: str) -> None:
                          + ", ".join(s.name for s in specs))
 
 
-def plan_run(cfg: RunConfig, base_dir: Path, run_dir: Path, specs: list[StageSpec],
+def plan_run(cfg: ConfigLike, base_dir: Path, run_dir: Path, specs: list[StageSpec],
              force: set[str] = frozenset(), digests: FileDigests | None = None
              ) -> list[StagePlan]:
     """Every stage's key now, and whether its outputs in ``run_dir`` are done, stale (and why)
@@ -241,7 +245,7 @@ def _prepare_outputs(ctx: RunContext, spec: StageSpec, key: str) -> None:
             write_json_atomic(stamp, {"stage": spec.name, "key": key})
 
 
-def run_pipeline(cfg: RunConfig, base_dir: Path, run_dir: Path | None = None,
+def run_pipeline(cfg: ConfigLike, base_dir: Path, run_dir: Path | None = None,
                  stages: list[StageSpec] | None = None, only: list[str] | None = None,
                  progress: bool = True, force: list[str] | None = None,
                  from_stage: str | None = None) -> dict:
@@ -268,7 +272,7 @@ def run_pipeline(cfg: RunConfig, base_dir: Path, run_dir: Path | None = None,
         return _run_locked(cfg, base_dir, run_dir, specs, only, progress, force_set)
 
 
-def _run_locked(cfg: RunConfig, base_dir: Path, run_dir: Path, specs: list[StageSpec],
+def _run_locked(cfg: ConfigLike, base_dir: Path, run_dir: Path, specs: list[StageSpec],
                 only: list[str] | None, progress: bool, force: set[str]) -> dict:
     ctx = RunContext(cfg, run_dir, Path(base_dir).resolve(), progress=progress)
     plans = plan_run(cfg, ctx.base_dir, run_dir, specs, force=force)
@@ -341,7 +345,7 @@ def _run_locked(cfg: RunConfig, base_dir: Path, run_dir: Path, specs: list[Stage
     return manifest
 
 
-def run_status(run_dir: str | Path, cfg: RunConfig | None = None, base_dir: Path | None = None,
+def run_status(run_dir: str | Path, cfg: ConfigLike | None = None, base_dir: Path | None = None,
                stages: list[StageSpec] | None = None) -> list[dict]:
     """One row per stage: ``status`` done / stale (``reasons``: which input or setting changed)
     / missing / running / failed / disabled, with seconds, counts and shard progress.

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from kailin.errors import KailinError
 from kailin.io import duckdb_table, read_parquet, write_json_atomic, write_parquet_atomic
-from kailin.pipeline.config import PreferenceConfig, RunConfig
+from kailin.pipeline.config import RunConfig
 from kailin.pipeline.keys import digest, table_digest
 from kailin.pipeline.run import RunContext, StageSpec, run_pipeline
 
@@ -450,26 +450,13 @@ def evaluator_stage(ctx: RunContext) -> dict:
     return {k: v for k, v in res.items() if isinstance(v, int | float | str)}
 
 
-def _prefer_settings(p: PreferenceConfig) -> Any:
-    """The :class:`kailin.align.prefer.PreferSettings` of a ``preferences`` section (built here,
-    not in the config module, so that the pipeline's bottom layer imports no stage)."""
-    from kailin.align.prefer import PreferSettings
-
-    return PreferSettings(tau=p.tau, band=p.band, min_margin=p.min_margin,
-                          invalid_rejected=p.invalid_rejected, max_pairs=p.max_pairs)
-
-
 def prefer_stage(ctx: RunContext) -> dict:
+    """``kailin prefer`` with the ``preferences`` section (labeller evaluator: ranked by the
+    evaluator stage's agent)."""
     from kailin.align.prefer import prefer
 
-    p = ctx.cfg.preferences
-    scores = None
-    if p.labeller == "evaluator":
-        from kailin.align.evaluator import relabel_scores
-
-        scores = relabel_scores(read_parquet(ctx.path("scores")), ctx.path("evaluator"))
-    stats = prefer(ctx.path("scores"), ctx.path("preferences"),
-                   _prefer_settings(p), scores=scores)
+    stats = prefer(ctx.path("scores"), ctx.path("preferences"), ctx.cfg.preferences,
+                   evaluator=ctx.path("evaluator"))
     return _flat({k: v for k, v in stats.items() if k not in ("settings", "output")})
 
 
@@ -488,28 +475,10 @@ def dpo_stage(ctx: RunContext) -> dict:
 
         raise KailinError("dpo: the preference stage kept no pairs; loosen preferences.tau / "
                           "band / min_margin or distil more abstracts (corpus.limit)")
-    meta = train_dpo(pairs, ctx.path("models", f"{gen}-dpo"),
-                     dpo_settings(ctx.cfg, generator_model(ctx, gen), pairs.num_rows))
+    meta = train_dpo(pairs, ctx.path("models", f"{gen}-dpo"), ctx.cfg.dpo,
+                     model=generator_model(ctx, gen))
     return {"pairs": pairs.num_rows,
             **{k: meta[k] for k in ("train_loss", "steps") if k in meta}}
-
-
-def dpo_settings(cfg: RunConfig, model: str, n_pairs: int) -> Any:
-    """The DPO settings of the config for ``model`` on ``n_pairs`` pairs (``dpo.epochs``, when
-    set, replaces ``max_steps``)."""
-    import math
-
-    from kailin.align.dpo import DPOSettings
-    from kailin.train.common import LoraSettings
-
-    d = cfg.dpo
-    steps = (max(1, math.ceil(d.epochs * n_pairs / d.batch_size)) if d.epochs is not None
-             else d.max_steps)
-    return DPOSettings(model=model, beta=d.beta, learning_rate=d.learning_rate,
-                       warmup_steps=d.warmup(), batch_size=d.batch_size, grad_accum=1,
-                       max_steps=steps, max_length=d.max_length, save_steps=max(steps // 4, 10),
-                       logging_steps=max(1, steps // 20), lora=LoraSettings(r=d.lora_r,
-                                                                             alpha=2 * d.lora_r))
 
 
 def generator_eval_stage(ctx: RunContext) -> dict:
@@ -588,8 +557,8 @@ def steering_stage(ctx: RunContext) -> dict:
     held = read_parquet(ctx.path("corpus", "heldout.parquet"),
                         columns=["pmid", "title", "abstract", "mesh_uis"])
     root = ctx.path("steering")
-    p = cfg.preferences
-    prefer_settings = _prefer_settings(p)
+    # later rounds relabel the policy's samples with the primary (MeSH) scorer
+    prefer_settings = cfg.preferences.model_copy(update={"labeller": "mesh"})
     key = ctx.key
 
     def run(stage, src, out: Path, tag: str) -> None:
@@ -631,8 +600,7 @@ def steering_stage(ctx: RunContext) -> dict:
             if pairs.num_rows == 0:
                 raise KailinError(f"steering round {r}: no preference pairs left; the policy's "
                                   "two samples tie (raise steering.sample_temperature)")
-            meta = train_dpo(pairs, rdir / "dpo",
-                             dpo_settings(cfg, models["dpo"][-1], pairs.num_rows))
+            meta = train_dpo(pairs, rdir / "dpo", cfg.dpo, model=models["dpo"][-1])
             models["dpo"].append(str(rdir / "dpo" / "model"))
             trainings[f"dpo.round{r}"] = {"pairs": pairs.num_rows,
                                           "curve": dpo_curve(meta.get("log_history", []))}
@@ -644,7 +612,7 @@ def steering_stage(ctx: RunContext) -> dict:
             shuffled, flipped = shuffle_pairs(pairs, seed=st.seed + r)
             sdir = root / f"round{r}" / "dpo_shuffled"
             start = models["dpo_shuffled"][-1] if models["dpo_shuffled"] else base_model
-            meta = train_dpo(shuffled, sdir, dpo_settings(cfg, start, shuffled.num_rows))
+            meta = train_dpo(shuffled, sdir, cfg.dpo, model=start)
             models["dpo_shuffled"].append(str(sdir / "model"))
             trainings[f"dpo_shuffled.round{r}"] = {
                 "pairs": shuffled.num_rows, "swapped": flipped,
@@ -731,14 +699,19 @@ def steering_stage(ctx: RunContext) -> dict:
 def _run_info(ctx: RunContext) -> dict:
     import os
     import platform
+    import shlex
+    import sys
     from datetime import datetime, timezone
 
     import kailin
 
-    return {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
-                       f"Python {platform.python_version()}",
-            "kailin": kailin.__version__, "run_dir": str(ctx.run_dir),
-            "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    out = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}, "
+                      f"Python {platform.python_version()}",
+           "kailin": kailin.__version__, "run_dir": str(ctx.run_dir),
+           "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if sys.argv and Path(sys.argv[0]).name == "kailin":  # the command line, --set included
+        out["command"] = shlex.join(["kailin", *sys.argv[1:]])
+    return out
 
 
 def _downstream_summary(ctx: RunContext) -> dict:

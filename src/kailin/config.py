@@ -1,0 +1,54 @@
+"""The base of every stage's settings class: one pydantic model per stage, kept in the library
+module that uses it (``kailin.align.prefer.PreferConfig`` beside ``prefer``, in the style of trl's
+``DPOConfig`` beside ``DPOTrainer``). The library function takes the object, the CLI command
+builds it from its options (:func:`from_options`), and the ``kailin run`` YAML section *is* the
+class (``kailin.pipeline.config.RunConfig``), so the three call the same function with the same
+object. Pure pydantic: loading a config imports no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer
+
+from kailin.errors import InputError
+
+C = TypeVar("C", bound=BaseModel)
+
+
+class StageConfig(BaseModel):
+    """Settings of one stage: unknown keys are errors (a typo must not fall back to a default).
+
+    ``added_fields`` names the fields a section gained after runs had been keyed on its dump
+    (``kailin run`` hashes ``model_dump`` of the sections it reads): they are left out of the
+    dump while they hold their default, so that a run made before they existed keeps its keys,
+    and they change the dump, hence the keys, as soon as they are set to something else."""
+
+    model_config = ConfigDict(extra="forbid")
+    added_fields: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _leave_out_added_defaults(self, handler: Any) -> Any:
+        out = handler(self)
+        if self.added_fields and isinstance(out, dict):
+            fields = type(self).model_fields
+            for name in self.added_fields:
+                if name in out and getattr(self, name) == fields[name].get_default(
+                        call_default_factory=True):
+                    del out[name]
+        return out
+
+
+def from_options(cls: type[C], **options: Any) -> C:
+    """``cls(**options)`` for a CLI command: a value the schema rejects is an :class:`InputError`
+    naming the option (``--min-margin``), not a traceback."""
+    try:
+        return cls(**options)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"] if not isinstance(x, int))
+            opt = f"--{loc.replace('_', '-')}: " if loc else ""
+            lines.append(f"{opt}{err['msg'].removeprefix('Value error, ')}")
+        raise InputError("; ".join(lines)) from None

@@ -1,0 +1,128 @@
+"""One settings class per stage (issue 14.3): the library function, the CLI command and the
+``kailin run`` stage take the same pydantic object, so the three cannot drift."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from kailin.align.dpo import DPOConfig
+from kailin.align.prefer import PREFERENCES_FILE, STATS_FILE, PreferConfig, prefer
+from kailin.cli.main import app
+from kailin.config import StageConfig
+from kailin.errors import InputError
+from kailin.pipeline.config import RunConfig
+from kailin.pipeline.run import RunContext
+
+
+def test_run_config_sections_are_the_library_classes() -> None:
+    cfg = RunConfig()
+    assert type(cfg.preferences) is PreferConfig
+    assert isinstance(cfg.dpo, DPOConfig)
+    # the pipeline's dpo section only adds what the pipeline alone knows
+    extra = set(type(cfg.dpo).model_fields) - set(DPOConfig.model_fields)
+    assert extra == {"enabled", "generator"}
+    for cls in (PreferConfig, DPOConfig):
+        assert issubclass(cls, StageConfig) and cls.model_config["extra"] == "forbid"
+        assert all(f.description for f in cls.model_fields.values()), cls
+
+
+def test_added_fields_stay_out_of_the_dump_until_set() -> None:
+    """Settings the dpo section gained keep the keys of runs made before them."""
+    dump = RunConfig().dpo.model_dump()
+    assert set(dump) == {"enabled", "generator", "max_steps", "batch_size", "learning_rate",
+                         "warmup_steps", "beta", "max_length", "epochs", "lora_r"}
+    cfg = RunConfig.model_validate({"dpo": {"seed": 3, "grad_accum": 2}})
+    assert cfg.dpo.model_dump()["seed"] == 3 and cfg.dpo.model_dump()["grad_accum"] == 2
+    assert RunConfig.model_validate(cfg.model_dump(mode="json")) == cfg
+
+
+def _scores(path: Path) -> Path:
+    rows = [(1, "a", "q1a?", 0.3), (1, "b", "q1b?", 0.1), (2, "a", "q2a?", 0.9),
+            (2, "b", "q2b?", 0.1), (3, "a", "q3a?", 0.3), (3, "b", "q3b?", 0.29),
+            (4, "a", "q4a?", 0.6), (4, "b", "q4b?", 0.2)]
+    pq.write_table(pa.table({"pmid": [r[0] for r in rows], "generator": [r[1] for r in rows],
+                             "prompt": [f"abstract {r[0]}" for r in rows],
+                             "question": [r[2] for r in rows],
+                             "score": [r[3] for r in rows]}), path)
+    return path
+
+
+def test_prefer_library_cli_and_pipeline_give_the_same_output(tmp_path: Path) -> None:
+    scores = _scores(tmp_path / "scores.parquet")
+    c = PreferConfig(band=(0.05, 0.95), min_margin=0.05, max_pairs=2)
+    lib = prefer(scores, tmp_path / "lib", c)
+    res = CliRunner().invoke(app, ["prefer", str(scores), "--out", str(tmp_path / "cli"),
+                                   "--band", "0.05", "0.95", "--min-margin", "0.05",
+                                   "--max-pairs", "2"])
+    assert res.exit_code == 0, res.output
+    # the pipeline's section from YAML values, through the stage function
+    cfg = RunConfig.model_validate({"preferences": {"band": [0.05, 0.95], "min_margin": 0.05,
+                                                    "max_pairs": 2}})
+    assert cfg.preferences == c
+    run = tmp_path / "run"
+    (run / "scores").mkdir(parents=True)
+    pq.write_table(pq.read_table(scores), run / "scores" / "part-00000.parquet")
+    from kailin.pipeline.stages import prefer_stage
+
+    prefer_stage(RunContext(cfg, run, tmp_path))
+    for out in (tmp_path / "cli", run / "preferences"):
+        assert pq.read_table(out / PREFERENCES_FILE).equals(
+            pq.read_table(tmp_path / "lib" / PREFERENCES_FILE))
+        stats = json.loads((out / STATS_FILE).read_text())
+        assert stats["settings"] == lib["settings"] and stats["dropped"] == lib["dropped"]
+    assert lib["kept"] == 2 and lib["settings"]["labeller"] == "mesh"
+
+
+def test_prefer_cli_rejects_what_the_schema_rejects(tmp_path: Path) -> None:
+    scores = _scores(tmp_path / "scores.parquet")
+    res = CliRunner().invoke(app, ["prefer", str(scores), "--out", str(tmp_path / "o"),
+                                   "--band", "0.9", "0.1"])
+    assert isinstance(res.exception, InputError)
+    assert str(res.exception) == "--band: band 0.9 0.1: LOW must be smaller than HIGH"
+
+
+def test_dpo_cli_and_pipeline_call_train_dpo_with_the_config(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    import kailin.align.dpo as dpo
+
+    calls: list[dict[str, Any]] = []
+
+    def fake(pairs: Any, out_dir: Any, config: Any = None, callbacks: Any = None,
+             model: str = "smollm2") -> dict:
+        calls.append({"config": config, "model": model, "out": Path(out_dir)})
+        return {"train_loss": 0.5, "global_step": 1, "steps": 1, "seconds": 0.1}
+
+    monkeypatch.setattr(dpo, "train_dpo", fake)
+    res = CliRunner().invoke(app, ["train", "dpo", str(tmp_path / "pairs"), "--out",
+                                   str(tmp_path / "o"), "--model", "m", "--max-steps", "7",
+                                   "--batch-size", "3", "--lora-r", "4", "--seed", "5"])
+    assert res.exit_code == 0, res.output
+    cli = calls[-1]["config"]
+    assert type(cli) is DPOConfig and calls[-1]["model"] == "m"
+    assert cli == DPOConfig.authors(max_steps=7, epochs=None, batch_size=3, lora_r=4, seed=5)
+
+    # the same values as a YAML section: the library fields are the same object's
+    section = cli.model_dump()
+    cfg = RunConfig.model_validate({
+        "dpo": section | {"warmup_steps": 1},
+        "generators": [{"name": "g", "sft": {"enabled": False}, "model": "m"},
+                       {"name": "h", "sft": {"enabled": False}}]})
+    assert cfg.dpo.model_dump(exclude={"enabled", "generator", "warmup_steps"}) == \
+        cli.model_dump(exclude={"warmup_steps"})
+    run = tmp_path / "run"
+    prefs = run / "preferences" / PREFERENCES_FILE
+    prefs.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"prompt": ["p"], "chosen": ["a?"], "rejected": ["b?"]}), prefs)
+    from kailin.pipeline.stages import dpo_stage
+
+    out = dpo_stage(RunContext(cfg, run, tmp_path))
+    assert calls[-1]["config"] is cfg.dpo and calls[-1]["model"] == "m"
+    assert calls[-1]["out"] == run / "models" / "g-dpo" and out["pairs"] == 1
