@@ -138,6 +138,8 @@ class ScoreStage(Stage):
             )
         pmids = [int(p) for p in batch["pmid"].to_pylist()]
         questions = [q if isinstance(q, str) else "" for q in batch["question"].to_pylist()]
+        if self._lookup is not None:
+            self._lookup.clear()  # one batch at a time: memory stays bounded
         sources = self._source_mesh(batch, pmids)
 
         live = [i for i, q in enumerate(questions) if q.strip()]
@@ -202,7 +204,6 @@ class ScoreStage(Stage):
                     "the corpus (--corpus DIR) so the source abstracts' MeSH can be looked up"
                 )
             return _report_lost(found, pmids)
-        self._lookup.clear()  # one batch at a time: memory stays bounded
         found = self._lookup.get(pmids)
         return _report_lost({p: uis for p, (uis, _) in found.items()}, pmids)
 

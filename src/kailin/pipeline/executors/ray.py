@@ -100,8 +100,11 @@ class RayExecutor:
         done_dir = out / "_done"
         stats = {"stage": stage.name, "shards": 0, "skipped": 0, "rows_in": 0,
                  "rows_out": 0, "seconds": 0.0, "executor": "ray"}
-        pending = []
+        # pending shards go into Ray's object store one at a time (spilled to disk when it is
+        # full): the driver keeps references, never the whole input
+        pending: list[Any] = []
         keys: dict[int, str] = {}
+        ray = None
         for i, shard in enumerate(iter_input_shards(src, self.rows_per_shard)):
             stats["shards"] += 1
             expected = shard_key(stage, key, shard)
@@ -110,14 +113,13 @@ class RayExecutor:
                 stats["skipped"] += 1
                 stats["rows_in"] += m["rows_in"]
                 stats["rows_out"] += m["rows_out"]
-            else:
+            elif shard.num_rows > 0:
                 keys[i] = expected
-                pending.append(shard.append_column(SHARD_COL, pa.array([i] * shard.num_rows,
-                                                                       pa.int64())))
-        pending = [p for p in pending if p.num_rows > 0]
+                ray = ray or self._init()
+                pending.append(ray.put(shard.append_column(
+                    SHARD_COL, pa.array([i] * shard.num_rows, pa.int64()))))
         if pending:
-            ray = self._init()
-            ds = ray.data.from_arrow(pending)
+            ds = ray.data.from_arrow_refs(pending)
             conc = self.concurrency or max(1, int(ray.available_resources().get("CPU", 1)))
             conc = min(conc, len(pending))  # no idle actors for a handful of shards
             kwargs: dict[str, Any] = {"batch_size": None, "batch_format": "pyarrow",

@@ -1,0 +1,132 @@
+"""Memory is bounded by the shard, not the input: executors stream their input shard by shard,
+and the score stage keeps no per-record state from one shard to the next.
+
+For the executors, the input is a Parquet folder of real abstracts (PubMedQA PQA-L contexts) cut
+into many shards that cross file boundaries. Arrow memory (``pa.total_allocated_bytes``) in the
+process that reads the input is sampled at every shard: from the first shard to the last it may
+not grow by more than a fraction of the whole input (it grows by the whole input when shards are
+collected).
+``benchmarks/bench_memory.py`` measures peak RSS of the score stage on 5k and 50k real records.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from kailin.io import read_parquet
+from kailin.pipeline.executors.local import LocalExecutor, iter_input_shards
+from kailin.pipeline.stage import Stage
+
+PQAL = Path(__file__).resolve().parents[1] / "src/kailin/data/pubmedqa/ori_pqal.json"
+ROWS_PER_SHARD = 20
+# Ray workers must import this module to unpickle the test stage
+RAY = {"rows_per_shard": ROWS_PER_SHARD, "num_cpus": 2, "progress": False,
+       "runtime_env": {"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}}}
+
+
+class TextLengthStage(Stage):
+    """Maps each abstract to its length; notes the Arrow memory in use at every shard."""
+
+    name = "text-length"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.allocated: list[int] = []
+
+    def process(self, batch: pa.Table) -> pa.Table:
+        self.allocated.append(pa.total_allocated_bytes())
+        return pa.table({"pmid": batch.column("pmid"),
+                         "chars": pc.utf8_length(batch.column("text"))})
+
+
+@pytest.fixture(scope="module")
+def abstracts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """A folder of 10 Parquet files of 100 real abstracts each; the input's size in bytes."""
+    data = json.loads(PQAL.read_text())
+    pmids = sorted(int(p) for p in data)
+    table = pa.table({"pmid": pmids,
+                      "text": [" ".join(data[str(p)]["CONTEXTS"]) for p in pmids]})
+    folder = tmp_path_factory.mktemp("abstracts")
+    for i in range(0, table.num_rows, 100):
+        pq.write_table(table.slice(i, 100), folder / f"part-{i // 100:05d}.parquet")
+    return folder, table.nbytes
+
+
+def test_local_executor_holds_one_shard_at_a_time(tmp_path: Path,
+                                                  abstracts: tuple[Path, int]) -> None:
+    folder, input_bytes = abstracts
+    stage = TextLengthStage()
+    stats = LocalExecutor(rows_per_shard=ROWS_PER_SHARD, progress=False).run(
+        stage, folder, tmp_path / "out")
+    assert stats["rows_out"] == 1000 and stats["shards"] == 1000 // ROWS_PER_SHARD
+    # one shard is 2% of the input, a row group 10%
+    growth = max(stage.allocated) - stage.allocated[0]
+    assert growth < input_bytes / 5, (growth, input_bytes)
+    out = read_parquet(tmp_path / "out")
+    assert out.column("pmid").to_pylist() == read_parquet(folder).column("pmid").to_pylist()
+
+
+@pytest.mark.ray
+def test_ray_driver_holds_one_shard_at_a_time(tmp_path: Path, abstracts: tuple[Path, int],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver used to collect every pending shard in a list before handing them to Ray;
+    now each goes into the object store as it is cut."""
+    pytest.importorskip("ray")
+    import kailin.pipeline.executors.ray as ray_executor
+
+    folder, input_bytes = abstracts
+    seen: list[int] = []
+
+    def sampled(src, rows_per_shard):
+        for shard in iter_input_shards(src, rows_per_shard):
+            seen.append(pa.total_allocated_bytes())
+            yield shard
+
+    monkeypatch.setattr(ray_executor, "iter_input_shards", sampled)
+    try:
+        stats = ray_executor.RayExecutor(**RAY).run(TextLengthStage(), folder, tmp_path / "ray")
+    finally:
+        import ray
+
+        ray.shutdown()  # free the local instance's workers for the tests that follow
+    assert stats["rows_out"] == 1000 and len(seen) == 1000 // ROWS_PER_SHARD
+    growth = max(seen) - seen[0]
+    assert growth < input_bytes / 5, (growth, input_bytes)
+    LocalExecutor(rows_per_shard=ROWS_PER_SHARD, progress=False).run(
+        TextLengthStage(), folder, tmp_path / "local")
+    assert read_parquet(tmp_path / "ray").equals(read_parquet(tmp_path / "local"))
+
+
+def test_score_stage_forgets_the_corpus_lookups_of_earlier_shards(tmp_path: Path) -> None:
+    """With MajorTopic weights the stage looks up the sources' and contexts' flags in the corpus.
+    When the questions carry ``mesh_uis`` the lookup cache used to be kept across shards, growing
+    with every PMID seen; it now holds one shard's PMIDs at most."""
+    pytest.importorskip("bm25s")
+    from kailin.align.score import ScoreStage
+    from kailin.corpus.reader import open_corpus
+    from kailin.retrieval import build_index
+    from test_retrieval_fixtures import build_test_corpus, pubmedqa_records
+
+    corpus = build_test_corpus(tmp_path / "corpus", n_pubmedqa=40, n_nlm=100)
+    build_index(corpus, tmp_path / "index", kind="bm25", progress=False)
+    mesh_of = dict(zip(*open_corpus(corpus).read(["pmid", "mesh_uis"]).to_pydict().values(),
+                       strict=True))
+    recs = pubmedqa_records(40)
+    questions = pa.table({"pmid": [r["pmid"] for r in recs],
+                          "question": [r["question"] for r in recs],
+                          "mesh_uis": [mesh_of[r["pmid"]] for r in recs]})
+    stage = ScoreStage(tmp_path / "index", corpus_dir=corpus, measure="resnik", k=4,
+                       major_weight=2.0)
+    rows_per_shard = 8
+    stats = LocalExecutor(rows_per_shard=rows_per_shard, progress=False).run(
+        stage, questions, tmp_path / "scores")
+    assert stats["shards"] == 5 and stats["rows_out"] == 40
+    assert 0 < len(stage._lookup._cache) <= rows_per_shard * (1 + stage.k)
+    scores = read_parquet(tmp_path / "scores").column("score").to_pylist()
+    assert sum(s == s for s in scores) > 30  # scored (not NaN)
