@@ -311,3 +311,31 @@ def test_cli(index_dir: Path, corpus: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["search", str(tmp_path), "x"])
     assert r.exit_code != 0 and isinstance(r.exception, InputError)
     assert os.path.exists(index_dir / "meta.json")
+
+
+def test_docstore_hits_across_record_batches(tmp_path: Path) -> None:
+    """Hits are taken record batch by record batch (Table.take on a many-chunk memory map
+    concatenates whole columns): the same rows, in the asked order, as Table.take."""
+    from kailin.retrieval.base import DocStore, DocStoreWriter
+
+    w = DocStoreWriter(tmp_path / "docstore.arrow")
+    for b in range(5):  # batches of different sizes, nulls included
+        n = 3 + 2 * b
+        w.write(pa.table({
+            "pmid": [1000 * b + i for i in range(n)],
+            "title": [None if i == 1 else f"title {b}.{i}" for i in range(n)],
+            "abstract": [f"abstract {b}.{i}" for i in range(n)],
+            "mesh_uis": [[f"D{b:03d}{i:03d}"] if i % 2 else None for i in range(n)],
+            "year": [2000 + i if i != 2 else None for i in range(n)]}))
+    w.close()
+    ds = DocStore(tmp_path / "docstore.arrow")
+    assert len(ds._batches) == 5 and len(ds) == 35
+    rows = np.array([34, 0, 7, 7, 3, 20, 2, 33])
+    hits = ds.hits(rows, np.arange(len(rows), dtype=float))
+    want = ds.table.take(pa.array(rows)).to_pylist()
+    assert [h.pmid for h in hits] == [r["pmid"] for r in want]
+    assert [h.title for h in hits] == [r["title"] or "" for r in want]
+    assert [h.mesh_uis for h in hits] == [r["mesh_uis"] or [] for r in want]
+    assert [h.year for h in hits] == [r["year"] for r in want]
+    with pytest.raises(IndexError):
+        ds.hits(np.array([35]), np.zeros(1))
