@@ -14,6 +14,10 @@ same text as transformers one-at-a-time (the reference). Modes:
 Run:
 
     .venv/bin/python benchmarks/bench_generation.py --n 16 --batch-sizes 8,16 --threads 1
+
+and without llama.cpp, float32 against bfloat16 on 64 prompts and two threads:
+
+    .venv/bin/python benchmarks/bench_generation.py --n 64 --batch-sizes 16 --threads 2 --skip-llama-cpp
 """
 
 from __future__ import annotations
@@ -37,10 +41,15 @@ def main() -> None:
     ap.add_argument("--gguf", action="append", default=[],
                     help="extra GGUF file for llama.cpp (same tokenizer as SmolLM2); repeatable")
     ap.add_argument("--skip-transformers-batched", action="store_true")
+    ap.add_argument("--dtypes", default="bfloat16",
+                    help="extra transformers dtypes to run batched beside float32 (comma list; "
+                         "'' for none): bfloat16 uses AVX512-BF16/AMX where the CPU has them")
+    ap.add_argument("--skip-llama-cpp", action="store_true")
     args = ap.parse_args()
 
     import torch
 
+    from kailin.generate.extract import extract_question
     from kailin.generate.prompts import DEFAULT_CHAT_PREFIX, PromptTemplate
     from kailin.llm.base import SamplingParams
     from kailin.llm.llamacpp_backend import LlamaCppBackend, llama_cpp_available
@@ -75,17 +84,30 @@ def main() -> None:
 
     base_dt, base_tok, base_text = timed(tf_run(1))
     base_tps = base_tok / base_dt
-    print(f"{'mode':<30}{'seconds':>9}{'tokens':>8}{'tokens/s':>10}{'ratio':>8}{'same text':>11}")
+    print(f"{'mode':<30}{'seconds':>9}{'tokens':>8}{'tokens/s':>10}{'ratio':>8}{'same text':>11}"
+          f"{'accepted':>10}")
 
-    def row(name: str, dt: float, tok: int, text: list[str] | None) -> None:
-        same = "-" if text is None else f"{sum(a == b for a, b in zip(text, base_text, strict=True))}/{len(reqs)}"
+    def row(name: str, dt: float, tok: int, text: list[str]) -> None:
+        same = f"{sum(a == b for a, b in zip(text, base_text, strict=True))}/{len(reqs)}"
+        ok = f"{sum(extract_question(t).ok for t in text)}/{len(reqs)}"
         print(f"{name:<30}{dt:>9.2f}{tok:>8}{tok / dt:>10.1f}{(tok / dt) / base_tps:>8.2f}"
-              f"{same:>11}", flush=True)
+              f"{same:>11}{ok:>10}", flush=True)
 
-    row("tf 1-at-a-time", base_dt, base_tok, None)
+    row("tf 1-at-a-time", base_dt, base_tok, base_text)
     if not args.skip_transformers_batched:
         for bs in sizes:
             row(f"tf bs={bs}", *timed(tf_run(bs)))
+    for dtype in [d for d in args.dtypes.split(",") if d]:
+        other = build_backend("smollm2", BackendOptions(device="cpu", batch_size=sizes[-1],
+                                                         threads=args.threads, dtype=dtype))
+        other.load()
+        other.generate(reqs[:2], params)  # warm-up
+        for bs in sizes:
+            other.batch_size = bs
+            row(f"tf {dtype} bs={bs}", *timed(lambda o=other: o.generate(reqs, params)))
+        other.close()
+    if args.skip_llama_cpp:
+        return
     if not llama_cpp_available():
         print("llama_cpp not importable: llama.cpp rows skipped")
         return
