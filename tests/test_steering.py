@@ -208,3 +208,15 @@ def test_results_page_renders_downstream_cis() -> None:
     assert "| after | CPT on the kailin export | reasoning_required | 1.000 [1.000, 1.000] |" in text
     assert "| after - raw_abstracts | reasoning_required |" in text
     assert "accuracy, macro_f1 |" in text  # both significant: perfect vs a coin
+
+
+def test_label_agreement_counts_pairs_the_second_scorer_orders_alike() -> None:
+    from kailin.align.steering import label_agreement
+
+    pairs = pa.table({"pmid": [1, 2, 3, 4], "chosen": ["a", "c", "e", "g"],
+                      "rejected": ["b", "d", "f", "h"]})
+    second = pa.table({"pmid": [1, 1, 2, 2, 3, 3, 4],
+                       "question": ["a", "b", "c", "d", "e", "f", "g"],
+                       "score": [0.9, 0.1, 0.2, 0.8, 0.5, 0.5, 0.3]})
+    # pmid 1 agrees, 2 disagrees, 3 ties (left out), 4 has no rejected score (left out)
+    assert label_agreement(pairs, second) == {"pairs": 4, "compared": 2, "agreement": 0.5}

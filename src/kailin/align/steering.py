@@ -189,3 +189,26 @@ def tie_share(scores: pa.Table, tol: float = 1e-9) -> dict[str, Any]:
     ties = sum(1 for v in multi if max(v) - min(v) <= tol)
     return {"pmids": len(multi), "ties": ties,
             "tie_share": ties / len(multi) if multi else None}
+
+
+def label_agreement(pairs: pa.Table, second_scores: pa.Table) -> dict[str, Any]:
+    """How often an independent scorer orders each preference pair as its label does: the share
+    of pairs whose chosen question scores above the rejected one under ``second_scores`` (the
+    same questions scored by another retriever and measure), over the pairs where both have a
+    score there and they differ. About 0.5 means the labels are noise to any other view of the
+    MeSH match; DPO on them cannot be expected to raise an independent held-out score."""
+    by_text: dict[tuple[int, str], float] = {}
+    for p, q, s in zip(second_scores["pmid"].to_pylist(), second_scores["question"].to_pylist(),
+                       second_scores["score"].to_pylist(), strict=True):
+        if q is not None and s is not None and s == s:
+            by_text[(int(p), q)] = float(s)
+    agree = n = 0
+    for p, c, r in zip(pairs["pmid"].to_pylist(), pairs["chosen"].to_pylist(),
+                       pairs["rejected"].to_pylist(), strict=True):
+        sc, sr = by_text.get((int(p), c)), by_text.get((int(p), r))
+        if sc is None or sr is None or abs(sc - sr) <= 1e-12:
+            continue
+        n += 1
+        agree += sc > sr
+    return {"pairs": pairs.num_rows, "compared": n,
+            "agreement": round(agree / n, 4) if n else None}

@@ -542,6 +542,7 @@ def steering_stage(ctx: RunContext) -> dict:
         contrast,
         dpo_curve,
         hacking_metrics,
+        label_agreement,
         per_pmid_scores,
         shuffle_pairs,
         tie_share,
@@ -578,8 +579,12 @@ def steering_stage(ctx: RunContext) -> dict:
     pairs1 = read_parquet(ctx.path("preferences", PREFERENCES_FILE))
     dpo_meta_path = ctx.path("models", f"{gen}-dpo", "kailin_train.json")
     models: dict[str, list[str]] = {"dpo": _policy_models(ctx)[:1], "dpo_shuffled": []}
+    # the labels' reliability: round 1's questions under the second scorer
+    run(second, ctx.path("questions"), root / "round1" / "scores2", "round1/score2")
     rounds_info: list[dict] = [{"round": 1, "pairs": pairs1.num_rows,
-                                "ties": tie_share(read_parquet(ctx.path("scores")))}]
+                                "ties": tie_share(read_parquet(ctx.path("scores"))),
+                                "label_agreement": label_agreement(
+                                    pairs1, read_parquet(root / "round1" / "scores2"))}]
     pairs = pairs1
     for r in range(1, st.rounds + 1):
         if r >= 2:  # sample two questions per abstract from the round r-1 policy, relabel
@@ -592,10 +597,14 @@ def steering_stage(ctx: RunContext) -> dict:
                 run(stage, work, rdir / "questions" / label, label)
                 run(primary, rdir / "questions" / label, rdir / "scores" / label,
                     f"{label}/score")
+            run(second, rdir / "questions" / label, rdir / "scores2" / label,
+                f"{label}/score2")
             stats = prefer(rdir / "scores", rdir / "preferences", prefer_settings)
             pairs = read_parquet(rdir / "preferences" / PREFERENCES_FILE)
             rounds_info.append({"round": r, "pairs": pairs.num_rows,
                                 "ties": tie_share(read_parquet(rdir / "scores")),
+                                "label_agreement": label_agreement(
+                                    pairs, read_parquet(rdir / "scores2")),
                                 "dropped": stats.get("dropped")})
             if pairs.num_rows == 0:
                 raise KailinError(f"steering round {r}: no preference pairs left; the policy's "

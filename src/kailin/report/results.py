@@ -171,6 +171,13 @@ def render_results(rep: dict[str, Any], assets: str = "results") -> tuple[str, d
         lines += ["Ties (the two questions' scores within 1e-9): " + ", ".join(
             f"round {i + 1}: {_f(t.get('tie_share'), 3)} of {t.get('pmids')}"
             for i, t in enumerate(ties)), ""]
+    agree = [(i + 1, r["label_agreement"]) for i, r in enumerate(rep.get("rounds_info", []))
+             if r.get("label_agreement")]
+    if agree:
+        lines += ["Label reliability (share of the pairs that the second, independent scorer "
+                  "orders as the label does; 0.5 = noise): " + ", ".join(
+                      f"round {i}: {_f(a.get('agreement'), 3)} of {a.get('compared')}"
+                      for i, a in agree), ""]
 
     def arms_table(arms: dict, title: str) -> list[str]:
         out = [f"### {title}", "", "| arm | mean | n | NaN | std | median |", "|---|---|---|---|---|---|"]
