@@ -130,6 +130,14 @@ def test_tiny_steering_experiment(tmp_path: Path) -> None:
     assert rep["final"] == {"base": "base", "dpo": "dpo.round2",
                             "dpo_shuffled": "dpo_shuffled.round2"}
     assert len(rep["pairs_per_round"]) == 2
+    # every round's pairs are checked against the second scorer: both samples scored by it
+    for info in rep["rounds_info"]:
+        agree = info["label_agreement"]
+        assert agree["pairs"] == info["pairs"] and agree["compared"] <= agree["pairs"]
+        assert agree["agreement"] is None or 0 <= agree["agreement"] <= 1
+    scores2 = tmp_path / "run" / "steering" / "round2" / "scores2"
+    assert sorted(p.name for p in scores2.iterdir() if p.is_dir()) == [
+        "round2_sample0", "round2_sample1"]
     assert rep["training"]["dpo.round2"]["curve"], "trl's reward margins are reported"
     assert {"valid", "words", "copies_title", "distinct_2", "mesh_stuffing"} <= set(
         rep["hacking"]["dpo.round2"])

@@ -597,8 +597,8 @@ def steering_stage(ctx: RunContext) -> dict:
                 run(stage, work, rdir / "questions" / label, label)
                 run(primary, rdir / "questions" / label, rdir / "scores" / label,
                     f"{label}/score")
-            run(second, rdir / "questions" / label, rdir / "scores2" / label,
-                f"{label}/score2")
+                run(second, rdir / "questions" / label, rdir / "scores2" / label,
+                    f"{label}/score2")
             stats = prefer(rdir / "scores", rdir / "preferences", prefer_settings)
             pairs = read_parquet(rdir / "preferences" / PREFERENCES_FILE)
             rounds_info.append({"round": r, "pairs": pairs.num_rows,
