@@ -159,10 +159,10 @@ def corpus_dir(ctx: RunContext) -> Path:
 
 
 # --- retriever --------------------------------------------------------------------------------
-#: the retriever stage's fine-tuned encoder (a sentence-transformers folder), and the record of a
-#: finished training in it (settings and data digest: a re-run with the same ones returns)
+#: the retriever stage's fine-tuned encoder (a sentence-transformers folder); like every trainer's
+#: output it holds kailin.train.common.TRAIN_META, the record of a finished training (settings
+#: and data digest: a re-run with the same ones returns)
 RETRIEVER_DIR = "models/retriever"
-RETRIEVER_META = "kailin_train.json"
 
 
 def retriever_inputs(cfg: RunConfig) -> list[str]:
@@ -232,12 +232,13 @@ def retriever_stage(ctx: RunContext) -> dict:
     from dataclasses import asdict
 
     from kailin.retrieval.finetune import finetune
+    from kailin.train.common import TRAIN_META
 
     out = ctx.path(RETRIEVER_DIR)
     fcfg = _finetune_config(ctx)
     settings = json.loads(json.dumps(
         {**asdict(fcfg), "data_digest": _retriever_data_digest(ctx, fcfg.pairs)}, default=str))
-    meta_path = out / RETRIEVER_META
+    meta_path = out / TRAIN_META
     done = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if done.get("settings") == settings and (out / "modules.json").is_file():
         log.info("%s: already trained with these settings and data", out)
