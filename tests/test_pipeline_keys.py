@@ -296,6 +296,32 @@ def test_corpus_input_files_key_the_corpus_stage(tmp_path: Path) -> None:
     assert k2["corpus"] != k1["corpus"] and k2["index"] != k1["index"]
 
 
+def test_keys_do_not_depend_on_where_the_inputs_live(tmp_path: Path) -> None:
+    """The same input files read from another place (a moved checkout, the packaged samples of
+    another install, a copied run) give the same keys: nothing is recomputed."""
+    here, there = tmp_path / "here", tmp_path / "there" / "deeper"
+    for d in (here, there):
+        d.mkdir(parents=True)
+        (d / "a.xml").write_text("<PubmedArticleSet/>")
+        (d / "b.xml").write_text("<PubmedArticleSet></PubmedArticleSet>")
+    cfg = RunConfig.model_validate({"corpus": {"inputs": ["a.xml", "b.xml"], "limit": 2}})
+    d = FileDigests(tmp_path / "d.json")
+
+    def keys(base: Path) -> dict[str, str]:
+        return {p.spec.name: p.key for p in plan_run(cfg, base, tmp_path / "run",
+                                                     pipeline_stages(cfg), digests=d)
+                if p.enabled}
+
+    assert keys(here) == keys(there)
+    (there / "b.xml").write_text("<PubmedArticleSet> </PubmedArticleSet>")
+    assert keys(here)["corpus"] != keys(there)["corpus"]
+    # two inputs with one base name are both keyed
+    (there / "sub").mkdir()
+    (there / "sub" / "a.xml").write_text("<x/>")
+    named = d.named([there / "a.xml", there / "sub" / "a.xml"])
+    assert list(named) == ["a.xml", "a.xml#2"] and len(set(named.values())) == 2
+
+
 def test_select_years_without_mesh(tmp_path: Path) -> None:
     from kailin.corpus.query import select
     from kailin.corpus.reader import open_corpus

@@ -100,7 +100,7 @@ TINY: dict[str, Any] = {
     "generation": {"mode": "chat", "max_new_tokens": 24, "max_abstract_chars": 300,
                    "batch_size": 8, "threads": 2},
     "dpo": {"epochs": 1, "batch_size": 2, "max_length": 160},
-    "steering": {"enabled": True, "rounds": 2, "n_boot": 200},
+    "steering": {"enabled": True, "rounds": 2, "samples": 3, "n_boot": 200},
     "answers": {"enabled": False},
     "export": {"questions_from": "policy"},
     "downstream": {"enabled": False},
@@ -137,7 +137,22 @@ def test_tiny_steering_experiment(tmp_path: Path) -> None:
         assert agree["agreement"] is None or 0 <= agree["agreement"] <= 1
     scores2 = tmp_path / "run" / "steering" / "round2" / "scores2"
     assert sorted(p.name for p in scores2.iterdir() if p.is_dir()) == [
-        "round2_sample0", "round2_sample1"]
+        "round2_sample0", "round2_sample1", "round2_sample2"]
+    # round 2's pair for an abstract is the best of its three samples against the worst
+    from kailin.io import read_parquet as _read
+
+    sc = _read(tmp_path / "run" / "steering" / "round2" / "scores")
+    pairs2 = _read(tmp_path / "run" / "steering" / "round2" / "preferences")
+    by_pmid: dict[int, list[float]] = {}
+    for p_, s_, q_ in zip(sc["pmid"].to_pylist(), sc["score"].to_pylist(),
+                          sc["question"].to_pylist(), strict=True):
+        if q_ and q_.strip() and s_ is not None and s_ == s_:
+            by_pmid.setdefault(p_, []).append(s_)
+    for p_, cs, rs in zip(pairs2["pmid"].to_pylist(), pairs2["chosen_score"].to_pylist(),
+                          pairs2["rejected_score"].to_pylist(), strict=True):
+        assert cs == pytest.approx(max(by_pmid[p_]))
+        if rs is not None:  # (a validity pair's rejected output has no score)
+            assert rs == pytest.approx(min(by_pmid[p_]))
     assert rep["training"]["dpo.round2"]["curve"], "trl's reward margins are reported"
     assert {"valid", "words", "copies_title", "distinct_2", "mesh_stuffing"} <= set(
         rep["hacking"]["dpo.round2"])

@@ -204,12 +204,15 @@ class SteeringConfig(_Section):
     held-out abstracts (corpus.heldout), for ``rounds`` rounds of iterative alignment."""
 
     enabled: bool = False
-    rounds: int = Field(2, ge=1, description="round r >= 2 samples two questions per abstract "
-                        "from the round r-1 policy, relabels them and trains again")
+    rounds: int = Field(2, ge=1, description="round r >= 2 samples `samples` questions per "
+                        "abstract from the round r-1 policy, relabels them and trains again")
+    samples: int = Field(2, ge=2, description="rounds >= 2: questions sampled per abstract; "
+                         "the pair is the best against the worst of them (wider margins, "
+                         "surer labels)")
     shuffled_control: bool = Field(True, description="also train dpo_shuffled: the same pairs, "
                                    "chosen and rejected swapped at random")
     sample_temperature: float = Field(0.8, gt=0, description="rounds >= 2: temperature of the "
-                                      "two policy samples per abstract")
+                                      "policy samples")
     seed: int = 0
     second_index: dict[str, Any] = Field(
         default_factory=lambda: {"kind": "bm25", "method": "bm25+", "stemmer": None,

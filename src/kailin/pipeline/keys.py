@@ -7,7 +7,8 @@ stamp differs from the key it would get now is stale and is made again; nothing 
 Input files (the corpus stage's XML/Parquet, an SFT data file, a MeSH build) are keyed by their
 content digest. Hashing a large file on every run would be slow, so the digest is cached per
 path with the file's size and mtime, and recomputed only when those change (a ``touch`` costs one
-read and changes no key).
+read and changes no key). Keys name input files by base name, not by absolute path, so that
+the same files read from another place give the same key.
 
 This module is the bottom layer of the pipeline: it imports no stage.
 """
@@ -98,6 +99,21 @@ class FileDigests:
                                                 for f in files})
             else:
                 out[str(p)] = "missing"
+        return out
+
+    def named(self, paths: Iterable[Path]) -> dict[str, str]:
+        """``{name: digest}`` of input files and directories, named by their base name (``#2``,
+        ``#3`` for repeats) rather than their absolute path: a key made from these does not
+        change when the same files are read from another place (a moved checkout, another
+        install of the packaged samples, a copied run)."""
+        out: dict[str, str] = {}
+        for p, sha in self.paths(paths).items():
+            name = Path(p).name or p
+            label, n = name, 1
+            while label in out:
+                n += 1
+                label = f"{name}#{n}"
+            out[label] = sha
         return out
 
     def save(self) -> None:

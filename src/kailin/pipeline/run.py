@@ -190,7 +190,7 @@ def plan_run(cfg: ConfigLike, base_dir: Path, run_dir: Path, specs: list[StageSp
             "stage": spec.name,
             "settings": json.loads(json.dumps(spec.settings(cfg), default=str)),
             "inputs": {d: keys[d] for d in spec.inputs if d in keys},
-            "files": digests.paths(spec.files(cfg, base_dir)) if spec.files else {},
+            "files": digests.named(spec.files(cfg, base_dir)) if spec.files else {},
             "code": f"{kailin.__version__}/{spec.code}",
             "salt": salt,
         }

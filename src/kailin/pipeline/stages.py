@@ -588,9 +588,9 @@ def steering_stage(ctx: RunContext) -> dict:
                                     pairs1, read_parquet(root / "round1" / "scores2"))}]
     pairs = pairs1
     for r in range(1, st.rounds + 1):
-        if r >= 2:  # sample two questions per abstract from the round r-1 policy, relabel
-            rdir = root / f"round{r}"
-            for i in range(2):
+        if r >= 2:  # sample questions per abstract from the round r-1 policy, relabel: the
+            rdir = root / f"round{r}"  # pair is the best against the worst of them
+            for i in range(st.samples):
                 label = f"round{r}_sample{i}"
                 stage = _question_stage(ctx, gen, models["dpo"][-1], label=label,
                                         temperature=st.sample_temperature,
@@ -609,7 +609,7 @@ def steering_stage(ctx: RunContext) -> dict:
                                 "dropped": stats.get("dropped")})
             if pairs.num_rows == 0:
                 raise KailinError(f"steering round {r}: no preference pairs left; the policy's "
-                                  "two samples tie (raise steering.sample_temperature)")
+                                  "samples tie (raise steering.sample_temperature)")
             meta = train_dpo(pairs, rdir / "dpo", cfg.dpo, model=models["dpo"][-1])
             models["dpo"].append(str(rdir / "dpo" / "model"))
             trainings[f"dpo.round{r}"] = {"pairs": pairs.num_rows,
