@@ -10,7 +10,7 @@ import pytest
 
 from kailin.align.sft import (
     KAILIN_PROMPT,
-    SFTSettings,
+    SFTConfig,
     bioasq_examples,
     examples_to_records,
     load_examples,
@@ -131,8 +131,8 @@ def test_lora_sft_checkpoint_and_resume(tmp_path: Path, one_thread) -> None:
     from kailin.train.common import resolve_model_path
 
     out = tmp_path / "sft"
-    s = SFTSettings(max_steps=2, batch_size=2, max_length=96, save_steps=1, logging_steps=1,
-                    max_examples=8)
+    s = SFTConfig(max_steps=2, batch_size=2, max_length=96, save_steps=1, logging_steps=1,
+                    limit=8)
     with pytest.raises(KeyboardInterrupt):
         train_sft(["pubmedqa"], out, s, callbacks=[CrashAfterSave().cb])
     assert (out / "checkpoints" / "checkpoint-1" / "adapter_model.safetensors").is_file()
@@ -155,8 +155,8 @@ def test_lora_sft_checkpoint_and_resume(tmp_path: Path, one_thread) -> None:
     assert train_sft(["pubmedqa"], out, s).get("skipped") is True
     # other settings on the same checkpoints are refused
     with pytest.raises(InputError, match="different settings"):
-        train_sft(["pubmedqa"], out, SFTSettings(max_steps=2, batch_size=2, max_length=96,
-                                                 save_steps=1, max_examples=8, seed=1))
+        train_sft(["pubmedqa"], out, SFTConfig(max_steps=2, batch_size=2, max_length=96,
+                                               save_steps=1, limit=8, seed=1))
 
 
 @pytest.mark.slow

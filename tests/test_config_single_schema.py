@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from kailin.align.dpo import DPOConfig
 from kailin.align.prefer import PREFERENCES_FILE, STATS_FILE, PreferConfig, prefer
+from kailin.align.sft import SFTConfig
 from kailin.cli.main import app
 from kailin.config import StageConfig
 from kailin.errors import InputError
@@ -28,7 +29,10 @@ def test_run_config_sections_are_the_library_classes() -> None:
     # the pipeline's dpo section only adds what the pipeline alone knows
     extra = set(type(cfg.dpo).model_fields) - set(DPOConfig.model_fields)
     assert extra == {"enabled", "generator"}
-    for cls in (PreferConfig, DPOConfig):
+    assert isinstance(cfg.generators[0].sft, SFTConfig)
+    assert set(type(cfg.generators[0].sft).model_fields) - set(SFTConfig.model_fields) == {
+        "enabled", "data"}
+    for cls in (PreferConfig, DPOConfig, SFTConfig):
         assert issubclass(cls, StageConfig) and cls.model_config["extra"] == "forbid"
         assert all(f.description for f in cls.model_fields.values()), cls
 
@@ -126,3 +130,107 @@ def test_dpo_cli_and_pipeline_call_train_dpo_with_the_config(tmp_path: Path,
     out = dpo_stage(RunContext(cfg, run, tmp_path))
     assert calls[-1]["config"] is cfg.dpo and calls[-1]["model"] == "m"
     assert calls[-1]["out"] == run / "models" / "g-dpo" and out["pairs"] == 1
+
+
+def test_sft_section_dump_and_training_identity_are_those_of_earlier_runs() -> None:
+    """The sft section gained the library's settings without changing the keys of earlier runs
+    or the record their finished trainings are recognised by (the experiment's pqal-sft)."""
+    g = RunConfig.model_validate({"generators": [
+        {"name": "a", "sft": {"max_steps": 60, "batch_size": 4, "learning_rate": 0.0005,
+                              "max_length": 192}}, {"name": "b"}]}).generators[0]
+    assert set(g.sft.model_dump()) == {"enabled", "data", "limit", "max_steps", "batch_size",
+                                       "learning_rate", "max_length", "lora"}
+    template = ("user:Please analyze the information in the context in the field of "
+                "bioinformatics:\u300c{abstract}\u300d from bioinfo and generate a question for "
+                "it. \n\nassistant:")
+    assert g.sft.identity("smollm2", "any") == {
+        "model": "smollm2", "question_type": "any", "use_lora": True,
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.05,
+                 "target_modules": ["q_proj", "k_proj", "v_proj"], "bias": "none"},
+        "learning_rate": 0.0005, "epochs": 6.0, "max_steps": 60, "batch_size": 4,
+        "grad_accum": 1, "max_length": 192, "warmup": 0.03, "lr_scheduler": "cosine",
+        "weight_decay": 0.0, "save_steps": 60, "save_total_limit": 3, "logging_steps": 12,
+        "seed": 0, "template": template, "max_examples": None}
+    assert RunConfig.model_validate({"generators": [
+        {"name": "a", "sft": {"seed": 2}}, {"name": "b"}]}).generators[0].sft.model_dump()[
+        "seed"] == 2
+
+
+def test_sft_cli_and_pipeline_call_train_sft_with_the_config(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    import kailin.align.sft as sft
+
+    calls: list[dict[str, Any]] = []
+
+    def fake(data: Any, out_dir: Any, settings: Any = None, callbacks: Any = None,
+             exclude_test: bool = True, model: str = "smollm2", question_type: str = "any"
+             ) -> dict:
+        calls.append({"config": settings, "model": model, "qt": question_type,
+                      "data": list(data), "out": Path(out_dir)})
+        return {"train_loss": 0.5, "global_step": 1, "steps": 1, "seconds": 0.1,
+                "n_examples": 3}
+
+    monkeypatch.setattr(sft, "train_sft", fake)
+    res = CliRunner().invoke(app, ["train", "sft", "pubmedqa", "--out", str(tmp_path / "o"),
+                                   "--model", "m", "--question-type", "yesno", "--max-steps",
+                                   "7", "--batch-size", "3", "--lora-r", "4", "--seed", "5",
+                                   "--max-examples", "9", "--full"])
+    assert res.exit_code == 0, res.output
+    cli = calls[-1]["config"]
+    assert type(cli) is SFTConfig and (calls[-1]["model"], calls[-1]["qt"]) == ("m", "yesno")
+    assert cli == SFTConfig.authors(max_steps=7, batch_size=3, lora_r=4, seed=5, limit=9,
+                                    lora=False)
+    cfg = RunConfig.model_validate({"generators": [
+        {"name": "g", "model": "m", "question_type": "yesno",
+         "sft": cli.model_dump() | {"data": "pubmedqa"}}, {"name": "h"}]})
+    assert cfg.generators[0].sft.model_dump(exclude={"enabled", "data"}) == cli.model_dump()
+    from kailin.pipeline.stages import sft_stage
+
+    out = sft_stage("g")(RunContext(cfg, tmp_path / "run", tmp_path))
+    assert calls[-1]["config"] is cfg.generators[0].sft
+    assert (calls[-1]["model"], calls[-1]["qt"], calls[-1]["data"]) == ("m", "yesno",
+                                                                        ["pubmedqa"])
+    assert calls[-1]["out"] == tmp_path / "run" / "models" / "g-sft" and out["n_examples"] == 3
+    bad = CliRunner().invoke(app, ["train", "sft", "pubmedqa", "--out", str(tmp_path / "o"),
+                                   "--max-steps", "-3"])
+    assert isinstance(bad.exception, InputError) and "--max-steps" in str(bad.exception)
+
+
+def test_export_cli_and_pipeline_call_export_dataset_with_the_config(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kailin.dataset.export as export
+    from kailin.dataset.export import CPT_TEMPLATE, ExportConfig
+
+    calls: list[Any] = []
+
+    def fake(records: Any, out_dir: Any, corpus_dir: Any = None, config: Any = None,
+             mesh: Any = None, provenance: Any = None, plots: bool = True) -> dict:
+        calls.append(config)
+        return {"records": 0, "splits": {}, "decontamination": {"enabled": False}}
+
+    monkeypatch.setattr(export, "export_dataset", fake)
+    res = CliRunner().invoke(app, ["dataset", "export", str(tmp_path / "in"),
+                                   str(tmp_path / "out"), "--formats", "cpt", "--select", "all",
+                                   "--min-score", "0.2", "--no-decontaminate"])
+    assert res.exit_code == 0, res.output
+    cli = calls[-1]
+    assert type(cli) is ExportConfig and cli.formats == ["cpt"] and cli.n_contexts == 4
+    assert cli.to_dict() == {"n_contexts": 4, "template": CPT_TEMPLATE, "cpt_with_answer": False,
+                             "select": "all", "min_score": 0.2, "max_score": None,
+                             "require_grounded": False, "decontaminate": False,
+                             "formats": ["cpt"], "extra_exclude_pmids": 0}
+    # the same settings as a YAML section (kailin run fills n_contexts from index.k)
+    section = cli.model_dump(exclude={"n_contexts"})
+    cfg = RunConfig.model_validate({"export": section, "index": {"k": 3}})
+    assert set(RunConfig().export.model_dump()) == {"template", "exclude_pubmedqa_test",
+                                                    "questions_from", "policy_round"}
+    from kailin.pipeline.stages import _write_export
+
+    monkeypatch.setattr("kailin.mesh.load_mesh", lambda _p: None)
+    _write_export(RunContext(cfg, tmp_path / "run", tmp_path), pa.table({"pmid": [1]}),
+                  tmp_path / "o")
+    assert calls[-1].to_dict() == {**cli.to_dict(), "n_contexts": 3}
+    bad = CliRunner().invoke(app, ["dataset", "export", str(tmp_path / "in"),
+                                   str(tmp_path / "out"), "--select", "some"])
+    assert isinstance(bad.exception, InputError) and "--select" in str(bad.exception)

@@ -139,7 +139,7 @@ def test_export_cpt_decontaminates_and_writes_card(corpus, tmp_path) -> None:
 
 def test_export_without_decontamination_and_select_all(corpus, tmp_path) -> None:
     root, info = corpus
-    cfg = ExportConfig(decontaminate=False, select="all", formats=("cpt",))
+    cfg = ExportConfig(exclude_pubmedqa_test=False, select="all", formats=["cpt"])
     stats = export_dataset(make_scores(info), tmp_path / "ds", corpus_dir=root, config=cfg,
                            mesh=info["mesh"], plots=False)
     assert stats["records"] == 30 and stats["decontamination"] == {"enabled": False}

@@ -28,11 +28,14 @@ import os
 import re
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from pydantic import Field
+
+from kailin.config import StageConfig
 from kailin.errors import InputError
 from kailin.generate.prompts import KAILIN_TEMPLATE
 from kailin.train.common import (
@@ -292,84 +295,126 @@ def fit_document(tokenizer: Any, document: str, template: str, reserve: int, max
 
 
 # -- training -------------------------------------------------------------------------------
-@dataclass
-class SFTSettings:
-    """Question-generator SFT settings. The paper trained 6 epochs (bf16); LR and LoRA vs full
-    are unknown, so the defaults follow METHOD 7.5 (LoRA r 16 at 1e-4; full FT at 2e-5)."""
+class SFTConfig(StageConfig):
+    """Question-generator SFT settings: a generator's ``sft`` section in ``kailin run`` and the
+    options of ``kailin train sft``. The defaults are the pipeline's (a few steps);
+    :meth:`authors` (the command's defaults) follows the paper: 6 epochs, batch 8, 1024 tokens.
+    The paper's LR and LoRA vs full fine-tuning are unknown, so LoRA r 16 at 1e-4 (full: 2e-5)
+    follows METHOD 7.5. Which model and question type it trains are the generator's, passed to
+    :func:`train_sft`."""
 
-    model: str = "smollm2"
-    question_type: str = "any"
-    use_lora: bool = True
-    lora: LoraSettings = field(default_factory=lambda: LoraSettings(r=16, alpha=32))
-    learning_rate: float | None = None  # None: 1e-4 with LoRA, 2e-5 full
-    epochs: float = 6.0
-    max_steps: int = -1
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 1024
-    warmup: float = 0.03  # steps (>= 1) or a ratio of all steps (< 1)
-    lr_scheduler: str = "cosine"
-    weight_decay: float = 0.0
-    save_steps: int = 200
-    save_total_limit: int = 3
-    logging_steps: int = 10
-    seed: int = 0
-    template: str = KAILIN_PROMPT
-    max_examples: int | None = None
+    added_fields: ClassVar[tuple[str, ...]] = (
+        "lora_r", "lora_alpha", "epochs", "grad_accum", "warmup", "lr_scheduler", "weight_decay",
+        "save_steps", "save_total_limit", "logging_steps", "seed", "template")
+
+    lora: bool = Field(True, description="LoRA (false: full fine-tuning)")
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha")
+    learning_rate: float | None = Field(None, gt=0, description="default: 1e-4 with LoRA, "
+                                        "2e-5 full")
+    epochs: float = Field(6.0, gt=0, description="passes over the data (when max_steps is -1; "
+                                     "the paper: 6)")
+    max_steps: int = Field(10, ge=-1, description="training steps (-1: epochs)")
+    batch_size: int = Field(2, ge=1, description="examples per device and step")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    max_length: int = Field(256, ge=32, description="tokens per example")
+    warmup: float = Field(0.03, ge=0, description="warm-up: steps (>= 1) or a ratio of all "
+                          "steps (< 1)")
+    lr_scheduler: str = Field("cosine", description="transformers' lr_scheduler_type")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps (default: "
+                                   "max_steps, or 200 with epochs)")
+    save_total_limit: int = Field(3, ge=1, description="checkpoints kept")
+    logging_steps: int | None = Field(None, ge=1, description="log every N steps (default: a "
+                                      "fifth of max_steps, or 10 with epochs)")
+    seed: int = Field(0, description="training seed")
+    template: str = Field(KAILIN_TEMPLATE, description="the prompt the generator learns "
+                          "(the generation prompt)")
+    limit: int | None = Field(None, ge=1, description="train on the first N examples only")
+
+    @classmethod
+    def authors(cls, **overrides: Any) -> SFTConfig:
+        """``kailin train sft``'s defaults: 6 epochs of batch 8 at 1024 tokens, a checkpoint
+        every 200 steps."""
+        return cls(**{"max_steps": -1, "batch_size": 8, "max_length": 1024, "save_steps": 200,
+                      "logging_steps": 10, **overrides})
 
     def lr(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
-        return 1e-4 if self.use_lora else 2e-5
+        return 1e-4 if self.lora else 2e-5
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["lora"] = self.lora.to_dict()
-        return d
+    def lora_settings(self) -> LoraSettings:
+        return LoraSettings(r=self.lora_r, alpha=self.lora_alpha)
+
+    def resolved(self) -> SFTConfig:
+        """A copy with the step-dependent defaults filled in."""
+        steps = self.max_steps if self.max_steps > 0 else None
+        return self.model_copy(update={
+            "save_steps": self.save_steps or (max(steps, 1) if steps else 200),
+            "logging_steps": self.logging_steps or (max(1, steps // 5) if steps else 10)})
+
+    def identity(self, model: str, question_type: str) -> dict[str, Any]:
+        """What makes a trained model: these settings, the base model and the question type
+        (the record a finished training is recognised by; in the shape of the former
+        ``SFTSettings.to_dict()``, so trainings finished before keep counting)."""
+        r = self.resolved()
+        return {"model": model, "question_type": question_type, "use_lora": r.lora,
+                "lora": r.lora_settings().to_dict(), "learning_rate": r.learning_rate,
+                "epochs": r.epochs, "max_steps": r.max_steps, "batch_size": r.batch_size,
+                "grad_accum": r.grad_accum, "max_length": r.max_length, "warmup": r.warmup,
+                "lr_scheduler": r.lr_scheduler, "weight_decay": r.weight_decay,
+                "save_steps": r.save_steps, "save_total_limit": r.save_total_limit,
+                "logging_steps": r.logging_steps, "seed": r.seed, "template": r.template,
+                "max_examples": r.limit}
 
 
 def train_sft(
     data: Iterable[str | os.PathLike[str]] | list[QAExample],
     out_dir: str | os.PathLike[str],
-    settings: SFTSettings | None = None,
+    settings: SFTConfig | None = None,
     callbacks: list[Any] | None = None,
     exclude_test: bool = True,
+    model: str = "smollm2",
+    question_type: str = "any",
 ) -> dict[str, Any]:
-    """SFT a question generator; resume from the last checkpoint; save the final model.
+    """SFT a question generator (``model``: ``smollm2``, a local checkpoint or a hub id) to
+    write ``question_type`` questions; resume from the last checkpoint; save the final model.
 
     Returns the run metadata (also written to ``OUT/kailin_train.json``). A finished run with the
     same settings returns at once.
     """
     require_training()
-    s = settings or SFTSettings()
+    s = (settings or SFTConfig()).resolved()
     out = Path(out_dir)
     examples = (list(data) if data and isinstance(next(iter(data)), QAExample)
-                else load_examples(data, s.question_type, exclude_test))
-    if s.max_examples:
-        examples = examples[: s.max_examples]
-    sdict = s.to_dict() | {"n_examples": len(examples), "exclude_test": exclude_test,
+                else load_examples(data, question_type, exclude_test))
+    if s.limit:
+        examples = examples[: s.limit]
+    sdict = s.identity(model, question_type) | {"n_examples": len(examples), "exclude_test": exclude_test,
                            "data_digest": data_digest(examples)}
     if (done := finished_run(out, sdict)) is not None:
         return done
 
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig as TrlSFTConfig
+    from trl import SFTTrainer
 
     ckpt_dir = prepare_checkpoints(out, sdict, ignore=RESUMABLE_CHANGES)
 
-    tok = load_tokenizer(s.model)
+    tok = load_tokenizer(model)
     records = examples_to_records(examples, s.template, tok, s.max_length)
     if not records:
         raise InputError(f"max_length {s.max_length} leaves no room for any training example")
     ds = Dataset.from_list(records)
-    model = load_model(s.model)
-    cfg = SFTConfig(**training_args(s, ckpt_dir, s.lr(), s.warmup, completion_only_loss=True))
+    lm = load_model(model)
+    cfg = TrlSFTConfig(**training_args(s, ckpt_dir, s.lr(), s.warmup, completion_only_loss=True))
     trainer = SFTTrainer(
-        model=model,
+        model=lm,
         args=cfg,
         train_dataset=ds,
         processing_class=tok,
-        peft_config=build_lora_config(s.lora) if s.use_lora else None,
+        peft_config=build_lora_config(s.lora_settings()) if s.lora else None,
         callbacks=callbacks,
     )
     resume = last_checkpoint(ckpt_dir)
@@ -381,8 +426,8 @@ def train_sft(
     meta = {
         "kind": "sft",
         "settings": sdict,
-        "base_model": s.model,
-        "question_type": s.question_type,
+        "base_model": model,
+        "question_type": question_type,
         "resumed_from": resume,
         "global_step": trainer.state.global_step,
         "train_loss": result.training_loss,

@@ -85,7 +85,8 @@ def export(
     """Export CPT text, SFT chat records and triples (Parquet + JSONL) with a dataset card."""
     import json
 
-    from kailin.dataset.export import CPT_TEMPLATE, ExportConfig, export_dataset
+    from kailin.config import from_options
+    from kailin.dataset.export import ExportConfig, export_dataset
     from kailin.errors import InputError
 
     extra: list[int] = []
@@ -106,13 +107,13 @@ def export(
         from kailin.mesh import load_mesh
 
         mesh = load_mesh(mesh_dir)
-    cfg = ExportConfig(
-        n_contexts=n_contexts,
-        template=template_file.read_text(encoding="utf-8").strip() if template_file
-        else CPT_TEMPLATE,
+    cfg = from_options(
+        ExportConfig, n_contexts=n_contexts,
+        template=template_file.read_text(encoding="utf-8").strip() if template_file else None,
         cpt_with_answer=cpt_with_answer, select=select, min_score=min_score,
-        max_score=max_score, require_grounded=require_grounded, decontaminate=decontaminate,
-        formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+        max_score=max_score, require_grounded=require_grounded,
+        exclude_pubmedqa_test=decontaminate,
+        formats=[f.strip() for f in formats.split(",") if f.strip()],
         extra_exclude_pmids=extra,
     )
     stats = export_dataset(records, out, corpus_dir=corpus, config=cfg, mesh=mesh, plots=plots)

@@ -46,15 +46,16 @@ def sft(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Supervised fine-tuning of a question generator (document -> question), resumable."""
-    from kailin.align.sft import SFTSettings, train_sft
-    from kailin.train.common import LoraSettings
+    from kailin.align.sft import SFTConfig, train_sft
+    from kailin.config import from_options
 
-    s = SFTSettings(model=model, question_type=question_type, use_lora=not full,
-                    lora=LoraSettings(r=lora_r, alpha=lora_alpha), learning_rate=lr,
-                    epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                    grad_accum=grad_accum, max_length=max_length, save_steps=save_steps,
-                    max_examples=max_examples, seed=seed)
-    meta = train_sft(data, out, s, exclude_test=not include_test)
+    # the options' defaults are SFTConfig.authors()
+    s = from_options(SFTConfig, lora=not full, lora_r=lora_r, lora_alpha=lora_alpha,
+                     learning_rate=lr, epochs=epochs, max_steps=max_steps,
+                     batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
+                     save_steps=save_steps, logging_steps=10, limit=max_examples, seed=seed)
+    meta = train_sft(data, out, s, exclude_test=not include_test, model=model,
+                     question_type=question_type)
     typer.echo(f"SFT -> {out}/model: {_summary(meta)}")
 
 

@@ -35,13 +35,14 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
 
+from kailin.config import StageConfig
 from kailin.dataset.answers import grounding_rates, is_yes_no_question
 from kailin.dataset.records import attach_texts
 from kailin.errors import InputError
@@ -62,26 +63,49 @@ SFT_SYSTEM = ("You are a biomedical expert. Answer the question from the given c
 FORMATS = ("cpt", "sft", "triples")
 
 
-@dataclass
-class ExportConfig:
-    """Settings of an export (all recorded in the card and ``export.json``)."""
+class ExportConfig(StageConfig):
+    """Export settings: the ``export`` section of ``kailin run`` and the options of ``kailin
+    dataset export`` (all recorded in the card and ``export.json``)."""
 
-    n_contexts: int = 4
-    template: str = CPT_TEMPLATE
-    cpt_with_answer: bool = False
-    select: str = "best"  # best: the highest-scoring question per PMID; all: every row
-    min_score: float | None = None
-    max_score: float | None = None
-    require_grounded: bool = False
-    decontaminate: bool = True
-    formats: tuple[str, ...] = FORMATS
-    extra_exclude_pmids: list[int] = field(default_factory=list)
+    added_fields: ClassVar[tuple[str, ...]] = (
+        "n_contexts", "cpt_with_answer", "select", "min_score", "max_score", "require_grounded",
+        "formats", "extra_exclude_pmids")
+
+    template: str | None = Field(None, description="CPT template (default: the authors' "
+                                 "format); placeholders {title}, {abstract}, {contexts}, "
+                                 "{contexts_text}, {question}, {answer}, {decision}")
+    exclude_pubmedqa_test: bool = Field(True, description="drop rows whose source or contexts "
+                                        "hold a PubMedQA test PMID (decontamination)")
+    n_contexts: int | None = Field(None, ge=1, description="contexts per record (default: 4, "
+                                   "the authors'; kailin run: index.k)")
+    cpt_with_answer: bool = Field(False, description="append ' The answer is: {answer}' to the "
+                                  "CPT text (m-KAILIN; needs answers)")
+    select: Literal["best", "all"] = Field("best", description="best: the highest-scoring "
+                                           "question per PMID; all: every row")
+    min_score: float | None = Field(None, description="drop questions scored below this")
+    max_score: float | None = Field(None, description="drop questions scored above this")
+    require_grounded: bool = Field(False, description="keep only answers judged grounded "
+                                   "(kailin run: also on with answers.filter_ungrounded)")
+    formats: list[Literal["cpt", "sft", "triples"]] = Field(
+        default_factory=lambda: list(FORMATS), description="what to write: cpt text, sft chat "
+        "records, QA triples (the last two need answers)")
+    extra_exclude_pmids: list[int] = Field(default_factory=list, description="more PMIDs to "
+                                           "exclude, as sources and as contexts")
+
+    def contexts(self) -> int:
+        return self.n_contexts or 4
+
+    def cpt_template(self) -> str:
+        return self.template or CPT_TEMPLATE
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["formats"] = list(self.formats)
-        d["extra_exclude_pmids"] = len(self.extra_exclude_pmids)
-        return d
+        """The record in ``export.json`` and the card (the PMID list as its count)."""
+        return {"n_contexts": self.contexts(), "template": self.cpt_template(),
+                "cpt_with_answer": self.cpt_with_answer, "select": self.select,
+                "min_score": self.min_score, "max_score": self.max_score,
+                "require_grounded": self.require_grounded,
+                "decontaminate": self.exclude_pubmedqa_test, "formats": list(self.formats),
+                "extra_exclude_pmids": len(self.extra_exclude_pmids)}
 
 
 def cpt_text(title: str, abstract: str, contexts: list[str], question: str,
@@ -162,7 +186,7 @@ def _select(table: pa.Table, cfg: ExportConfig, stats: dict[str, Any]) -> pa.Tab
 
 
 def _decontaminate(table: pa.Table, cfg: ExportConfig, stats: dict[str, Any]) -> pa.Table:
-    if not cfg.decontaminate:
+    if not cfg.exclude_pubmedqa_test:
         stats["decontamination"] = {"enabled": False}
         return table
     banned = pubmedqa_test_pmids() | {int(p) for p in cfg.extra_exclude_pmids}
@@ -175,7 +199,7 @@ def _decontaminate(table: pa.Table, cfg: ExportConfig, stats: dict[str, Any]) ->
             n_src += 1
             excluded.add(int(p))
             keep.append(False)
-        elif any(int(x) in banned for x in (c or [])[: cfg.n_contexts]):
+        elif any(int(x) in banned for x in (c or [])[: cfg.contexts()]):
             n_ctx += 1
             keep.append(False)
         else:
@@ -209,17 +233,17 @@ def build_tables(records: pa.Table, cfg: ExportConfig) -> dict[str, pa.Table]:
     has_answer = "answer" in records.column_names
     out: dict[str, pa.Table] = {}
     if "cpt" in cfg.formats:
-        template = cfg.template + (CPT_ANSWER_SUFFIX if cfg.cpt_with_answer else "")
+        template = cfg.cpt_template() + (CPT_ANSWER_SUFFIX if cfg.cpt_with_answer else "")
         if cfg.cpt_with_answer and not has_answer:
             raise InputError("--cpt-with-answer needs the answers table (an 'answer' column)")
         texts = [cpt_text(r["title"] or "", r["abstract"] or "", r["contexts"] or [],
-                          r["question"], template, cfg.n_contexts, r.get("answer"),
+                          r["question"], template, cfg.contexts(), r.get("answer"),
                           r.get("decision")) for r in rows]
         out["cpt"] = pa.table({"pmid": pa.array([r["pmid"] for r in rows], pa.int64()),
                                "text": pa.array(texts, pa.string())})
     answered = [r for r in rows if has_answer and (r.get("answer") or "").strip()]
     if "sft" in cfg.formats and answered:
-        msgs = [sft_messages(r["question"], (r["contexts"] or [])[: cfg.n_contexts], r["answer"],
+        msgs = [sft_messages(r["question"], (r["contexts"] or [])[: cfg.contexts()], r["answer"],
                              r.get("decision")) for r in answered]
         out["sft"] = pa.table({
             "pmid": pa.array([r["pmid"] for r in answered], pa.int64()),
@@ -233,10 +257,10 @@ def build_tables(records: pa.Table, cfg: ExportConfig) -> dict[str, pa.Table]:
         out["triples"] = pa.table({
             "pmid": col("pmid", pa.int64()),
             "question": col("question", pa.string()),
-            "contexts": pa.array([(r["contexts"] or [])[: cfg.n_contexts] for r in answered],
+            "contexts": pa.array([(r["contexts"] or [])[: cfg.contexts()] for r in answered],
                                  pa.list_(pa.string())),
             "context_pmids": pa.array([[int(x) for x in (r.get("context_pmids") or [])
-                                        [: cfg.n_contexts]] for r in answered],
+                                        [: cfg.contexts()]] for r in answered],
                                       pa.list_(pa.int64())),
             "answer": col("answer", pa.string()),
             "decision": col("decision", pa.string()),
@@ -277,7 +301,7 @@ def export_dataset(
                              f"{', '.join(table.column_names)})")
     table = _decontaminate(table, cfg, stats)
     table = _select(table, cfg, stats)
-    table = attach_texts(table, corpus_dir, cfg.n_contexts)
+    table = attach_texts(table, corpus_dir, cfg.contexts())
     stats["records"] = table.num_rows
     out = Path(out_dir)
     tables = build_tables(table, cfg)

@@ -287,17 +287,11 @@ def _sft_data(ctx: RunContext, data: str) -> list[str]:
 
 def sft_stage(gen_name: str):
     def fn(ctx: RunContext) -> dict:
-        from kailin.align.sft import SFTSettings, train_sft
+        from kailin.align.sft import train_sft
 
         g = next(g for g in ctx.cfg.generators if g.name == gen_name)
-        s = g.sft
-        settings = SFTSettings(model=g.model, question_type=g.question_type, use_lora=s.lora,
-                               learning_rate=s.learning_rate, max_steps=s.max_steps,
-                               batch_size=s.batch_size, max_length=s.max_length,
-                               max_examples=s.limit, save_steps=max(s.max_steps, 1),
-                               logging_steps=max(1, s.max_steps // 5))
-        meta = train_sft(_sft_data(ctx, s.data), ctx.path("models", f"{gen_name}-sft"),
-                         settings)
+        meta = train_sft(_sft_data(ctx, g.sft.data), ctx.path("models", f"{gen_name}-sft"),
+                         g.sft, model=g.model, question_type=g.question_type)
         return {k: meta[k] for k in ("n_examples", "train_loss", "steps") if k in meta}
 
     return fn
@@ -826,19 +820,20 @@ def _write_export(ctx: RunContext, records: pa.Table, out: Path, template: str |
                   questions: dict | None = None) -> dict:
     """Export ``records`` to ``out`` with the config's export settings (``template`` and the
     card's ``questions`` provenance overridable, for the downstream controls)."""
-    from kailin.dataset.export import ExportConfig, export_dataset
+    from kailin.dataset.export import export_dataset
     from kailin.mesh import load_mesh
 
     e = ctx.cfg.export
-    kwargs: dict[str, Any] = {"decontaminate": e.exclude_pubmedqa_test,
-                              "require_grounded": ctx.cfg.answers.filter_ungrounded,
-                              "n_contexts": ctx.cfg.index.k}
-    if template or e.template:
-        kwargs["template"] = template or e.template
+    update: dict[str, Any] = {
+        "require_grounded": e.require_grounded or ctx.cfg.answers.filter_ungrounded,
+        "n_contexts": e.n_contexts or ctx.cfg.index.k}
+    if template:
+        update["template"] = template
+    config = e.model_copy(update=update)
     prov = _export_provenance(ctx)
     if questions is not None:
         prov["questions"] = questions
-    return export_dataset(records, out, corpus_dir=corpus_dir(ctx), config=ExportConfig(**kwargs),
+    return export_dataset(records, out, corpus_dir=corpus_dir(ctx), config=config,
                           mesh=load_mesh(ctx.resolve(ctx.cfg.mesh.dir)),
                           provenance={"config": prov, "key": ctx.key,
                                       "run_dir": str(ctx.run_dir)})
