@@ -234,3 +234,49 @@ def test_export_cli_and_pipeline_call_export_dataset_with_the_config(
     bad = CliRunner().invoke(app, ["dataset", "export", str(tmp_path / "in"),
                                    str(tmp_path / "out"), "--select", "some"])
     assert isinstance(bad.exception, InputError) and "--select" in str(bad.exception)
+
+
+def test_downstream_section_is_the_training_config_with_cpt_steps(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kailin.dataset.train import CPT_LORA_TARGETS, DownstreamTrainConfig
+
+    raw = {"cpt_steps": 100, "batch_size": 4, "max_length": 384, "learning_rate": 0.0002,
+           "controls": True}
+    d = RunConfig.model_validate({"downstream": raw}).downstream
+    assert isinstance(d, DownstreamTrainConfig) and d.max_steps == 100
+    # the section's dump (the stage key) and the training record are those of earlier runs
+    assert d.model_dump() == {"enabled": True, "model": "smollm2", "cpt_steps": 100,
+                              "sft_steps": 0, "batch_size": 4, "max_length": 384,
+                              "learning_rate": 0.0002, "controls": True}
+    assert RunConfig.model_validate({"downstream": d.model_dump()}).downstream == d
+    assert d.identity() == {
+        "model": "smollm2", "use_lora": True,
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": list(CPT_LORA_TARGETS),
+                 "bias": "none"},
+        "learning_rate": 0.0002, "max_steps": 100, "epochs": 1.0, "batch_size": 4,
+        "grad_accum": 1, "max_length": 384, "packing": True, "warmup": 0.1,
+        "lr_scheduler": "cosine", "weight_decay": 0.0, "save_steps": 100,
+        "save_total_limit": 10, "logging_steps": 20, "seed": 3407, "max_examples": None}
+    with pytest.raises(InputError, match="cpt_steps and max_steps name one setting"):
+        p = tmp_path / "c.yaml"
+        p.write_text("downstream: {cpt_steps: 3, max_steps: 4}")
+        from kailin.pipeline.config import load_config
+
+        load_config(p)
+    # the SFT after CPT: the same settings from the CPT model, for sft_steps
+    s2 = d.model_copy(update={"sft_steps": 6}).sft_settings("cpt/model")
+    assert (s2.model, s2.max_steps, s2.resolved().save_steps, s2.batch_size) == (
+        "cpt/model", 6, 6, 4)
+
+    import kailin.dataset.train as train
+
+    calls: list[Any] = []
+    monkeypatch.setattr(train, "train_cpt", lambda data, out, settings=None, callbacks=None: (
+        calls.append(settings) or {"train_loss": 1.0, "global_step": 1, "seconds": 0.1}))
+    res = CliRunner().invoke(app, ["train", "cpt", str(tmp_path / "x"), "--out",
+                                   str(tmp_path / "o"), "--max-steps", "7", "--lora-r", "4"])
+    assert res.exit_code == 0, res.output
+    assert calls[-1] == DownstreamTrainConfig.authors(max_steps=7, lora_r=4)
+    bad = CliRunner().invoke(app, ["train", "cpt", str(tmp_path / "x"), "--out",
+                                   str(tmp_path / "o"), "--lr", "0"])
+    assert isinstance(bad.exception, InputError) and "learning-rate" in str(bad.exception)

@@ -9,10 +9,9 @@ import pytest
 pytest.importorskip("trl")
 
 from kailin.dataset.export import cpt_text, sft_messages
-from kailin.dataset.train import DownstreamSettings, train_answers, train_cpt
+from kailin.dataset.train import DownstreamTrainConfig, train_answers, train_cpt
 from kailin.errors import InputError
 from kailin.evaluate import pubmedqa as pqa
-from kailin.train.common import LoraSettings
 
 
 def _items(n: int) -> list[pqa.PubMedQAItem]:
@@ -20,12 +19,11 @@ def _items(n: int) -> list[pqa.PubMedQAItem]:
     return [it for p, it in pqa.load_pqal().items() if p not in test][:n]
 
 
-def _settings(**kw) -> DownstreamSettings:
+def _settings(**kw) -> DownstreamTrainConfig:
     base = dict(model="smollm2", max_steps=3, batch_size=1, grad_accum=1, max_length=64,
-                save_steps=2, logging_steps=1, learning_rate=1e-4,
-                lora=LoraSettings(r=4, alpha=8, dropout=0.0, target_modules=("q_proj", "v_proj")))
+                save_steps=2, logging_steps=1, learning_rate=1e-4, lora_r=4, lora_alpha=8)
     base.update(kw)
-    return DownstreamSettings(**base)
+    return DownstreamTrainConfig(**base)
 
 
 @pytest.mark.slow

@@ -43,9 +43,11 @@ OTHER = {"dpo.generator": "b", "export.extra_exclude_pmids": [123], "index.kind"
 
 
 def _leaves(model: type[BaseModel], value: Any, prefix: str = "") -> list[str]:
+    """The config's keys as the YAML spells them."""
     out = []
-    for name in model.model_fields:
-        v = getattr(value, name)
+    for field in model.model_fields:
+        v = getattr(value, field)
+        name = getattr(model, "renamed", {}).get(field, field)
         if isinstance(v, BaseModel):
             out += _leaves(type(v), v, f"{prefix}{name}.")
         elif isinstance(v, list) and v and isinstance(v[0], BaseModel):
@@ -65,7 +67,7 @@ def _annotation(path: str) -> Any:
     for part in path.split("."):
         if part.isdigit():
             continue
-        ann = model.model_fields[part].annotation
+        ann = model.model_fields[_field(model, part)].annotation
         inner = [a for a in typing.get_args(ann) if isinstance(a, type)
                  and issubclass(a, BaseModel)]
         model = inner[0] if inner else ann
@@ -151,10 +153,16 @@ def test_config_key_changes_its_stages_and_downstream(key: str, tmp_path: Path,
             assert spec.name in changed, f"{key}: {spec.name} reads a changed stage"
 
 
+def _field(model: Any, key: str) -> str:
+    """The field a YAML key names (``downstream.cpt_steps`` is the field ``max_steps``)."""
+    back = {v: k for k, v in getattr(model, "renamed", {}).items()}
+    return back.get(key, key)
+
+
 def _get(cfg: RunConfig, path: str) -> Any:
     node: Any = cfg
     for p in path.split("."):
-        node = node[int(p)] if p.isdigit() else getattr(node, p)
+        node = node[int(p)] if p.isdigit() else getattr(node, _field(type(node), p))
     return node
 
 

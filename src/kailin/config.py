@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer
+from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer, model_validator
 
 from kailin.errors import InputError
 
@@ -23,20 +23,40 @@ class StageConfig(BaseModel):
     ``added_fields`` names the fields a section gained after runs had been keyed on its dump
     (``kailin run`` hashes ``model_dump`` of the sections it reads): they are left out of the
     dump while they hold their default, so that a run made before they existed keeps its keys,
-    and they change the dump, hence the keys, as soon as they are set to something else."""
+    and they change the dump, hence the keys, as soon as they are set to something else.
+
+    ``renamed`` maps a field to the key it has in the YAML section and in dumps, where the two
+    differ (the pipeline's ``downstream.cpt_steps`` is the training's ``max_steps``); either name
+    is accepted on input."""
 
     model_config = ConfigDict(extra="forbid")
     added_fields: ClassVar[tuple[str, ...]] = ()
+    renamed: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_section_names(cls, data: Any) -> Any:
+        if cls.renamed and isinstance(data, dict):
+            data = dict(data)
+            for field, key in cls.renamed.items():
+                if key in data:
+                    if field in data:
+                        raise ValueError(f"{key} and {field} name one setting: give one")
+                    data[field] = data.pop(key)
+        return data
 
     @model_serializer(mode="wrap")
     def _leave_out_added_defaults(self, handler: Any) -> Any:
         out = handler(self)
+        if self.renamed and isinstance(out, dict):
+            out = {self.renamed.get(k, k): v for k, v in out.items()}
         if self.added_fields and isinstance(out, dict):
             fields = type(self).model_fields
             for name in self.added_fields:
-                if name in out and getattr(self, name) == fields[name].get_default(
+                key = self.renamed.get(name, name)
+                if key in out and getattr(self, name) == fields[name].get_default(
                         call_default_factory=True):
-                    del out[name]
+                    del out[key]
         return out
 
 

@@ -17,16 +17,15 @@ __all__ = ["app"]
 def _settings(model: str, full: bool, lora_r: int, lora_alpha: int, lr: float, max_steps: int,
               epochs: float, batch_size: int, grad_accum: int, max_length: int, save_steps: int,
               max_examples: int | None, seed: int, packing: bool = True) -> object:
-    from kailin.dataset.train import CPT_LORA_TARGETS, DownstreamSettings
-    from kailin.train.common import LoraSettings
+    from kailin.config import from_options
+    from kailin.dataset.train import DownstreamTrainConfig
 
-    return DownstreamSettings(
-        model=model, use_lora=not full,
-        lora=LoraSettings(r=lora_r, alpha=lora_alpha, dropout=0.0,
-                          target_modules=CPT_LORA_TARGETS),
+    # the options' defaults are DownstreamTrainConfig.authors()
+    return from_options(
+        DownstreamTrainConfig, model=model, lora=not full, lora_r=lora_r, lora_alpha=lora_alpha,
         learning_rate=lr, max_steps=max_steps, epochs=epochs, batch_size=batch_size,
-        grad_accum=grad_accum, max_length=max_length, save_steps=save_steps,
-        max_examples=max_examples, seed=seed, packing=packing,
+        grad_accum=grad_accum, max_length=max_length, save_steps=save_steps, logging_steps=10,
+        limit=max_examples, seed=seed, packing=packing,
     )
 
 

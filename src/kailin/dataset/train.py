@@ -21,10 +21,12 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from pydantic import Field
+
+from kailin.config import StageConfig
 from kailin.errors import InputError
 from kailin.train.common import (
     LoraSettings,
@@ -46,34 +48,69 @@ log = logging.getLogger(__name__)
 CPT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-@dataclass
-class DownstreamSettings:
-    """Settings of ``kailin train cpt`` / ``kailin train answers`` (defaults: the authors' CPT)."""
+class DownstreamTrainConfig(StageConfig):
+    """Settings of ``kailin train cpt`` / ``kailin train answers``, and of the pipeline's
+    ``downstream`` section (``kailin.pipeline.config.DownstreamConfig``). The defaults are the
+    pipeline's (a few steps); :meth:`authors` (the commands' defaults) is the authors' CPT:
+    LoRA r 16 on every projection, 2e-5, 600 steps of batch 2 x 8."""
 
-    model: str = "smollm2"
-    use_lora: bool = True
-    lora: LoraSettings = field(default_factory=lambda: LoraSettings(
-        r=16, alpha=32, dropout=0.0, target_modules=CPT_LORA_TARGETS))
-    learning_rate: float = 2e-5
-    max_steps: int = 600
-    epochs: float = 1.0
-    batch_size: int = 2
-    grad_accum: int = 8
-    max_length: int = 1024
-    packing: bool = True
-    warmup: float = 0.1
-    lr_scheduler: str = "cosine"
-    weight_decay: float = 0.0
-    save_steps: int = 100
-    save_total_limit: int = 10
-    logging_steps: int = 10
-    seed: int = 3407
-    max_examples: int | None = None
+    added_fields: ClassVar[tuple[str, ...]] = (
+        "lora_r", "lora_alpha", "epochs", "grad_accum", "packing", "warmup", "lr_scheduler",
+        "weight_decay", "save_steps", "save_total_limit", "logging_steps", "seed", "limit",
+        "lora")
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["lora"] = self.lora.to_dict()
-        return d
+    model: str = Field("smollm2", description="the model to train: smollm2, a local "
+                       "checkpoint or a hub id")
+    lora: bool = Field(True, description="LoRA (false: full fine-tuning)")
+    lora_r: int = Field(16, ge=1, description="LoRA rank (the authors': 16)")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (the authors': 32)")
+    learning_rate: float = Field(2e-5, gt=0, description="peak learning rate (the authors': "
+                                 "2e-5)")
+    max_steps: int = Field(10, ge=-1, description="training steps (-1: epochs)")
+    epochs: float = Field(1.0, gt=0, description="passes over the data when max_steps is -1")
+    batch_size: int = Field(2, ge=1, description="sequences per device and step")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps (the authors': "
+                            "8)")
+    max_length: int = Field(512, ge=32, description="tokens per (packed) sequence")
+    packing: bool = Field(True, description="CPT: pack the texts into full sequences")
+    warmup: float = Field(0.1, ge=0, description="warm-up: steps (>= 1) or a ratio (< 1)")
+    lr_scheduler: str = Field("cosine", description="transformers' lr_scheduler_type")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps "
+                                   "(default: max_steps, or 100 with epochs)")
+    save_total_limit: int = Field(10, ge=1, description="checkpoints kept")
+    logging_steps: int | None = Field(None, ge=1, description="log every N steps (default: a "
+                                      "fifth of max_steps, or 10 with epochs)")
+    seed: int = Field(3407, description="training seed (the authors')")
+    limit: int | None = Field(None, ge=1, description="train on the first N records only")
+
+    @classmethod
+    def authors(cls, **overrides: Any) -> DownstreamTrainConfig:
+        """The authors' CPT run (the commands' defaults)."""
+        return cls(**{"max_steps": 600, "grad_accum": 8, "max_length": 1024, "save_steps": 100,
+                      "logging_steps": 10, **overrides})
+
+    def resolved(self) -> DownstreamTrainConfig:
+        steps = self.max_steps if self.max_steps > 0 else None
+        return self.model_copy(update={
+            "save_steps": self.save_steps or (max(steps, 1) if steps else 100),
+            "logging_steps": self.logging_steps or (max(1, steps // 5) if steps else 10)})
+
+    def lora_settings(self) -> LoraSettings:
+        return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=0.0,
+                            target_modules=CPT_LORA_TARGETS)
+
+    def identity(self) -> dict[str, Any]:
+        """What makes a trained model (in the shape of the former ``DownstreamSettings``
+        record, so trainings finished before keep counting)."""
+        r = self.resolved()
+        return {"model": r.model, "use_lora": r.lora, "lora": r.lora_settings().to_dict(),
+                "learning_rate": r.learning_rate, "max_steps": r.max_steps, "epochs": r.epochs,
+                "batch_size": r.batch_size, "grad_accum": r.grad_accum,
+                "max_length": r.max_length, "packing": r.packing, "warmup": r.warmup,
+                "lr_scheduler": r.lr_scheduler, "weight_decay": r.weight_decay,
+                "save_steps": r.save_steps, "save_total_limit": r.save_total_limit,
+                "logging_steps": r.logging_steps, "seed": r.seed, "max_examples": r.limit}
 
 
 def _read_rows(path: str | os.PathLike[str], config: str, column: str) -> list[dict[str, Any]]:
@@ -110,12 +147,14 @@ def _read_rows(path: str | os.PathLike[str], config: str, column: str) -> list[d
 
 
 def _train(kind: str, records: list[dict[str, Any]], out_dir: str | os.PathLike[str],
-           s: DownstreamSettings, source: str, callbacks: list[Any] | None) -> dict[str, Any]:
+           s: DownstreamTrainConfig, source: str, callbacks: list[Any] | None
+           ) -> dict[str, Any]:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     out = Path(out_dir)
-    sdict = s.to_dict() | {"kind": kind, "data": source, "n_examples": len(records),
+    s = s.resolved()
+    sdict = s.identity() | {"kind": kind, "data": source, "n_examples": len(records),
                            "data_digest": data_digest(records)}
     if (done := finished_run(out, sdict)) is not None:
         return done
@@ -130,7 +169,8 @@ def _train(kind: str, records: list[dict[str, Any]], out_dir: str | os.PathLike[
     cfg = SFTConfig(**training_args(s, ckpt_dir, s.learning_rate, s.warmup, **extra))
     trainer = SFTTrainer(
         model=model, args=cfg, train_dataset=Dataset.from_list(records), processing_class=tok,
-        peft_config=build_lora_config(s.lora) if s.use_lora else None, callbacks=callbacks,
+        peft_config=build_lora_config(s.lora_settings()) if s.lora else None,
+        callbacks=callbacks,
     )
     resume = last_checkpoint(ckpt_dir)
     if resume:
@@ -152,24 +192,24 @@ def _train(kind: str, records: list[dict[str, Any]], out_dir: str | os.PathLike[
 
 
 def train_cpt(data: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-              settings: DownstreamSettings | None = None,
+              settings: DownstreamTrainConfig | None = None,
               callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Continued pretraining on the ``cpt`` config (or any Parquet/JSONL with ``text``)."""
     require_training()
-    s = settings or DownstreamSettings()
+    s = settings or DownstreamTrainConfig()
     rows = _read_rows(data, "cpt", "text")
     records = [{"text": r["text"]} for r in rows if (r.get("text") or "").strip()]
-    if s.max_examples:
-        records = records[: s.max_examples]
+    if s.limit:
+        records = records[: s.limit]
     return _train("cpt", records, out_dir, s, str(data), callbacks)
 
 
 def train_answers(data: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-                  settings: DownstreamSettings | None = None,
+                  settings: DownstreamTrainConfig | None = None,
                   callbacks: list[Any] | None = None) -> dict[str, Any]:
     """SFT on the ``sft`` config's chat records (loss on the assistant turn only)."""
     require_training()
-    s = settings or DownstreamSettings()
+    s = settings or DownstreamTrainConfig()
     rows = _read_rows(data, "sft", "messages")
     records = []
     for i, r in enumerate(rows):
@@ -179,6 +219,6 @@ def train_answers(data: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                              "assistant message")
         records.append({"prompt": [{"role": m["role"], "content": m["content"]} for m in msgs[:-1]],
                         "completion": [{"role": "assistant", "content": msgs[-1]["content"]}]})
-    if s.max_examples:
-        records = records[: s.max_examples]
+    if s.limit:
+        records = records[: s.limit]
     return _train("answers", records, out_dir, s, str(data), callbacks)

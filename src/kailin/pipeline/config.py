@@ -25,6 +25,7 @@ from kailin.align.prefer import PreferConfig
 from kailin.align.sft import SFTConfig as LibSFTConfig
 from kailin.config import StageConfig
 from kailin.dataset.export import ExportConfig as LibExportConfig
+from kailin.dataset.train import DownstreamTrainConfig
 from kailin.errors import InputError
 
 
@@ -265,20 +266,28 @@ class ExportConfig(LibExportConfig):
                                      "steering on: which round's policy (default: the last)")
 
 
-class DownstreamConfig(_Section):
-    enabled: bool = True
-    model: str = "smollm2"
-    cpt_steps: int = Field(10, ge=1)
+class DownstreamConfig(DownstreamTrainConfig):
+    """The ``downstream`` stage: CPT on the export with the settings of ``kailin train cpt``
+    (``kailin.dataset.train.DownstreamTrainConfig``; ``cpt_steps`` is its ``max_steps``), the
+    control arms with the same settings, then optionally SFT on the answered records."""
+
+    renamed: ClassVar[dict[str, str]] = {"max_steps": "cpt_steps"}
+
+    enabled: bool = Field(True, description="run the downstream stage")
     sft_steps: int = Field(0, ge=0, description="after CPT, SFT steps on the answered "
                            "records (export's sft config; needs answers)")
-    batch_size: int = Field(2, ge=1)
-    max_length: int = Field(512, ge=32)
-    learning_rate: float = 2e-5
     controls: bool = Field(False, description="also train, with the same steps and settings, "
                            "CPT on the same abstracts without questions (raw_abstracts) and, "
                            "when the export comes from the policy, CPT on an export of the "
                            "pre-DPO questions (pre_dpo); pubmedqa compares them with paired "
                            "bootstrap CIs")
+
+    def sft_settings(self, model: str) -> DownstreamTrainConfig:
+        """The settings of the SFT after CPT: these, for ``sft_steps`` steps from ``model``."""
+        return DownstreamTrainConfig(**{
+            **{k: getattr(self, k) for k in DownstreamTrainConfig.model_fields},
+            "model": model, "max_steps": self.sft_steps, "save_steps": None,
+            "logging_steps": None})
 
 
 class PubMedQAConfig(_Section):

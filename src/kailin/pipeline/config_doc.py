@@ -46,7 +46,9 @@ def _default(f: Any) -> str:
 
 def _section(model: type[BaseModel], prefix: str, out: list[str]) -> None:
     rows, subs = [], []
-    for name, f in model.model_fields.items():
+    renamed = getattr(model, "renamed", {})
+    for field_name, f in model.model_fields.items():
+        name = renamed.get(field_name, field_name)  # the key as the YAML section spells it
         ann = f.annotation
         sub = [a for a in (ann, *typing.get_args(ann)) if isinstance(a, type)
                and issubclass(a, BaseModel)]

@@ -857,16 +857,6 @@ DOWNSTREAM_CONTROLS = {"raw_abstracts": "the export's abstracts and contexts, no
                        "pre_dpo": "an export of the generators' (pre-DPO) questions"}
 
 
-def _cpt_settings(ctx: RunContext) -> Any:
-    from kailin.dataset.train import DownstreamSettings
-
-    d = ctx.cfg.downstream
-    return DownstreamSettings(model=d.model, max_steps=d.cpt_steps, batch_size=d.batch_size,
-                              grad_accum=1, max_length=d.max_length,
-                              learning_rate=d.learning_rate, save_steps=d.cpt_steps,
-                              logging_steps=max(1, d.cpt_steps // 5))
-
-
 def control_arms(cfg: RunConfig) -> list[str]:
     """The downstream control arms this config trains."""
     if not cfg.downstream.controls:
@@ -910,11 +900,10 @@ def _token_count(model: str, texts: list[str]) -> int:
 
 
 def downstream_stage(ctx: RunContext) -> dict:
-    from kailin.dataset.train import DownstreamSettings, train_cpt
+    from kailin.dataset.train import train_cpt
 
     d = ctx.cfg.downstream
-    settings = _cpt_settings(ctx)
-    meta = train_cpt(ctx.path("export", "cpt"), ctx.path("models", "downstream"), settings)
+    meta = train_cpt(ctx.path("export", "cpt"), ctx.path("models", "downstream"), d)
     out = {"train_loss": meta.get("train_loss"), "steps": meta.get("global_step"),
            "records": (meta.get("settings") or {}).get("n_examples")}
     arms = control_arms(ctx.cfg)
@@ -923,7 +912,7 @@ def downstream_stage(ctx: RunContext) -> dict:
         out["tokens"] = _token_count(d.model, texts)
         for arm in arms:
             data = _control_data(ctx, arm)
-            m = train_cpt(data / "cpt", ctx.path("models", f"downstream-{arm}"), settings)
+            m = train_cpt(data / "cpt", ctx.path("models", f"downstream-{arm}"), d)
             ctexts = read_parquet(data / "cpt", columns=["text"])["text"].to_pylist()
             out.update({f"{arm}.train_loss": m.get("train_loss"),
                         f"{arm}.steps": m.get("global_step"), f"{arm}.records": len(ctexts),
@@ -931,10 +920,7 @@ def downstream_stage(ctx: RunContext) -> dict:
     if d.sft_steps:  # then SFT on the answered records (the export's sft config)
         from kailin.dataset.train import train_answers
 
-        s2 = DownstreamSettings(model=str(ctx.path("models", "downstream", "model")),
-                                max_steps=d.sft_steps, batch_size=d.batch_size, grad_accum=1,
-                                max_length=d.max_length, learning_rate=d.learning_rate,
-                                save_steps=d.sft_steps, logging_steps=max(1, d.sft_steps // 5))
+        s2 = d.sft_settings(str(ctx.path("models", "downstream", "model")))
         m2 = train_answers(ctx.path("export"), ctx.path("models", "downstream-sft"), s2)
         out.update({"sft.train_loss": m2.get("train_loss"), "sft.steps": m2.get("global_step"),
                     "sft.records": (m2.get("settings") or {}).get("n_examples")})
