@@ -280,3 +280,41 @@ def test_downstream_section_is_the_training_config_with_cpt_steps(
     bad = CliRunner().invoke(app, ["train", "cpt", str(tmp_path / "x"), "--out",
                                    str(tmp_path / "o"), "--lr", "0"])
     assert isinstance(bad.exception, InputError) and "learning-rate" in str(bad.exception)
+
+
+def test_retriever_section_is_the_finetune_config(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import kailin.retrieval.finetune as ft
+    from kailin.retrieval.finetune import FinetuneConfig
+
+    calls: list[Any] = []
+    meta = {"steps": 1, "train_seconds": 0.1, "mining": {
+        "pairs": 2, "consistent_pairs": 2, "candidate_pairs": 3, "false_negatives_skipped": 0}}
+    monkeypatch.setattr(ft, "finetune", lambda corpus, out, cfg=None, resume=True,
+                        progress=True: calls.append(cfg) or meta)
+    res = CliRunner().invoke(app, ["index", "finetune", str(tmp_path), "--out",
+                                   str(tmp_path / "o"), "--negatives", "2", "--bf16",
+                                   "--max-steps", "5"])
+    assert res.exit_code == 0, res.output
+    cli = calls[-1]
+    assert type(cli) is FinetuneConfig and (cli.negatives, cli.dtype, cli.max_steps) == (
+        2, "bfloat16", 5)
+    assert cli.identity()["bf16"] is True and "dtype" not in cli.identity()
+    # the same values as the run's retriever section: the pipeline adds only `enabled`
+    cfg = RunConfig.model_validate({"index": {"kind": "dense"}, "retriever": {
+        "enabled": True, **cli.model_dump(exclude={"exclude_pmids"}),
+        "exclude_pmids": [7]}})
+    assert isinstance(cfg.retriever, FinetuneConfig)
+    assert set(type(cfg.retriever).model_fields) - set(FinetuneConfig.model_fields) == {
+        "enabled"}
+    from kailin.pipeline.stages import _finetune_config
+
+    lib = _finetune_config(RunContext(cfg, tmp_path / "run", tmp_path))
+    assert type(lib) is FinetuneConfig
+    # the run's exclusions (PubMedQA test PMIDs) are added to the section's own
+    assert 7 in lib.exclude_pmids and len(lib.exclude_pmids) > 100
+    assert lib.model_dump(exclude={"exclude_pmids"}) == cli.model_dump(
+        exclude={"exclude_pmids"})
+    bad = CliRunner().invoke(app, ["index", "finetune", str(tmp_path), "--out",
+                                   str(tmp_path / "o"), "--loss", "other"])
+    assert isinstance(bad.exception, InputError) and "--loss" in str(bad.exception)

@@ -38,7 +38,8 @@ FULL = {
 #: keys that say where or how a run goes, not what it makes
 NO_OUTPUT_CHANGE = {"run_dir", "corpus.workers"}
 #: values the generic rule cannot guess
-OTHER = {"dpo.generator": "b", "export.extra_exclude_pmids": [123], "index.kind": "hybrid",  # (bm25: no encoder for the retriever)
+OTHER = {"dpo.generator": "b", "export.extra_exclude_pmids": [123],
+         "retriever.exclude_pmids": [123], "index.kind": "hybrid",  # (bm25: no encoder for the retriever)
          "steering.second_index": {"kind": "bm25", "method": "lucene"}}
 
 

@@ -333,6 +333,7 @@ def finetune_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Fine-tune the dense encoder on CORPUS_DIR (title/question -> abstract, hard negatives)."""
+    from kailin.config import from_options
     from kailin.errors import InputError
     from kailin.retrieval.finetune import FinetuneConfig, finetune
 
@@ -347,7 +348,8 @@ def finetune_cmd(
             excluded = sorted({int(x) for x in raw})
         except (ValueError, TypeError):
             raise InputError(f"{exclude_pmids}: expected PMIDs (integers)") from None
-    cfg = FinetuneConfig(
+    cfg = from_options(
+        FinetuneConfig,
         base=base,
         pairs=pairs,
         questions=str(questions) if questions else None,
@@ -370,7 +372,7 @@ def finetune_cmd(
         max_seq_length=max_seq_length,
         save_steps=save_steps,
         device=device,
-        bf16=bf16,
+        dtype="bfloat16" if bf16 else "float32",
     )
     meta = finetune(corpus_dir, out, cfg, resume=not no_resume, progress=not quiet)
     m = meta["mining"]

@@ -27,6 +27,7 @@ from kailin.config import StageConfig
 from kailin.dataset.export import ExportConfig as LibExportConfig
 from kailin.dataset.train import DownstreamTrainConfig
 from kailin.errors import InputError
+from kailin.retrieval.finetune import FinetuneConfig
 
 
 class _Section(BaseModel):
@@ -90,50 +91,15 @@ class IndexConfig(_Section):
     leave_source_out: bool = True
 
 
-class RetrieverConfig(_Section):
+class RetrieverConfig(FinetuneConfig):
     """Fine-tune the dense index's encoder on the run's own corpus before indexing it (the
     ``retriever`` stage, ``kailin.retrieval.finetune``: the library call behind ``kailin index
-    finetune``). Writes ``RUN_DIR/models/retriever``; the index (``index.kind`` dense or hybrid,
-    ``index.model`` unset) then uses it. The workset's held-out abstracts and the PubMedQA test
-    PMIDs are never trained on."""
+    finetune``, with its settings). Writes ``RUN_DIR/models/retriever``; the index
+    (``index.kind`` dense or hybrid, ``index.model`` unset) then uses it. The workset's held-out
+    abstracts and the PubMedQA test PMIDs are never trained on."""
 
     enabled: bool = Field(False, description="run the retriever stage (needs index.kind dense "
                           "or hybrid and index.model unset; rejected at load otherwise)")
-    base: str | None = Field(None, description="encoder to fine-tune: a local path or hub id "
-                             "(default: the packaged all-MiniLM-L6-v2, as kailin index finetune)")
-    pairs: Literal["title", "question"] = Field(
-        "title", description="title: title -> abstract of every corpus record; question: the "
-        "run's generated questions -> their source abstracts (the stage then runs after "
-        "questions)")
-    holdout: float = Field(0.0, ge=0, lt=1, description="fraction of PMIDs (by hash) also left "
-                           "out of training, e.g. to evaluate the retriever on them")
-    max_records: int | None = Field(None, ge=1, description="a random sample of the corpus as "
-                                    "the training pool (default: all of it)")
-    min_title_words: int = Field(4, ge=1, description="pairs: title: shorter titles are skipped")
-    mine_max_seq_length: int = Field(128, ge=8, description="tokens per abstract when the base "
-                                     "encoder ranks the pool (consistency filter, negatives)")
-    filter_top_n: int = Field(10, ge=0, description="keep a pair when the base encoder ranks its "
-                              "abstract in the top N (0: no filter)")
-    negatives: int = Field(1, ge=0, description="hard negatives per pair (0: in-batch only)")
-    neg_start: int = Field(3, ge=1, description="first base rank a hard negative comes from")
-    neg_depth: int = Field(30, ge=1, description="last base rank searched for hard negatives")
-    false_negative_overlap: float = Field(0.5, gt=0, le=1, description="a candidate sharing this "
-                                          "share of the source's major MeSH topics is not a "
-                                          "negative")
-    loss: Literal["mnrl", "cached"] = Field("mnrl", description="MultipleNegativesRankingLoss, "
-                                            "or its cached (GradCache) form for large batches")
-    mini_batch_size: int = Field(32, ge=1, description="loss: cached: GradCache chunk size")
-    batch_size: int = Field(32, ge=2, description="pairs per step (in-batch negatives)")
-    epochs: float = Field(1.0, gt=0, description="passes over the pairs (unless max_steps)")
-    max_steps: int | None = Field(None, ge=1, description="training steps (default: epochs)")
-    learning_rate: float = Field(2e-5, gt=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    max_seq_length: int = Field(128, ge=8, description="training tokens, and the saved model's "
-                                "(so the index's) token limit")
-    seed: int = 13
-    device: str | None = Field(None, description="training device (cpu, cuda, ...; default cpu)")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="training precision (bfloat16 / float16: mixed precision, GPU)")
 
 
 class SFTConfig(LibSFTConfig):

@@ -171,9 +171,17 @@ def retriever_inputs(cfg: RunConfig) -> list[str]:
     out = ["corpus"]
     if cfg.corpus.limit and cfg.corpus.heldout:
         out.append("workset")
-    if cfg.retriever.pairs == "question":
+    if cfg.retriever.pairs == "question" and not cfg.retriever.questions:
         out.append("questions")
     return out
+
+
+def _retriever_files(cfg: RunConfig, base: Path) -> list[Path]:
+    """Files outside the run that the retriever reads (keyed by content): retriever.questions
+    and retriever.base_index when given."""
+    r = cfg.retriever
+    paths = [p for p in (r.questions if r.pairs == "question" else None, r.base_index) if p]
+    return [Path(p) if Path(p).is_absolute() else base / p for p in paths]
 
 
 def _retriever_excluded(ctx: RunContext) -> list[int]:
@@ -196,20 +204,19 @@ def _local_or_hub(ctx: RunContext, model: str | None) -> str | None:
 
 
 def _finetune_config(ctx: RunContext) -> Any:
+    """The retriever section as the library's :class:`FinetuneConfig`, with the run's paths
+    resolved, its questions (pairs: question) and the PMIDs it must never train on added."""
     from kailin.retrieval.finetune import FinetuneConfig
 
     r = ctx.cfg.retriever
-    return FinetuneConfig(
-        base=_local_or_hub(ctx, r.base), pairs=r.pairs,
-        questions=str(ctx.path("questions")) if r.pairs == "question" else None,
-        holdout=r.holdout, exclude_pmids=_retriever_excluded(ctx), max_records=r.max_records,
-        min_title_words=r.min_title_words, mine_max_seq_length=r.mine_max_seq_length,
-        filter_top_n=r.filter_top_n, negatives=r.negatives, neg_start=r.neg_start,
-        neg_depth=r.neg_depth, false_negative_overlap=r.false_negative_overlap, loss=r.loss,
-        mini_batch_size=r.mini_batch_size, batch_size=r.batch_size, epochs=r.epochs,
-        max_steps=r.max_steps, learning_rate=r.learning_rate, warmup_ratio=r.warmup_ratio,
-        max_seq_length=r.max_seq_length, seed=r.seed, device=r.device,
-        bf16=r.dtype == "bfloat16", fp16=r.dtype == "float16")
+    questions = None
+    if r.pairs == "question":
+        questions = str(ctx.resolve(r.questions)) if r.questions else str(ctx.path("questions"))
+    lib = {k: getattr(r, k) for k in FinetuneConfig.model_fields}
+    return FinetuneConfig(**{
+        **lib, "base": _local_or_hub(ctx, r.base), "questions": questions,
+        "exclude_pmids": sorted(set(r.exclude_pmids) | set(_retriever_excluded(ctx))),
+        "base_index": str(ctx.resolve(r.base_index)) if r.base_index else None})
 
 
 def _retriever_data_digest(ctx: RunContext, pairs: str) -> str:
@@ -229,15 +236,13 @@ def retriever_stage(ctx: RunContext) -> dict:
     finetune`, as ``kailin index finetune``) into ``models/retriever``. The engine replaces the
     folder when the stage's key changes and keeps it (resuming from its checkpoints) when it is
     the same; a finished training with the same settings and data is not redone."""
-    from dataclasses import asdict
-
     from kailin.retrieval.finetune import finetune
     from kailin.train.common import TRAIN_META
 
     out = ctx.path(RETRIEVER_DIR)
     fcfg = _finetune_config(ctx)
     settings = json.loads(json.dumps(
-        {**asdict(fcfg), "data_digest": _retriever_data_digest(ctx, fcfg.pairs)}, default=str))
+        {**fcfg.identity(), "data_digest": _retriever_data_digest(ctx, fcfg.pairs)}, default=str))
     meta_path = out / TRAIN_META
     done = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if done.get("settings") == settings and (out / "modules.json").is_file():
@@ -1018,7 +1023,7 @@ def pipeline_stages(cfg: RunConfig) -> list[StageSpec]:
     retrieval = [
         *([StageSpec("retriever", retriever_stage, lambda c: {"retriever": _dump(c.retriever)},
                      retriever_inputs(cfg), enabled=lambda c: c.retriever.enabled,
-                     outputs=[RETRIEVER_DIR], mode="resume")] if cfg.retriever.enabled else []),
+                     outputs=[RETRIEVER_DIR], mode="resume", files=_retriever_files)] if cfg.retriever.enabled else []),
         StageSpec("index", index_stage,
                   lambda c: {"index": {"kind": c.index.kind, "model": c.index.model}},
                   ["corpus", "retriever"], outputs=["index"]),

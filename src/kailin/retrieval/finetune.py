@@ -33,14 +33,16 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import Field
 
+from kailin.config import StageConfig
 from kailin.errors import InputError, require
 
 log = logging.getLogger(__name__)
@@ -50,39 +52,72 @@ META_FILE = "finetune.json"
 CHECKPOINTS = "checkpoints"
 
 
-@dataclass
-class FinetuneConfig:
-    """Settings of :func:`finetune` (all recorded in ``OUT/finetune.json``)."""
+class FinetuneConfig(StageConfig):
+    """Settings of :func:`finetune`: the options of ``kailin index finetune`` and the pipeline's
+    ``retriever`` section (all recorded in ``OUT/finetune.json``)."""
 
-    base: str | None = None  # encoder: local path or hub id; None = packaged MiniLM
-    pairs: str = "title"  # title | question
-    questions: str | None = None  # pairs="question": questions Parquet file/folder
-    holdout: float = 0.0  # fraction of PMIDs held out by hash (see is_held_out)
-    exclude_pmids: list[int] = field(default_factory=list)
-    max_records: int | None = None  # random sample of the corpus used as pool (and base index)
-    min_title_words: int = 4
-    base_index: str | None = None  # existing kailin index used for filter and mining
-    mine_max_seq_length: int = 128  # base encoding of the candidate abstracts
-    filter_top_n: int = 10  # 0 = no consistency filter
-    negatives: int = 1  # hard negatives per pair (0 = in-batch negatives only)
-    neg_start: int = 3  # first base rank (1-based) a negative may come from
-    neg_depth: int = 30  # last base rank searched for negatives
-    false_negative_overlap: float = 0.5
-    loss: str = "mnrl"  # mnrl | cached
-    mini_batch_size: int = 32  # cached loss: GradCache chunk size
-    batch_size: int = 32
-    epochs: float = 1.0
-    max_steps: int | None = None
-    learning_rate: float = 2e-5
-    warmup_ratio: float = 0.1
-    max_seq_length: int = 128  # training (and the saved model's) token limit
-    save_steps: int = 100
-    save_total_limit: int = 2
-    seed: int = 13
-    device: str | None = None
-    bf16: bool = False
-    fp16: bool = False
-    encode_batch_size: int = 64
+    added_fields: ClassVar[tuple[str, ...]] = (
+        "questions", "exclude_pmids", "base_index", "save_steps", "save_total_limit",
+        "encode_batch_size")
+
+    base: str | None = Field(None, description="encoder to fine-tune: a local path or hub id "
+                             "(default: the packaged all-MiniLM-L6-v2)")
+    pairs: Literal["title", "question"] = Field(
+        "title", description="title: title -> abstract of every corpus record; question: "
+        "generated questions -> their source abstracts (kailin run: the run's questions; the "
+        "stage then runs after questions)")
+    questions: str | None = Field(None, description="pairs: question: a questions Parquet "
+                                  "file/folder (kailin run: default the run's questions)")
+    holdout: float = Field(0.0, ge=0, lt=1, description="fraction of PMIDs (by hash) also left "
+                           "out of training, e.g. to evaluate the retriever on them")
+    exclude_pmids: list[int] = Field(default_factory=list, description="PMIDs never trained on "
+                                     "(kailin run adds its held-out and PubMedQA test PMIDs)")
+    max_records: int | None = Field(None, ge=1, description="a random sample of the corpus as "
+                                    "the training pool (default: all of it)")
+    min_title_words: int = Field(4, ge=1, description="pairs: title: shorter titles are skipped")
+    base_index: str | None = Field(None, description="an existing dense kailin index of the "
+                                   "corpus to mine with (default: encode the pool)")
+    mine_max_seq_length: int = Field(128, ge=8, description="tokens per abstract when the base "
+                                     "encoder ranks the pool (consistency filter, negatives)")
+    filter_top_n: int = Field(10, ge=0, description="keep a pair when the base encoder ranks its "
+                              "abstract in the top N (0: no filter)")
+    negatives: int = Field(1, ge=0, description="hard negatives per pair (0: in-batch only)")
+    neg_start: int = Field(3, ge=1, description="first base rank a hard negative comes from")
+    neg_depth: int = Field(30, ge=1, description="last base rank searched for hard negatives")
+    false_negative_overlap: float = Field(0.5, gt=0, le=1, description="a candidate sharing this "
+                                          "share of the source's major MeSH topics is not a "
+                                          "negative")
+    loss: Literal["mnrl", "cached"] = Field("mnrl", description="MultipleNegativesRankingLoss, "
+                                            "or its cached (GradCache) form for large batches")
+    mini_batch_size: int = Field(32, ge=1, description="loss: cached: GradCache chunk size")
+    batch_size: int = Field(32, ge=2, description="pairs per step (in-batch negatives)")
+    epochs: float = Field(1.0, gt=0, description="passes over the pairs (unless max_steps)")
+    max_steps: int | None = Field(None, ge=1, description="training steps (default: epochs)")
+    learning_rate: float = Field(2e-5, gt=0, description="peak learning rate")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="share of the steps warming up")
+    max_seq_length: int = Field(128, ge=8, description="training tokens, and the saved model's "
+                                "(so the index's) token limit")
+    save_steps: int = Field(100, ge=1, description="checkpoint every N steps")
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
+    seed: int = Field(13, description="sampling and training seed")
+    device: str | None = Field(None, description="training device (cpu, cuda, ...; default cpu)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="training precision (bfloat16 / float16: mixed precision, GPU)")
+    encode_batch_size: int = Field(64, ge=1, description="texts per batch when encoding the "
+                                   "pool")
+
+    @property
+    def bf16(self) -> bool:
+        return self.dtype == "bfloat16"
+
+    @property
+    def fp16(self) -> bool:
+        return self.dtype == "float16"
+
+    def identity(self) -> dict[str, Any]:
+        """The record of these settings in ``finetune.json`` (in the shape of the former
+        dataclass: ``bf16``/``fp16`` flags instead of ``dtype``)."""
+        return {k: getattr(self, k) for k in _IDENTITY_FIELDS}
 
     def mining_key(self) -> str:
         """Digest of the settings the mined pairs depend on (reuse ``pairs.parquet`` if equal)."""
@@ -103,9 +138,18 @@ class FinetuneConfig:
             "false_negative_overlap",
             "seed",
         ]
-        d = asdict(self)
+        d = self.identity()
         blob = json.dumps({k: d[k] for k in keys}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+#: the fields of :meth:`FinetuneConfig.identity`, in its order
+_IDENTITY_FIELDS = (
+    "base", "pairs", "questions", "holdout", "exclude_pmids", "max_records", "min_title_words",
+    "base_index", "mine_max_seq_length", "filter_top_n", "negatives", "neg_start", "neg_depth",
+    "false_negative_overlap", "loss", "mini_batch_size", "batch_size", "epochs", "max_steps",
+    "learning_rate", "warmup_ratio", "max_seq_length", "save_steps", "save_total_limit", "seed",
+    "device", "bf16", "fp16", "encode_batch_size")
 
 
 def is_held_out(pmids: Iterable[int], fraction: float, seed: int = 0) -> np.ndarray:
@@ -384,8 +428,6 @@ def finetune(
     require("sentence_transformers", "retrieval")
     require("datasets", "train")
     cfg = cfg or FinetuneConfig()
-    if cfg.loss not in ("mnrl", "cached"):
-        raise InputError(f"unknown loss {cfg.loss!r}: use mnrl or cached")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / META_FILE
@@ -406,7 +448,7 @@ def finetune(
 
             shutil.rmtree(ckpts)
     meta: dict[str, Any] = {
-        "config": asdict(cfg),
+        "config": cfg.identity(),
         "mining_key": key,
         "mining": stats,
         "complete": False,
