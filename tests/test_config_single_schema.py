@@ -32,7 +32,16 @@ def test_run_config_sections_are_the_library_classes() -> None:
     assert isinstance(cfg.generators[0].sft, SFTConfig)
     assert set(type(cfg.generators[0].sft).model_fields) - set(SFTConfig.model_fields) == {
         "enabled", "data"}
-    for cls in (PreferConfig, DPOConfig, SFTConfig):
+    from kailin.align.score import ScoreConfig
+    from kailin.dataset.export import ExportConfig
+    from kailin.dataset.train import DownstreamTrainConfig
+    from kailin.retrieval.finetune import FinetuneConfig
+
+    for section, cls in [("mesh", ScoreConfig), ("export", ExportConfig),
+                         ("downstream", DownstreamTrainConfig), ("retriever", FinetuneConfig)]:
+        assert isinstance(getattr(cfg, section), cls)
+    for cls in (PreferConfig, DPOConfig, SFTConfig, ScoreConfig, ExportConfig,
+                DownstreamTrainConfig, FinetuneConfig):
         assert issubclass(cls, StageConfig) and cls.model_config["extra"] == "forbid"
         assert all(f.description for f in cls.model_fields.values()), cls
 
@@ -318,3 +327,39 @@ def test_retriever_section_is_the_finetune_config(tmp_path: Path,
     bad = CliRunner().invoke(app, ["index", "finetune", str(tmp_path), "--out",
                                    str(tmp_path / "o"), "--loss", "other"])
     assert isinstance(bad.exception, InputError) and "--loss" in str(bad.exception)
+
+
+def test_mesh_section_is_the_score_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    import kailin.align.score as score
+    from kailin.align.score import ScoreConfig, ScoreStage
+
+    calls: list[Any] = []
+
+    def fake(questions: Any, index_dir: Any, out_dir: Any, **kw: Any) -> dict:
+        calls.append(kw)
+        return {"rows_out": 0, "skipped": 0, "shards": 0}
+
+    monkeypatch.setattr(score, "score_questions", fake)
+    monkeypatch.setattr("kailin.io.read_parquet", lambda *a, **k: pa.table(
+        {"generator": pa.array([], pa.string()), "score": pa.array([], pa.float64())}))
+    res = CliRunner().invoke(app, ["score", str(tmp_path), "--index", str(tmp_path), "--out",
+                                   str(tmp_path / "o"), "--measure", "resnik", "--aggregate",
+                                   "mean", "--ic-power", "1", "-k", "5"])
+    assert res.exit_code == 0, res.output
+    cli = calls[-1]["config"]
+    assert type(cli) is ScoreConfig
+    assert cli == ScoreConfig(measure="resnik", aggregate="mean", ic_power=1.0, k=5)
+    cfg = RunConfig.model_validate({"mesh": cli.model_dump()})
+    assert isinstance(cfg.mesh, ScoreConfig) and cfg.mesh.scoring() == cli.scoring()
+    assert set(type(cfg.mesh).model_fields) - set(ScoreConfig.model_fields) == {
+        "dir", "selfcheck_sample"}
+    # the pipeline's stage and the CLI's are built from the same settings
+    from kailin.pipeline.stages import _score_stage
+
+    stage = _score_stage(RunContext(cfg, tmp_path / "run", tmp_path))
+    lib = ScoreStage.from_config(tmp_path / "run" / "index", cli)
+    assert (stage.scoring, stage.k, stage.max_passed_over) == (lib.scoring, 5, 16)
+    bad = CliRunner().invoke(app, ["score", str(tmp_path), "--index", str(tmp_path), "--out",
+                                   str(tmp_path / "o"), "--aggregate", "max"])
+    assert isinstance(bad.exception, InputError) and "--aggregate" in str(bad.exception)

@@ -27,17 +27,51 @@ import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
+from kailin.config import StageConfig
 from kailin.errors import InputError
 from kailin.pipeline.stage import Stage
 
 log = logging.getLogger(__name__)
 
 QUESTION_COLUMNS = ("pmid", "question")
+
+
+class ScoreConfig(StageConfig):
+    """The document score: the options of ``kailin score`` and the scoring keys of the
+    pipeline's ``mesh`` section. Unset keys take :data:`kailin.mesh.score.DEFAULT_SCORING`
+    (chosen by ``kailin evaluate signal``), or the paper's form with ``faithful``."""
+
+    added_fields: ClassVar[tuple[str, ...]] = ("hybrid_alpha",)
+
+    measure: str | None = Field(None, description="descriptor similarity (default embedding; "
+                                "hybrid, resnik, lin, jiang, kailin, path, ...)")
+    faithful: bool = Field(False, description="the paper's form: the authors' measure, "
+                           "all-pairs mean, every descriptor, k=4")
+    aggregate: Literal["mean", "bma"] | None = Field(None, description="default bma")
+    exclude: Literal["check-tags", "none"] | None = Field(None, description="default: NLM's "
+                                                          "check tags left out")
+    ic_power: float | None = Field(None, ge=0, description="descriptor weights (IC/MaxIC)^p "
+                                   "(default 3)")
+    major_weight: float | None = Field(None, gt=0, description="weight of MajorTopicYN "
+                                       "descriptors (default 1; needs the corpus)")
+    rank_weighting: Literal["none", "reciprocal"] | None = Field(
+        None, description="none (default) or reciprocal (the context at rank r weighs 1/r)")
+    hybrid_alpha: float | None = Field(None, ge=0, le=1, description="measure hybrid: the "
+                                       "embedding's share (default 0.5)")
+    k: int | None = Field(None, ge=1, description="contexts the score looks at (default 6, "
+                          "faithful 4; kailin run: at least index.k, which the dataset keeps)")
+    max_passed_over: int = Field(16, ge=0, description="hits without MeSH passed over per "
+                                 "question to find k contexts with MeSH")
+
+    def scoring(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`ScoreStage` these settings give."""
+        return {k: getattr(self, k) for k in ScoreConfig.model_fields}
 
 
 class ScoreStage(Stage):
@@ -96,6 +130,16 @@ class ScoreStage(Stage):
         self._mesh = mesh
         self._scorer: Any = None
         self._lookup: CorpusMeshLookup | None = None
+
+    @classmethod
+    def from_config(cls, index_dir: str | os.PathLike[str], config: ScoreConfig,
+                    corpus_dir: str | os.PathLike[str] | None = None,
+                    mesh_dir: str | os.PathLike[str] | None = None,
+                    exclude_source: bool = True) -> ScoreStage:
+        """The stage with the settings of a :class:`ScoreConfig` (what ``kailin score`` and the
+        pipeline's score stage build)."""
+        return cls(index_dir, corpus_dir=corpus_dir, mesh_dir=mesh_dir,
+                   exclude_source=exclude_source, **config.scoring())
 
     def fingerprint_config(self) -> dict[str, Any]:
         return {
@@ -308,17 +352,23 @@ def score_questions(
     aggregate: str | None = None,
     rows_per_shard: int = 256,
     progress: bool = True,
+    config: ScoreConfig | None = None,
     **scoring: Any,
 ) -> dict[str, Any]:
-    """Run :class:`ScoreStage` locally over a questions Parquet file/directory into ``out_dir``."""
+    """Run :class:`ScoreStage` locally over a questions Parquet file/directory into ``out_dir``,
+    with the settings of ``config`` (or, for short calls, the same settings as keywords)."""
     from kailin.pipeline.executors.local import LocalExecutor
 
     qpath = Path(questions)
     if not qpath.exists():
         raise InputError(f"{qpath}: no such questions file or directory")
-    stage = ScoreStage(index_dir, corpus_dir=corpus_dir, mesh_dir=mesh_dir, k=k, measure=measure,
-                       faithful=faithful, exclude_source=exclude_source, aggregate=aggregate,
-                       **scoring)
+    if config is None:
+        config = ScoreConfig(k=k, measure=measure, faithful=faithful, aggregate=aggregate,
+                             **scoring)
+    elif scoring or k is not None or measure is not None or faithful or aggregate is not None:
+        raise TypeError("score_questions: give the settings as config or as keywords, not both")
+    stage = ScoreStage.from_config(index_dir, config, corpus_dir=corpus_dir, mesh_dir=mesh_dir,
+                                   exclude_source=exclude_source)
     stats = LocalExecutor(rows_per_shard=rows_per_shard, progress=progress).run(
         stage, qpath, out_dir
     )

@@ -50,15 +50,17 @@ def score(
 ) -> None:
     """For every (abstract, generator) question: retrieve the top-k contexts and MeSH-score them
     against the source abstract. Adds `context_pmids`, `context_titles` and `score`."""
-    from kailin.align.score import score_questions, summarize_scores
+    from kailin.align.score import ScoreConfig, score_questions, summarize_scores
+    from kailin.config import from_options
     from kailin.io import read_parquet
 
-    stats = score_questions(questions, index, out, corpus_dir=corpus, mesh_dir=mesh, k=k,
-                            measure=measure, faithful=faithful,
-                            exclude_source=not include_source, aggregate=aggregate,
-                            rows_per_shard=rows_per_shard, exclude=exclude, ic_power=ic_power,
-                            major_weight=major_weight, rank_weighting=rank_weighting,
-                            max_passed_over=max_passed_over)
+    config = from_options(ScoreConfig, k=k, measure=measure, faithful=faithful,
+                          aggregate=aggregate, exclude=exclude, ic_power=ic_power,
+                          major_weight=major_weight, rank_weighting=rank_weighting,
+                          max_passed_over=max_passed_over)
+    stats = score_questions(questions, index, out, corpus_dir=corpus, mesh_dir=mesh,
+                            exclude_source=not include_source, rows_per_shard=rows_per_shard,
+                            config=config)
     summary = summarize_scores(read_parquet(out, columns=["generator", "score"]))
     typer.echo(f"scored {stats['rows_out']} questions into {out} "
                f"({stats['skipped']} of {stats['shards']} shards already done)")

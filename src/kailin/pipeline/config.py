@@ -22,6 +22,7 @@ from pydantic import (
 
 from kailin.align.dpo import DPOConfig as LibDPOConfig
 from kailin.align.prefer import PreferConfig
+from kailin.align.score import ScoreConfig
 from kailin.align.sft import SFTConfig as LibSFTConfig
 from kailin.config import StageConfig
 from kailin.dataset.export import ExportConfig as LibExportConfig
@@ -59,27 +60,12 @@ class CorpusConfig(_Section):
                          "evaluation")
 
 
-class MeshConfig(_Section):
-    """The document score (defaults: kailin.mesh.score.DEFAULT_SCORING, chosen by
+class MeshConfig(ScoreConfig):
+    """The MeSH build and the document score (the settings of ``kailin score``,
+    ``kailin.align.score.ScoreConfig``; defaults: kailin.mesh.score.DEFAULT_SCORING, chosen by
     ``kailin evaluate signal``; ``faithful: true`` is the paper's form)."""
 
     dir: str | None = Field(None, description="MeSH build folder; default: the packaged one")
-    measure: str | None = Field(None, description="descriptor similarity (default embedding; "
-                                "hybrid, resnik, lin, jiang, kailin, path, ...)")
-    faithful: bool = Field(False, description="the paper's form: the authors' measure, "
-                           "all-pairs mean, every descriptor, k=4")
-    aggregate: Literal["mean", "bma"] | None = Field(None, description="default bma")
-    exclude: Literal["check-tags", "none"] | None = Field(None, description="default: NLM's "
-                                                          "check tags left out")
-    ic_power: float | None = Field(None, ge=0, description="descriptor weights (IC/MaxIC)^p "
-                                   "(default 3)")
-    major_weight: float | None = Field(None, gt=0, description="weight of MajorTopicYN "
-                                       "descriptors (default 1)")
-    rank_weighting: Literal["none", "reciprocal"] | None = None
-    k: int | None = Field(None, ge=1, description="contexts the score looks at (default 6, "
-                          "faithful 4); the dataset keeps index.k of them")
-    max_passed_over: int = Field(16, ge=0, description="hits without MeSH passed over per "
-                                 "question to find k contexts with MeSH")
     selfcheck_sample: int = Field(200, ge=0, description="records whose titles stand in for "
                                   "expert questions in reports/signal_selfcheck.json (0: off)")
 

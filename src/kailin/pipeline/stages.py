@@ -390,12 +390,9 @@ def _score_stage(ctx: RunContext):
     m, ix = ctx.cfg.mesh, ctx.cfg.index
     # the score looks at no fewer contexts than the dataset keeps (index.k)
     k = m.k if m.k is not None else max(ix.k, PAPER_SCORE_K if m.faithful else DEFAULT_SCORE_K)
-    return ScoreStage(ctx.path("index"), corpus_dir=corpus_dir(ctx),
-                      mesh_dir=ctx.resolve(m.dir), k=k, measure=m.measure,
-                      faithful=m.faithful, exclude_source=ix.leave_source_out,
-                      aggregate=m.aggregate, exclude=m.exclude, ic_power=m.ic_power,
-                      major_weight=m.major_weight, rank_weighting=m.rank_weighting,
-                      max_passed_over=m.max_passed_over)
+    return ScoreStage.from_config(ctx.path("index"), m.model_copy(update={"k": k}),
+                                  corpus_dir=corpus_dir(ctx), mesh_dir=ctx.resolve(m.dir),
+                                  exclude_source=ix.leave_source_out)
 
 
 def score_stage(ctx: RunContext) -> dict:
