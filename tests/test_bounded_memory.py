@@ -83,8 +83,8 @@ def test_ray_driver_holds_one_shard_at_a_time(tmp_path: Path, abstracts: tuple[P
     folder, input_bytes = abstracts
     seen: list[int] = []
 
-    def sampled(src, rows_per_shard):
-        for shard in iter_input_shards(src, rows_per_shard):
+    def sampled(src, rows_per_shard, columns=None):
+        for shard in iter_input_shards(src, rows_per_shard, columns):
             seen.append(pa.total_allocated_bytes())
             yield shard
 
@@ -130,3 +130,85 @@ def test_score_stage_forgets_the_corpus_lookups_of_earlier_shards(tmp_path: Path
     assert 0 < len(stage._lookup._cache) <= rows_per_shard * (1 + stage.k)
     scores = read_parquet(tmp_path / "scores").column("score").to_pylist()
     assert sum(s == s for s in scores) > 30  # scored (not NaN)
+
+
+# --- the pipeline's stage functions stream too ------------------------------------------------
+def _questions_folder(root: Path, n: int) -> Path:
+    """A questions folder of several parts: two generators, some rejected rows."""
+    out = root / "questions"
+    out.mkdir()
+    for part in range(3):
+        rows = range(part * n, (part + 1) * n)
+        pq.write_table(pa.table({
+            "pmid": [i // 2 for i in rows],
+            "generator": ["a" if i % 2 else "b" for i in rows],
+            "question": [None if i % 7 == 0 else f"what about {i}?" for i in rows],
+            "reject_reason": ["no_question" if i % 7 == 0 else None for i in rows],
+            "prompt_tokens": [10 + i % 3 for i in rows],
+            "completion_tokens": [5 for _ in rows],
+            "score": [float("nan") if i % 7 == 0 else (i % 10) / 10 for i in rows],
+        }), out / f"part-{part:05d}.parquet")
+    return out
+
+
+def test_stage_summaries_stream_batches_with_the_tables_result(tmp_path: Path) -> None:
+    """questions / score / policy_questions summarise their output batch by batch, as they
+    would the whole table."""
+    from kailin.align.score import summarize_scores
+    from kailin.generate.questions import question_stats
+    from kailin.io import iter_parquet_batches
+
+    folder = _questions_folder(tmp_path, 50)
+    table = read_parquet(folder)
+    small = iter_parquet_batches(folder, batch_size=7)
+    assert question_stats(small) == question_stats(table)
+    assert question_stats(table)["generators"]["a"]["reject_reasons"]["no_question"] > 0
+    a = summarize_scores(iter_parquet_batches(folder, columns=["generator", "score"],
+                                              batch_size=7))
+    assert a == summarize_scores(table) and a["a"]["nan"] > 0
+
+
+def test_best_questions_from_a_folder_equal_those_of_the_table(tmp_path: Path) -> None:
+    from kailin.pipeline.keys import table_digest
+    from kailin.pipeline.stages import _best_questions
+
+    folder = _questions_folder(tmp_path, 40)
+    best = _best_questions(folder)
+    assert table_digest(best) == table_digest(_best_questions(read_parquet(folder)))
+    assert best.num_rows == len(set(best["pmid"].to_pylist())) > 0
+
+
+def test_work_set_is_streamed_with_the_same_shards(tmp_path: Path) -> None:
+    """Passing the work set as a file with its columns (the question stages) gives the shards
+    of the in-memory table: the same shard keys, so no shard is recomputed."""
+    from kailin.pipeline.keys import table_digest
+
+    folder = _questions_folder(tmp_path, 45)
+    cols = ["pmid", "question"]
+    from_table = [table_digest(s) for s in iter_input_shards(read_parquet(folder, cols), 16)]
+    streamed = [table_digest(s) for s in iter_input_shards(folder, 16, cols)]
+    assert streamed == from_table and len(streamed) == 9
+
+
+def test_workset_stage_writes_batch_by_batch(tmp_path: Path) -> None:
+    """The workset is written from DuckDB's batches (one in memory at a time) with the corpus
+    schema, and equals the rows the query selects."""
+    from kailin.corpus.demo import build_demo_corpus
+    from kailin.corpus.query import connect
+    from kailin.corpus.schema import CORPUS_SCHEMA
+    from kailin.pipeline.config import RunConfig
+    from kailin.pipeline.run import RunContext
+    from kailin.pipeline.stages import workset_stage
+
+    run = tmp_path / "run"
+    build_demo_corpus(run / "corpus" / "full")
+    cfg = RunConfig.model_validate({"corpus": {"demo": True, "limit": 30, "heldout": 10}})
+    out = workset_stage(RunContext(cfg, run, tmp_path, progress=False))
+    assert out == {"distil": 30, "heldout": 10}
+    work = pq.read_table(run / "corpus" / "work.parquet")
+    held = pq.read_table(run / "corpus" / "heldout.parquet")
+    assert work.schema.equals(CORPUS_SCHEMA) and held.schema.equals(CORPUS_SCHEMA)
+    pmids = [r[0] for r in connect(run / "corpus" / "full").sql(
+        "select pmid from corpus where coalesce(length(abstract), 0) > 0 and "
+        "coalesce(len(mesh_uis), 0) > 0 order by pmid limit 40").fetchall()]
+    assert work["pmid"].to_pylist() + held["pmid"].to_pylist() == pmids

@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,19 @@ def write_json_atomic(target: str | os.PathLike[str], obj: Any) -> None:
 def write_parquet_atomic(table: pa.Table, target: str | os.PathLike[str], **kwargs: Any) -> None:
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp, **kwargs)
+
+
+def write_batches_atomic(batches: Iterable[pa.RecordBatch], schema: pa.Schema,
+                         target: str | os.PathLike[str]) -> int:
+    """Write a stream of record batches (cast to ``schema``) as one Parquet file, atomically,
+    holding one batch at a time; returns the row count."""
+    n = 0
+    with atomic_path(target) as tmp, pq.ParquetWriter(tmp, schema) as w:
+        for b in batches:
+            if b.num_rows:
+                w.write_table(pa.Table.from_batches([b]).cast(schema))
+                n += b.num_rows
+    return n
 
 
 def parquet_files(path: str | os.PathLike[str]) -> list[Path]:

@@ -375,18 +375,22 @@ def score_questions(
     return stats
 
 
-def summarize_scores(table: pa.Table) -> dict[str, Any]:
-    """Per-generator count, NaN count and mean score (for the CLI table)."""
-    gens = table["generator"].to_pylist() if "generator" in table.column_names else [""] * len(table)
-    scores = table["score"].to_pylist()
+def summarize_scores(table: pa.Table | Iterable[pa.RecordBatch]) -> dict[str, Any]:
+    """Per-generator count, NaN count and mean score (for the CLI table), of a table or of a
+    stream of record batches (``kailin.io.iter_parquet_batches``: bounded memory)."""
     out: dict[str, dict[str, Any]] = {}
-    for g, s in zip(gens, scores, strict=True):
-        d = out.setdefault(str(g), {"n": 0, "nan": 0, "sum": 0.0})
-        d["n"] += 1
-        if s is None or math.isnan(s):
-            d["nan"] += 1
-        else:
-            d["sum"] += s
+    for batch in (table.to_batches() if isinstance(table, pa.Table) else table):
+        names = batch.schema.names
+        scores = batch.column(names.index("score")).to_pylist()
+        gens = (batch.column(names.index("generator")).to_pylist() if "generator" in names
+                else [""] * len(scores))
+        for g, s in zip(gens, scores, strict=True):
+            d = out.setdefault(str(g), {"n": 0, "nan": 0, "sum": 0.0})
+            d["n"] += 1
+            if s is None or math.isnan(s):
+                d["nan"] += 1
+            else:
+                d["sum"] += s
     return {
         g: {"n": d["n"], "nan": d["nan"],
             "mean": (d["sum"] / (d["n"] - d["nan"])) if d["n"] > d["nan"] else float("nan")}

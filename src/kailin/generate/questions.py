@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -205,30 +204,35 @@ class QuestionGenerationStage(Stage):
         return pa.table(cols, schema=QUESTIONS_SCHEMA)
 
 
-def question_stats(table: pa.Table) -> dict[str, Any]:
-    """Per-generator row, acceptance, rejection-reason and token counts of a questions table."""
-    out: dict[str, Any] = {"rows": table.num_rows, "accepted": 0,
+def question_stats(table: pa.Table | Iterable[pa.RecordBatch]) -> dict[str, Any]:
+    """Per-generator row, acceptance, rejection-reason and token counts of a questions table, or
+    of a stream of its record batches (bounded memory)."""
+    out: dict[str, Any] = {"rows": 0, "accepted": 0,
                            "rejections": dict.fromkeys(ALL_REJECT_REASONS, 0), "generators": {}}
-    gens = table.column("generator").to_pylist()
-    reasons = table.column("reject_reason").to_pylist()
-    pt = table.column("prompt_tokens").to_pylist()
-    ct = table.column("completion_tokens").to_pylist()
-    for name in dict.fromkeys(gens):
-        idx = [i for i, g in enumerate(gens) if g == name]
-        counts = Counter(reasons[i] for i in idx if reasons[i] is not None)
-        accepted = sum(1 for i in idx if reasons[i] is None)
-        out["generators"][name] = {
-            "rows": len(idx),
-            "accepted": accepted,
-            "rejected": len(idx) - accepted,
-            "reject_reasons": {r: counts.get(r, 0) for r in ALL_REJECT_REASONS}
-            | {r: n for r, n in counts.items() if r not in ALL_REJECT_REASONS},
-            "prompt_tokens": sum(pt[i] or 0 for i in idx),
-            "completion_tokens": sum(ct[i] or 0 for i in idx),
-        }
-        out["accepted"] += accepted
-        for r, n in counts.items():
-            out["rejections"][r] = out["rejections"].get(r, 0) + n
+    for batch in (table.to_batches() if isinstance(table, pa.Table) else table):
+        names = batch.schema.names
+
+        def col(name: str, b: pa.RecordBatch = batch, n: list[str] = names) -> list:
+            return b.column(n.index(name)).to_pylist()
+
+        gens, reasons = col("generator"), col("reject_reason")
+        pt, ct = col("prompt_tokens"), col("completion_tokens")
+        out["rows"] += len(gens)
+        for g, r, p_, c_ in zip(gens, reasons, pt, ct, strict=True):
+            d = out["generators"].setdefault(g, {
+                "rows": 0, "accepted": 0, "rejected": 0,
+                "reject_reasons": dict.fromkeys(ALL_REJECT_REASONS, 0),
+                "prompt_tokens": 0, "completion_tokens": 0})
+            d["rows"] += 1
+            d["prompt_tokens"] += p_ or 0
+            d["completion_tokens"] += c_ or 0
+            if r is None:
+                d["accepted"] += 1
+                out["accepted"] += 1
+            else:
+                d["rejected"] += 1
+                d["reject_reasons"][r] = d["reject_reasons"].get(r, 0) + 1
+                out["rejections"][r] = out["rejections"].get(r, 0) + 1
     out["rejected"] = out["rows"] - out["accepted"]
     return out
 

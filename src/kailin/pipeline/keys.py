@@ -106,14 +106,19 @@ class FileDigests:
         ``#3`` for repeats) rather than their absolute path: a key made from these does not
         change when the same files are read from another place (a moved checkout, another
         install of the packaged samples, a copied run)."""
-        out: dict[str, str] = {}
+        return {label: sha for label, (_p, sha) in self.labelled(paths).items()}
+
+    def labelled(self, paths: Iterable[Path]) -> dict[str, tuple[str, str]]:
+        """``{name: (absolute path, digest)}``: :meth:`named` with the path each name stands
+        for (for messages)."""
+        out: dict[str, tuple[str, str]] = {}
         for p, sha in self.paths(paths).items():
             name = Path(p).name or p
             label, n = name, 1
             while label in out:
                 n += 1
                 label = f"{name}#{n}"
-            out[label] = sha
+            out[label] = (p, sha)
         return out
 
     def save(self) -> None:

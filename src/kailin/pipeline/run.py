@@ -80,6 +80,8 @@ class StagePlan:
     state: dict[str, Any] = field(default_factory=dict)
     status: str = "missing"  # done, stale, missing, running, failed, disabled
     reasons: list[str] = field(default_factory=list)
+    #: the input files' names in the key and the paths they stand for now (for messages)
+    file_paths: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -186,11 +188,13 @@ def plan_run(cfg: ConfigLike, base_dir: Path, run_dir: Path, specs: list[StageSp
         salt = state.get("salt", "")
         if _matches(spec, set(force)):
             salt = secrets.token_hex(4)
+        files = digests.labelled(spec.files(cfg, base_dir)) if spec.files else {}
+        p.file_paths = {name: path for name, (path, _sha) in files.items()}
         parts = {
             "stage": spec.name,
             "settings": json.loads(json.dumps(spec.settings(cfg), default=str)),
             "inputs": {d: keys[d] for d in spec.inputs if d in keys},
-            "files": digests.named(spec.files(cfg, base_dir)) if spec.files else {},
+            "files": {name: sha for name, (_path, sha) in files.items()},
             "code": f"{kailin.__version__}/{spec.code}",
             "salt": salt,
         }
@@ -202,12 +206,12 @@ def plan_run(cfg: ConfigLike, base_dir: Path, run_dir: Path, specs: list[StageSp
             p.status = "done"
         else:
             p.status = "stale" if state.get("key") != p.key else state.get("status", "stale")
-            p.reasons = _why(state, parts)
+            p.reasons = _why(state, parts, p.file_paths)
     digests.save()
     return plans
 
 
-def _why(state: dict, parts: dict) -> list[str]:
+def _why(state: dict, parts: dict, file_paths: dict[str, str] | None = None) -> list[str]:
     if state.get("key") == digest(parts):
         return [f"last run {state.get('status')}"]
     old = state.get("parts")
@@ -218,7 +222,9 @@ def _why(state: dict, parts: dict) -> list[str]:
     oi, ni = old.get("inputs", {}), parts["inputs"]
     out += [f"input {d} changed" for d in sorted(set(oi) | set(ni)) if oi.get(d) != ni.get(d)]
     of, nf = old.get("files", {}), parts["files"]
-    out += [f"file {f} changed" for f in sorted(set(of) | set(nf)) if of.get(f) != nf.get(f)]
+    where = file_paths or {}
+    out += [f"file {where.get(f, f)} changed" for f in sorted(set(of) | set(nf))
+            if of.get(f) != nf.get(f)]
     if old.get("code") != parts["code"]:
         out.append(f"code version {old.get('code')} -> {parts['code']}")
     if old.get("salt") != parts["salt"]:

@@ -34,7 +34,12 @@ from typing import Any
 import pyarrow as pa
 
 from kailin.errors import KailinError
-from kailin.io import duckdb_table, read_parquet, write_json_atomic, write_parquet_atomic
+from kailin.io import (
+    duckdb_table,
+    iter_parquet_batches,
+    read_parquet,
+    write_json_atomic,
+)
 from kailin.pipeline.config import RunConfig
 from kailin.pipeline.keys import digest, table_digest
 from kailin.pipeline.run import RunContext, StageSpec, run_pipeline
@@ -99,21 +104,29 @@ def _drop_corpus_of_removed_inputs(ctx: RunContext, full: Path) -> None:
 def workset_stage(ctx: RunContext) -> dict:
     """The working set: abstracts with MeSH, sorted by PMID; the first ``corpus.limit`` are
     distilled, the next ``corpus.heldout`` are held out for the generator evaluation. DuckDB
-    sorts and cuts on disk, so only these rows are ever in memory, whatever the corpus size."""
+    sorts and cuts on disk and the rows are written batch by batch, so the driver holds one
+    batch at a time, whatever the corpus size (``corpus.limit`` unset: the whole corpus)."""
     from kailin.corpus.query import connect
     from kailin.corpus.schema import CORPUS_SCHEMA
+    from kailin.io import write_batches_atomic
 
     c = ctx.cfg.corpus
     con = connect(corpus_dir(ctx))
     rows = ("select * from corpus where coalesce(length(abstract), 0) > 0 and "
             "coalesce(len(mesh_uis), 0) > 0 order by pmid")
-    work = duckdb_table(con.sql(rows + (f" limit {int(c.limit)}" if c.limit else "")))
-    held = (duckdb_table(con.sql(f"{rows} limit {int(c.heldout)} offset {int(c.limit)}"))
-            if c.limit and c.heldout else work.slice(0, 0))
-    work, held = work.cast(CORPUS_SCHEMA), held.cast(CORPUS_SCHEMA)
-    write_parquet_atomic(work, ctx.path("corpus", "work.parquet"))
-    write_parquet_atomic(held, ctx.path("corpus", "heldout.parquet"))
-    return {"distil": work.num_rows, "heldout": held.num_rows}
+
+    def write(sql: str | None, name: str) -> int:
+        if sql is None:
+            return write_batches_atomic(iter(()), CORPUS_SCHEMA, ctx.path("corpus", name))
+        rel = con.sql(sql)
+        reader = getattr(rel, "to_arrow_reader", None) or rel.fetch_record_batch  # duckdb < 1.4
+        batches = reader(8192)
+        return write_batches_atomic(batches, CORPUS_SCHEMA, ctx.path("corpus", name))
+
+    n_work = write(rows + (f" limit {int(c.limit)}" if c.limit else ""), "work.parquet")
+    n_held = write(f"{rows} limit {int(c.heldout)} offset {int(c.limit)}"
+                   if c.limit and c.heldout else None, "heldout.parquet")
+    return {"distil": n_work, "heldout": n_held}
 
 
 def corpus_files(cfg: RunConfig, base: Path) -> list[Path]:
@@ -340,17 +353,25 @@ def _question_stage(ctx: RunContext, gen_name: str, model: str, label: str | Non
 def questions_stage(ctx: RunContext) -> dict:
     from kailin.generate.questions import question_stats
 
-    work = read_parquet(ctx.path("corpus", "work.parquet"), columns=["pmid", "title", "abstract"])
+    # the work set is streamed shard by shard, and the summary batch by batch: the driver never
+    # holds the abstracts or the questions
+    work = ctx.path("corpus", "work.parquet")
     _drop_other_dirs(ctx.path("questions"), {g.name for g in ctx.cfg.generators})
     rows = computed = 0
     for g in ctx.cfg.generators:
         stage = _question_stage(ctx, g.name, generator_model(ctx, g.name))
         stats = ctx.executor().run(stage, work, ctx.path("questions", g.name),
-                                   key=_question_key(ctx, g.name))
+                                   key=_question_key(ctx, g.name), columns=WORK_COLUMNS)
         rows += stats["rows_out"]
         computed += stats["computed"]
-    qs = read_parquet(ctx.path("questions"))
+    qs = iter_parquet_batches(ctx.path("questions"), columns=list(QUESTION_STAT_COLUMNS))
     return {"rows": rows, "shards_computed": computed, **_flat(question_stats(qs))}
+
+
+#: what the question stages read of the work set
+WORK_COLUMNS = ["pmid", "title", "abstract"]
+#: what the questions summary reads
+QUESTION_STAT_COLUMNS = ("generator", "reject_reason", "prompt_tokens", "completion_tokens")
 
 
 def _question_key(ctx: RunContext, gen_name: str, model_stage: str | None = None) -> str:
@@ -411,7 +432,7 @@ def score_stage(ctx: RunContext) -> dict:
         stats = ctx.executor().run(stage, ctx.path("questions", g), out / g, key=key)
         rows += stats["rows_out"]
         computed += stats["computed"]
-    scores = read_parquet(out)
+    scores = iter_parquet_batches(out, columns=["generator", "score"])
     return {"rows": rows, "shards_computed": computed, **_flat(summarize_scores(scores))}
 
 
@@ -551,7 +572,7 @@ def steering_stage(ctx: RunContext) -> dict:
     cfg, st = ctx.cfg, ctx.cfg.steering
     gen = _dpo_generator(cfg)
     base_model = generator_model(ctx, gen)
-    work = read_parquet(ctx.path("corpus", "work.parquet"), columns=["pmid", "title", "abstract"])
+    work = ctx.path("corpus", "work.parquet")  # streamed by the executor (WORK_COLUMNS)
     held = read_parquet(ctx.path("corpus", "heldout.parquet"),
                         columns=["pmid", "title", "abstract", "mesh_uis"])
     root = ctx.path("steering")
@@ -560,7 +581,9 @@ def steering_stage(ctx: RunContext) -> dict:
     key = ctx.key
 
     def run(stage, src, out: Path, tag: str) -> None:
-        ctx.executor().run(stage, src, out, key=digest({"stage": key, "tag": tag}))
+        streamed = isinstance(src, Path) and src == work  # the work set: its WORK_COLUMNS
+        ctx.executor().run(stage, src, out, key=digest({"stage": key, "tag": tag}),
+                           columns=WORK_COLUMNS if streamed else None)
 
     # the second retriever, over the same corpus (rebuilt when its options or the corpus change)
     ix2, ix2_key = root / "index2", ctx.sub_key({"second_index": st.second_index}, ["corpus"])
@@ -741,33 +764,43 @@ def policy_questions_stage(ctx: RunContext) -> dict:
     gen = _dpo_generator(ctx.cfg)
     model, rnd = policy_model(ctx)
     label = f"{gen}-dpo-round{rnd}"
-    work = read_parquet(ctx.path("corpus", "work.parquet"), columns=["pmid", "title", "abstract"])
     key = ctx.key
-    ctx.executor().run(_question_stage(ctx, gen, model, label=label), work,
-                       ctx.path("policy", "questions"), key=digest({"k": key, "q": label}))
+    ctx.executor().run(_question_stage(ctx, gen, model, label=label),
+                       ctx.path("corpus", "work.parquet"), ctx.path("policy", "questions"),
+                       key=digest({"k": key, "q": label}), columns=WORK_COLUMNS)
     ctx.executor().run(_score_stage(ctx), ctx.path("policy", "questions"),
                        ctx.path("policy", "scores"), key=digest({"k": key, "s": label}))
     write_json_atomic(ctx.path("policy", "policy.json"),
                       {"generator": label, "model": model, "round": rnd})
-    qs = read_parquet(ctx.path("policy", "questions"))
+    qs = iter_parquet_batches(ctx.path("policy", "questions"),
+                              columns=list(QUESTION_STAT_COLUMNS))
     return {"model_round": rnd, **_flat(question_stats(qs))}
 
 
-def _export_scores(ctx: RunContext) -> pa.Table:
-    """The scored questions the dataset is made from."""
+def _export_scores(ctx: RunContext) -> Path:
+    """The scored questions the dataset is made from (a folder of Parquet parts)."""
     if ctx.cfg.export.questions_from == "policy":
-        return read_parquet(ctx.path("policy", "scores"))
-    return read_parquet(ctx.path("scores"))
+        return ctx.path("policy", "scores")
+    return ctx.path("scores")
 
 
 # --- dataset ----------------------------------------------------------------------------------
-def _best_questions(scores: pa.Table) -> pa.Table:
-    """Per PMID, the best-scoring non-empty question (the one a preference pair would choose)."""
+def _best_questions(scores: pa.Table | Path) -> pa.Table:
+    """Per PMID, the best-scoring non-empty question (the one a preference pair would choose).
+    Given a folder, DuckDB reads its Parquet parts itself: the driver holds the best rows only,
+    never every scored question."""
     import duckdb
 
+    from kailin.io import parquet_files
 
     con = duckdb.connect()
-    con.register("s", scores)
+    if isinstance(scores, pa.Table):
+        con.register("s", scores)
+    else:
+        files = [str(f) for f in parquet_files(scores)]
+        if not files:
+            raise FileNotFoundError(f"{scores}: holds no Parquet files")
+        con.register("s", con.read_parquet(files, union_by_name=True))
     return duckdb_table(con.sql(
         "select * exclude (rk) from (select *, row_number() over (partition by pmid order by "
         "score desc nulls last, generator) as rk from s where question is not null and "
@@ -879,7 +912,7 @@ def _control_data(ctx: RunContext, arm: str) -> Path:
     keep = pa.array(sorted(set(read_parquet(ctx.path("export", "cpt"),
                                             columns=["pmid"])["pmid"].to_pylist())), pa.int64())
 
-    def rows(scores: pa.Table) -> pa.Table:
+    def rows(scores: Path) -> pa.Table:
         best = _best_questions(scores)
         return best.filter(pc.is_in(best["pmid"].cast(pa.int64()), value_set=keep))
 
@@ -887,7 +920,7 @@ def _control_data(ctx: RunContext, arm: str) -> Path:
         _write_export(ctx, rows(_export_scores(ctx)), out, template=RAW_TEMPLATE,
                       questions={"from": "none (raw abstracts: downstream control)"})
     else:
-        _write_export(ctx, rows(read_parquet(ctx.path("scores"))), out,
+        _write_export(ctx, rows(ctx.path("scores")), out,
                       questions={"from": "generators (pre-DPO: downstream control)", "models": {
                           g.name: generator_model(ctx, g.name) for g in ctx.cfg.generators},
                           "round": 0})

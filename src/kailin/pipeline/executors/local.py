@@ -33,9 +33,14 @@ from kailin.pipeline.stage import Stage
 log = logging.getLogger(__name__)
 
 
-def iter_input_shards(src: str | Path | pa.Table, rows_per_shard: int) -> Iterator[pa.Table]:
-    """Cut a Parquet file/directory or an in-memory table into deterministic shards."""
+def iter_input_shards(src: str | Path | pa.Table, rows_per_shard: int,
+                      columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """Cut a Parquet file/directory or an in-memory table into deterministic shards (of
+    ``columns`` only, when given). A file is read batch by batch: memory stays bounded by the
+    shard size, whatever the input's."""
     if isinstance(src, pa.Table):
+        if columns is not None:
+            src = src.select(columns)
         for start in range(0, max(src.num_rows, 1), rows_per_shard):
             if src.num_rows == 0:
                 return
@@ -44,7 +49,7 @@ def iter_input_shards(src: str | Path | pa.Table, rows_per_shard: int) -> Iterat
     pending: list[pa.RecordBatch] = []
     n = 0
     for f in parquet_files(src):
-        for b in pq.ParquetFile(f).iter_batches(batch_size=rows_per_shard):
+        for b in pq.ParquetFile(f).iter_batches(batch_size=rows_per_shard, columns=columns):
             pending.append(b)
             n += b.num_rows
             while n >= rows_per_shard:
@@ -114,17 +119,18 @@ class LocalExecutor:
         self.progress = progress
 
     def run(self, stage: Stage, src: str | Path | pa.Table, out_dir: str | Path,
-            key: str = "") -> dict:
-        """Run ``stage`` over the shards of ``src`` into ``out_dir``; ``key`` stands for
-        everything besides the input rows and the stage's own settings that the output depends
-        on (the pipeline passes the keys of side inputs such as an index or a model)."""
+            key: str = "", columns: list[str] | None = None) -> dict:
+        """Run ``stage`` over the shards of ``src`` (of its ``columns`` when given) into
+        ``out_dir``; ``key`` stands for everything besides the input rows and the stage's own
+        settings that the output depends on (the pipeline passes the keys of side inputs such as
+        an index or a model)."""
         out = Path(out_dir)
         done_dir = out / "_done"
         prepare_output(stage, out, key)
         stats = {"stage": stage.name, "shards": 0, "skipped": 0, "rows_in": 0,
                  "rows_out": 0, "seconds": 0.0}
         bar = _progress(None, stage.name, self.progress)
-        for i, shard in enumerate(iter_input_shards(src, self.rows_per_shard)):
+        for i, shard in enumerate(iter_input_shards(src, self.rows_per_shard, columns)):
             stats["shards"] += 1
             expected = shard_key(stage, key, shard)
             m = valid_marker(done_dir / f"{i:05d}.json", expected)

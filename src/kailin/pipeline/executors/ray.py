@@ -92,7 +92,7 @@ class RayExecutor:
         return 0.0
 
     def run(self, stage: Stage, src: str | Path | pa.Table, out_dir: str | Path,
-            key: str = "") -> dict:
+            key: str = "", columns: list[str] | None = None) -> dict:
         """As :meth:`LocalExecutor.run <kailin.pipeline.executors.local.LocalExecutor.run>`:
         the same shards, keys, parts and markers."""
         out = Path(out_dir)
@@ -105,7 +105,7 @@ class RayExecutor:
         pending: list[Any] = []
         keys: dict[int, str] = {}
         ray = None
-        for i, shard in enumerate(iter_input_shards(src, self.rows_per_shard)):
+        for i, shard in enumerate(iter_input_shards(src, self.rows_per_shard, columns)):
             stats["shards"] += 1
             expected = shard_key(stage, key, shard)
             m = valid_marker(done_dir / f"{i:05d}.json", expected)
