@@ -343,3 +343,29 @@ def test_select_years_without_mesh(tmp_path: Path) -> None:
     assert yrs and all(2010 <= y <= 2012 for y in yrs) and r["records"] == len(yrs)
     with pytest.raises(InputError, match="or --years"):
         select(tmp_path / "c", [], tmp_path / "x")
+
+
+def test_index_model_folder_is_resolved_and_keyed_by_content(tmp_path: Path) -> None:
+    """index.model as a folder relative to the config: the index uses that folder, and
+    retraining the encoder in place changes the index's key."""
+    from kailin.pipeline.run import RunContext
+    from kailin.pipeline.stages import index_model
+
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    (enc / "model.safetensors").write_bytes(b"v1")
+    cfg = RunConfig.model_validate({"corpus": {"demo": True},
+                                    "index": {"kind": "dense", "model": "enc"}})
+    assert index_model(RunContext(cfg, tmp_path / "run", tmp_path)) == str(enc)
+    d = FileDigests(tmp_path / "d.json")
+
+    def key() -> str:
+        return next(p.key for p in plan_run(cfg, tmp_path, tmp_path / "run",
+                                            pipeline_stages(cfg), digests=d)
+                    if p.spec.name == "index")
+
+    k1 = key()
+    (enc / "model.safetensors").write_bytes(b"v2")
+    assert key() != k1
+    hub = RunConfig.model_validate({"index": {"kind": "dense", "model": "org/encoder"}})
+    assert index_model(RunContext(hub, tmp_path / "run", tmp_path)) == "org/encoder"

@@ -278,11 +278,22 @@ def index_model(ctx: RunContext) -> str | None:
     """The encoder of a dense or hybrid index: ``index.model``, else the retriever stage's
     fine-tuned model when that stage is on, else None (the packaged MiniLM)."""
     ix = ctx.cfg.index
-    if ix.model:
-        return ix.model
+    if ix.model:  # a folder relative to the config file, or a hub id
+        return _local_or_hub(ctx, ix.model)
     if ctx.cfg.retriever.enabled and ix.kind in ("dense", "hybrid"):
         return str(ctx.path(RETRIEVER_DIR))
     return None
+
+
+def _index_model_files(cfg: RunConfig, base: Path) -> list[Path]:
+    """``index.model`` when it is a local folder: keyed by content, so retraining the encoder in
+    place rebuilds the index."""
+    m = cfg.index.model
+    if not m or cfg.index.kind == "bm25":
+        return []
+    p = Path(m).expanduser()
+    p = p if p.is_absolute() else base / p
+    return [p] if p.exists() else []
 
 
 def index_stage(ctx: RunContext) -> dict:
@@ -1056,7 +1067,7 @@ def pipeline_stages(cfg: RunConfig) -> list[StageSpec]:
                      outputs=[RETRIEVER_DIR], mode="resume", files=_retriever_files)] if cfg.retriever.enabled else []),
         StageSpec("index", index_stage,
                   lambda c: {"index": {"kind": c.index.kind, "model": c.index.model}},
-                  ["corpus", "retriever"], outputs=["index"]),
+                  ["corpus", "retriever"], outputs=["index"], files=_index_model_files),
     ]
     late = cfg.retriever.enabled and cfg.retriever.pairs == "question"
     if not late:
