@@ -369,3 +369,16 @@ def test_index_model_folder_is_resolved_and_keyed_by_content(tmp_path: Path) -> 
     assert key() != k1
     hub = RunConfig.model_validate({"index": {"kind": "dense", "model": "org/encoder"}})
     assert index_model(RunContext(hub, tmp_path / "run", tmp_path)) == "org/encoder"
+
+
+def test_status_explains_keys_made_when_files_were_keyed_by_path() -> None:
+    from kailin.pipeline.run import _why
+
+    new = {"settings": {}, "inputs": {}, "files": {"a.xml": "s1", "b.xml": "s2"}, "code": "c",
+           "salt": ""}
+    old = {**new, "files": {"/old/checkout/a.xml": "s1", "/old/checkout/b.xml": "s2"}}
+    assert _why({"key": "x", "parts": old}, new) == [
+        "input files keyed by name instead of path (same content; once)"]
+    old2 = {**new, "files": {"/old/checkout/a.xml": "s1", "/old/checkout/b.xml": "s0"}}
+    assert _why({"key": "x", "parts": old2}, new, {"b.xml": "/new/b.xml"}) == [
+        "file /new/b.xml changed"]

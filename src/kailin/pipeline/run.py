@@ -223,8 +223,15 @@ def _why(state: dict, parts: dict, file_paths: dict[str, str] | None = None) -> 
     out += [f"input {d} changed" for d in sorted(set(oi) | set(ni)) if oi.get(d) != ni.get(d)]
     of, nf = old.get("files", {}), parts["files"]
     where = file_paths or {}
-    out += [f"file {where.get(f, f)} changed" for f in sorted(set(of) | set(nf))
-            if of.get(f) != nf.get(f)]
+    if any("/" in f for f in of) and not any("/" in f for f in nf):
+        # keys made before input files were named by base name held their absolute paths
+        if sorted(of.values()) == sorted(nf.values()):
+            out.append("input files keyed by name instead of path (same content; once)")
+        else:
+            out += [f"file {where.get(f, f)} changed" for f in nf if nf[f] not in of.values()]
+    else:
+        out += [f"file {where.get(f, f)} changed" for f in sorted(set(of) | set(nf))
+                if of.get(f) != nf.get(f)]
     if old.get("code") != parts["code"]:
         out.append(f"code version {old.get('code')} -> {parts['code']}")
     if old.get("salt") != parts["salt"]:
