@@ -62,3 +62,24 @@ def test_lora_config_defaults_are_the_authors() -> None:
     cfg = build_lora_config(LoraSettings(r=4, alpha=8, target_modules=("o_proj",)))
     assert cfg.r == 4 and set(cfg.target_modules) == {"o_proj"}
     assert LoraSettings().to_dict()["target_modules"] == ["q_proj", "k_proj", "v_proj"]
+
+
+def test_stale_checkpoints_are_refused_or_replaced(tmp_path: Path) -> None:
+    """Checkpoints of other settings: refused for a user's --out folder, removed for a stage
+    that owns its folder (the steering rounds retrain after their pairs changed)."""
+    from kailin.errors import InputError
+    from kailin.train.common import prepare_checkpoints
+
+    ckpt = prepare_checkpoints(tmp_path, {"lr": 1, "data_digest": "a"}, ignore=())
+    (ckpt / "checkpoint-5").mkdir()
+    (ckpt / "checkpoint-5" / "adapter_model.safetensors").write_bytes(b"x")
+    with pytest.raises(InputError, match="different settings"):
+        prepare_checkpoints(tmp_path, {"lr": 1, "data_digest": "b"}, ignore=())
+    ckpt = prepare_checkpoints(tmp_path, {"lr": 1, "data_digest": "b"}, ignore=(),
+                               replace_stale=True)
+    assert not (ckpt / "checkpoint-5").exists()
+    assert json.loads((ckpt / "kailin_settings.json").read_text())["data_digest"] == "b"
+    # the same settings resume: the checkpoints stay
+    (ckpt / "checkpoint-7").mkdir()
+    prepare_checkpoints(tmp_path, {"lr": 1, "data_digest": "b"}, ignore=(), replace_stale=True)
+    assert (ckpt / "checkpoint-7").is_dir()

@@ -175,10 +175,13 @@ def train_dpo(
     config: DPOConfig | None = None,
     callbacks: list[Any] | None = None,
     model: str = "smollm2",
+    replace_stale: bool = False,
 ) -> dict[str, Any]:
     """DPO the generator ``model`` (a ``kailin train sft`` output, a checkpoint, a hub id or
     'smollm2') on ``pairs`` with ``config``; resume from the last checkpoint; save the adapter
-    and the merged model. A finished run with the same settings returns at once."""
+    and the merged model. A finished run with the same settings returns at once. Checkpoints in
+    ``out_dir`` from other pairs or settings are refused, or removed with ``replace_stale`` (a
+    pipeline stage that owns the folder)."""
     require_training()
     c = config or DPOConfig()
     out = Path(out_dir)
@@ -196,7 +199,8 @@ def train_dpo(
     from trl import DPOConfig as TrlDPOConfig
     from trl import DPOTrainer
 
-    ckpt_dir = prepare_checkpoints(out, sdict, ignore=RESUMABLE_CHANGES)
+    ckpt_dir = prepare_checkpoints(out, sdict, ignore=RESUMABLE_CHANGES,
+                                   replace_stale=replace_stale)
 
     tok = load_tokenizer(model)
     records = _records(table, c, tok)

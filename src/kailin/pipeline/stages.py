@@ -640,7 +640,8 @@ def steering_stage(ctx: RunContext) -> dict:
             if pairs.num_rows == 0:
                 raise KailinError(f"steering round {r}: no preference pairs left; the policy's "
                                   "samples tie (raise steering.sample_temperature)")
-            meta = train_dpo(pairs, rdir / "dpo", cfg.dpo, model=models["dpo"][-1])
+            meta = train_dpo(pairs, rdir / "dpo", cfg.dpo, model=models["dpo"][-1],
+                             replace_stale=True)
             models["dpo"].append(str(rdir / "dpo" / "model"))
             trainings[f"dpo.round{r}"] = {"pairs": pairs.num_rows,
                                           "curve": dpo_curve(meta.get("log_history", []))}
@@ -652,7 +653,7 @@ def steering_stage(ctx: RunContext) -> dict:
             shuffled, flipped = shuffle_pairs(pairs, seed=st.seed + r)
             sdir = root / f"round{r}" / "dpo_shuffled"
             start = models["dpo_shuffled"][-1] if models["dpo_shuffled"] else base_model
-            meta = train_dpo(shuffled, sdir, cfg.dpo, model=start)
+            meta = train_dpo(shuffled, sdir, cfg.dpo, model=start, replace_stale=True)
             models["dpo_shuffled"].append(str(sdir / "model"))
             trainings[f"dpo_shuffled.round{r}"] = {
                 "pairs": shuffled.num_rows, "swapped": flipped,

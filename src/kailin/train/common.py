@@ -290,9 +290,21 @@ def check_resumable(ckpt_dir: Path, settings: dict[str, Any], ignore: Iterable[s
 
 
 def prepare_checkpoints(out_dir: str | os.PathLike[str], settings: dict[str, Any],
-                        ignore: Iterable[str]) -> Path:
-    """``OUT/checkpoints``, checked for resumability and stamped with the settings."""
+                        ignore: Iterable[str], replace_stale: bool = False) -> Path:
+    """``OUT/checkpoints``, checked for resumability and stamped with the settings.
+
+    Checkpoints of other settings are refused (an :class:`InputError` naming the difference),
+    or with ``replace_stale`` removed: for callers that own ``out_dir`` (a pipeline stage
+    retraining after its inputs changed), where nothing there is worth keeping."""
     ckpt_dir = Path(out_dir) / "checkpoints"
+    if replace_stale:
+        try:
+            check_resumable(ckpt_dir, settings, ignore)
+        except InputError as exc:
+            import shutil
+
+            log.info("%s; removing them", exc)
+            shutil.rmtree(ckpt_dir)
     check_resumable(ckpt_dir, settings, ignore)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(ckpt_dir / "kailin_settings.json",
