@@ -142,11 +142,14 @@ def _questions_folder(root: Path, n: int) -> Path:
         pq.write_table(pa.table({
             "pmid": [i // 2 for i in rows],
             "generator": ["a" if i % 2 else "b" for i in rows],
+            "prompt": [f"abstract {i // 2}" for i in rows],
             "question": [None if i % 7 == 0 else f"what about {i}?" for i in rows],
+            "raw": [f"raw {i}" for i in rows],
             "reject_reason": ["no_question" if i % 7 == 0 else None for i in rows],
             "prompt_tokens": [10 + i % 3 for i in rows],
             "completion_tokens": [5 for _ in rows],
-            "score": [float("nan") if i % 7 == 0 else (i % 10) / 10 for i in rows],
+            "score": [float("nan") if i % 7 == 0 or i % 11 == 0 else (i % 10) / 10
+                      for i in rows],
         }), out / f"part-{part:05d}.parquet")
     return out
 
@@ -212,3 +215,17 @@ def test_workset_stage_writes_batch_by_batch(tmp_path: Path) -> None:
         "select pmid from corpus where coalesce(length(abstract), 0) > 0 and "
         "coalesce(len(mesh_uis), 0) > 0 order by pmid limit 40").fetchall()]
     assert work["pmid"].to_pylist() + held["pmid"].to_pylist() == pmids
+
+
+def test_preferences_from_a_folder_equal_those_of_the_table(tmp_path: Path) -> None:
+    """prefer reads the score parts through DuckDB batch by batch (one row per PMID in memory)
+    with the same pairs and counts as from the table, NaN scores included."""
+    from kailin.align.prefer import PreferConfig, build_preferences
+    from kailin.pipeline.keys import table_digest
+
+    folder = _questions_folder(tmp_path, 60)
+    c = PreferConfig(min_margin=0.05, invalid_rejected=True, max_pairs=20)
+    a, sa = build_preferences(read_parquet(folder), c)
+    b, sb = build_preferences(folder, c)
+    assert table_digest(a) == table_digest(b) and sa == sb
+    assert sa["dropped"]["nan_score"] > 0 and sa["kept"] == 20

@@ -51,7 +51,13 @@ from pydantic import Field, field_validator
 
 from kailin.config import StageConfig
 from kailin.errors import InputError
-from kailin.io import duckdb_table, read_parquet, write_json_atomic, write_parquet_atomic
+from kailin.io import (
+    duckdb_table,
+    read_parquet,
+    register_parquet,
+    write_json_atomic,
+    write_parquet_atomic,
+)
 
 REQUIRED_COLUMNS = ("pmid", "generator", "prompt", "question", "score")
 FILTERS = ("too_few_questions", "tau", "band", "nan_score", "tie", "margin", "same_question",
@@ -98,21 +104,33 @@ class PreferConfig(StageConfig):
 
 
 def build_preferences(
-    scores: pa.Table, settings: PreferConfig | None = None, source: str = "scores"
+    scores: pa.Table | str | os.PathLike[str], settings: PreferConfig | None = None,
+    source: str = "scores"
 ) -> tuple[pa.Table, dict[str, Any]]:
     """Apply the rules to a scores table (ranked by its ``score`` column, whatever
-    ``settings.labeller``: :func:`prefer` relabels); return (pairs table, stats dict)."""
+    ``settings.labeller``: :func:`prefer` relabels); return (pairs table, stats dict).
+
+    ``scores`` may be a Parquet file or folder: DuckDB then reads it itself, and memory holds one
+    row per PMID (the judged pairs), not every scored question."""
     s = settings or PreferConfig()
-    missing = [c for c in REQUIRED_COLUMNS if c not in scores.column_names]
+    con = duckdb.connect()
+    if isinstance(scores, pa.Table):
+        con.register("src", scores)
+        columns = scores.column_names
+    else:
+        try:
+            columns = register_parquet(con, "src", scores)
+        except FileNotFoundError as exc:
+            raise InputError(f"{exc}; give the output of `kailin score`") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise InputError(
             f"{source}: missing column(s) {missing}; a scores table needs {list(REQUIRED_COLUMNS)} "
             "(run `kailin score` first)"
         )
-    t = scores.select(list(REQUIRED_COLUMNS))
-    t = t.set_column(t.column_names.index("score"), "score", t["score"].cast(pa.float64()))
-    con = duckdb.connect()
-    con.register("t", t)
+    con.execute("CREATE TEMP VIEW t AS SELECT pmid, generator, prompt, question, "
+                "CAST(score AS DOUBLE) AS score FROM src")
+    n_rows = int(con.execute("SELECT count(*) FROM t").fetchall()[0][0])
     tau = "NULL" if s.tau is None else repr(float(s.tau))
     lo, hi = ("NULL", "NULL") if s.band is None else (repr(float(s.band[0])), repr(float(s.band[1])))
     sql = f"""
@@ -162,8 +180,8 @@ def build_preferences(
     FROM pairs
     """
     con.execute(f"CREATE TEMP TABLE judged AS {sql}")
-    if s.invalid_rejected and {"raw", "reject_reason"} <= set(scores.column_names):
-        _add_validity_pairs(con, scores)
+    if s.invalid_rejected and {"raw", "reject_reason"} <= set(columns):
+        _add_validity_pairs(con)
     counts = dict(con.execute("SELECT verdict, count(*) FROM judged GROUP BY verdict").fetchall())
     kept = int(counts.get("kept", 0))
     if s.max_pairs is not None and kept > s.max_pairs:
@@ -186,7 +204,7 @@ def build_preferences(
     con.close()
     n_pmids = sum(counts.values())
     stats: dict[str, Any] = {
-        "input_rows": t.num_rows,
+        "input_rows": n_rows,
         "pmids": n_pmids,
         "dropped": {f: int(counts.get(f, 0)) for f in FILTERS},
         "kept": int(counts.get("kept", 0)),
@@ -202,24 +220,21 @@ def build_preferences(
     return out, stats
 
 
-def _add_validity_pairs(con: duckdb.DuckDBPyConnection, scores: pa.Table) -> None:
+def _add_validity_pairs(con: duckdb.DuckDBPyConnection) -> None:
     """Turn ``too_few_questions`` PMIDs with one valid, scored question and an invalid raw
-    output into (valid, invalid) pairs (rule 7)."""
-    bad = scores.select(["pmid", "generator", "raw", "reject_reason"])
-    con.register("bad_src", bad)
+    output into (valid, invalid) pairs (rule 7); the scores are the view ``src``."""
     excluded = ", ".join(repr(x) for x in NOT_THE_MODELS_FAULT)
     con.execute(f"""
         UPDATE judged SET verdict = 'kept', rejected = b.raw, rejected_score = NULL,
                           rejected_generator = b.generator
         FROM (SELECT pmid, arg_min(trim(raw), generator) AS raw, min(generator) AS generator
-              FROM bad_src WHERE reject_reason IS NOT NULL
+              FROM src WHERE reject_reason IS NOT NULL
                 AND reject_reason NOT IN ({excluded}) AND raw IS NOT NULL AND trim(raw) <> ''
               GROUP BY pmid) b
         WHERE judged.pmid = b.pmid AND judged.verdict = 'too_few_questions'
           AND judged.n_questions = 1 AND judged.chosen IS NOT NULL
           AND judged.chosen_score IS NOT NULL AND NOT isnan(judged.chosen_score)
           AND trim(judged.chosen) <> trim(b.raw)""")
-    con.unregister("bad_src")
 
 
 def prefer(
@@ -238,11 +253,12 @@ def prefer(
     """
     s = settings or PreferConfig()
     if scores is None:
-        try:
-            scores = read_parquet(scores_path)
-        except FileNotFoundError as exc:
-            raise InputError(f"{exc}; give the output of `kailin score`") from exc
+        if not Path(scores_path).exists():
+            raise InputError(f"{scores_path}: no such Parquet file or directory; give the "
+                             "output of `kailin score`")
+        scores = scores_path  # read by DuckDB: one row per PMID in memory
         if s.labeller == "evaluator":
+            scores = read_parquet(scores_path)
             if evaluator is None:
                 raise InputError("labeller evaluator needs the evaluator directory "
                                  "(`kailin train evaluator`; kailin prefer --evaluator DIR)")

@@ -803,16 +803,13 @@ def _best_questions(scores: pa.Table | Path) -> pa.Table:
     never every scored question."""
     import duckdb
 
-    from kailin.io import parquet_files
+    from kailin.io import register_parquet
 
     con = duckdb.connect()
     if isinstance(scores, pa.Table):
         con.register("s", scores)
     else:
-        files = [str(f) for f in parquet_files(scores)]
-        if not files:
-            raise FileNotFoundError(f"{scores}: holds no Parquet files")
-        con.register("s", con.read_parquet(files, union_by_name=True))
+        register_parquet(con, "s", scores)
     return duckdb_table(con.sql(
         "select * exclude (rk) from (select *, row_number() over (partition by pmid order by "
         "score desc nulls last, generator) as rk from s where question is not null and "
