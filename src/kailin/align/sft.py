@@ -49,6 +49,7 @@ from kailin.train.common import (
     prepare_checkpoints,
     require_training,
     save_final_model,
+    step_intervals,
     training_args,
 )
 
@@ -349,10 +350,8 @@ class SFTConfig(StageConfig):
 
     def resolved(self) -> SFTConfig:
         """A copy with the step-dependent defaults filled in."""
-        steps = self.max_steps if self.max_steps > 0 else None
-        return self.model_copy(update={
-            "save_steps": self.save_steps or (max(steps, 1) if steps else 200),
-            "logging_steps": self.logging_steps or (max(1, steps // 5) if steps else 10)})
+        return self.model_copy(update=step_intervals(self.max_steps, self.save_steps,
+                                                     self.logging_steps, 200))
 
     def identity(self, model: str, question_type: str) -> dict[str, Any]:
         """What makes a trained model: these settings, the base model and the question type

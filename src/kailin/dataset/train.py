@@ -39,6 +39,7 @@ from kailin.train.common import (
     prepare_checkpoints,
     require_training,
     save_final_model,
+    step_intervals,
     training_args,
 )
 
@@ -91,10 +92,8 @@ class DownstreamTrainConfig(StageConfig):
                       "logging_steps": 10, **overrides})
 
     def resolved(self) -> DownstreamTrainConfig:
-        steps = self.max_steps if self.max_steps > 0 else None
-        return self.model_copy(update={
-            "save_steps": self.save_steps or (max(steps, 1) if steps else 100),
-            "logging_steps": self.logging_steps or (max(1, steps // 5) if steps else 10)})
+        return self.model_copy(update=step_intervals(self.max_steps, self.save_steps,
+                                                     self.logging_steps, 100))
 
     def lora_settings(self) -> LoraSettings:
         return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=0.0,

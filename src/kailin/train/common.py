@@ -57,6 +57,16 @@ class LoraSettings:
         return d
 
 
+def step_intervals(max_steps: int, save_steps: int | None, logging_steps: int | None,
+                   epoch_save_steps: int) -> dict[str, int]:
+    """Checkpoint and logging intervals of a training: the given ones, else a checkpoint at the
+    end and a log every fifth of ``max_steps`` (with epochs, ``max_steps`` <= 0: a checkpoint
+    every ``epoch_save_steps`` and a log every 10 steps)."""
+    steps = max_steps if max_steps > 0 else None
+    return {"save_steps": save_steps or (max(steps, 1) if steps else epoch_save_steps),
+            "logging_steps": logging_steps or (max(1, steps // 5) if steps else 10)}
+
+
 def build_lora_config(settings: LoraSettings | None = None, task_type: str = "CAUSAL_LM") -> Any:
     """A :class:`peft.LoraConfig` from :class:`LoraSettings`."""
     require("peft", "train")
