@@ -327,8 +327,8 @@ def test_keys_do_not_depend_on_where_the_inputs_live(tmp_path: Path) -> None:
     # two inputs with one base name are both keyed
     (there / "sub").mkdir()
     (there / "sub" / "a.xml").write_text("<x/>")
-    named = d.named([there / "a.xml", there / "sub" / "a.xml"])
-    assert list(named) == ["a.xml", "a.xml#2"] and len(set(named.values())) == 2
+    named = d.labelled([there / "a.xml", there / "sub" / "a.xml"])
+    assert list(named) == ["a.xml", "a.xml#2"] and len({sha for _p, sha in named.values()}) == 2
 
 
 def test_select_years_without_mesh(tmp_path: Path) -> None:

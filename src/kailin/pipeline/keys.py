@@ -101,16 +101,12 @@ class FileDigests:
                 out[str(p)] = "missing"
         return out
 
-    def named(self, paths: Iterable[Path]) -> dict[str, str]:
-        """``{name: digest}`` of input files and directories, named by their base name (``#2``,
-        ``#3`` for repeats) rather than their absolute path: a key made from these does not
-        change when the same files are read from another place (a moved checkout, another
-        install of the packaged samples, a copied run)."""
-        return {label: sha for label, (_p, sha) in self.labelled(paths).items()}
-
     def labelled(self, paths: Iterable[Path]) -> dict[str, tuple[str, str]]:
-        """``{name: (absolute path, digest)}``: :meth:`named` with the path each name stands
-        for (for messages)."""
+        """``{name: (absolute path, digest)}`` of input files and directories, named by their
+        base name (``#2``, ``#3`` for repeats): keys hold the names and digests, not the paths,
+        so they do not change when the same files are read from another place (a moved
+        checkout, another install of the packaged samples, a copied run); the paths are for
+        messages."""
         out: dict[str, tuple[str, str]] = {}
         for p, sha in self.paths(paths).items():
             name = Path(p).name or p
