@@ -2,6 +2,7 @@
 
     python benchmarks/bench_finetune.py train --corpus /work/sig/corpus --work /work/ft
     python benchmarks/bench_finetune.py eval  --corpus /work/sig/corpus --work /work/ft
+    python benchmarks/bench_finetune.py signal --corpus /work/sig/corpus --work /work/ft
 
 ``train`` fine-tunes the packaged MiniLM on the corpus with a hash hold-out (``--holdout``) and
 every PubMedQA PQA-L PMID excluded; ``eval`` writes a corpus of held-out records only (titles
@@ -9,6 +10,12 @@ blanked, so a title query must find the abstract alone: up to ``--eval-titles`` 
 with title and abstract, plus the PQA-L abstracts that the corpus holds), builds a dense index of
 it with the base and with the fine-tuned encoder, and reports title -> abstract and PubMedQA
 question -> abstract recall@1/4/10 and MRR as JSON and as a Markdown table.
+
+``signal`` measures what the retriever is for in kailin: issue 9's document-signal AUC (``kailin
+evaluate signal``: the 500 PQA-L development questions against another item's question and
+against generic questions) over the *whole* corpus, with contexts from BM25, from dense and
+hybrid indexes of the base encoder, and from dense and hybrid indexes of the fine-tuned one,
+under kailin's default document score and the paper's form. Writes ``WORK/signal.json``.
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("phase", choices=["train", "eval"])
+    p.add_argument("phase", choices=["train", "eval", "signal"])
     p.add_argument("--corpus", type=Path, default=Path("/work/sig/corpus"))
     p.add_argument("--work", type=Path, default=Path("/work/ft"))
     p.add_argument("--holdout", type=float, default=0.04)
@@ -72,10 +79,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-titles", type=int, default=1000)
     p.add_argument("--eval-max-seq-length", type=int, default=128)
     p.add_argument("--model", type=Path, default=None, help="eval: fine-tuned model folder")
+    p.add_argument("--n-boot", type=int, default=1000, help="signal: bootstrap resamples")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
-    {"train": cmd_train, "eval": cmd_eval}[args.phase](args)
+    {"train": cmd_train, "eval": cmd_eval, "signal": cmd_signal}[args.phase](args)
 
 
 def write_eval_corpus(args: argparse.Namespace) -> tuple[Path, list, list]:
@@ -186,6 +194,65 @@ def cmd_eval(args: argparse.Namespace) -> None:
             f"{d[k]:.3f}" for d in (t, q) for k in ("recall@1", "recall@4", "recall@10", "mrr")
         ]
         print(f"| {r['name']} | " + " | ".join(cells) + " |")
+
+
+def cmd_signal(args: argparse.Namespace) -> None:
+    from kailin.evaluate.signal import SignalConfig, evaluate_signal
+    from kailin.mesh import load_mesh
+    from kailin.mesh.score import DEFAULT_SCORE_K, DEFAULT_SCORING, PAPER_SCORE_K
+    from kailin.retrieval import build_index
+
+    model = args.model or args.work / "model"
+    d = DEFAULT_SCORING
+    configs = [
+        SignalConfig(d["measure"], d["aggregate"], d["exclude"], d["major_weight"],
+                     d["rank_weighting"], d["ic_power"], DEFAULT_SCORE_K),
+        SignalConfig("faithful", "mean", "none", 1.0, "none", 0.0, PAPER_SCORE_K),
+    ]
+    mesh = load_mesh(None)
+    dense = {"max_seq_length": args.eval_max_seq_length, "faiss_index": "flat"}
+    ix = args.work / "signal_indexes"
+    plans = [
+        ("BM25", "bm25", "bm25", {}),
+        ("MiniLM (base), dense", "dense", "dense_base", {**dense, "model": None}),
+        ("MiniLM (base), hybrid", "hybrid", "hybrid_base",
+         {**dense, "model": None, "reuse_dense": str(ix / "dense_base")}),
+        ("MiniLM fine-tuned, dense", "dense", "dense_ft", {**dense, "model": str(model)}),
+        ("MiniLM fine-tuned, hybrid", "hybrid", "hybrid_ft",
+         {**dense, "model": str(model), "reuse_dense": str(ix / "dense_ft")}),
+    ]
+    rows = []
+    for name, kind, folder, opts in plans:
+        t0 = time.perf_counter()
+        out = ix / folder
+        if (out / "meta.json").exists():  # built by an earlier call: reuse it
+            from kailin.retrieval import load_index
+
+            index = load_index(out)
+        else:
+            index = build_index(args.corpus, out, kind=kind, overwrite=True, progress=False,
+                                **opts)
+        build_s = time.perf_counter() - t0
+        rep = evaluate_signal(args.corpus, None, PQAL, configs=configs, index=index, mesh=mesh,
+                              split="dev", k_sweep=0, n_boot=args.n_boot, seed=0,
+                              progress=False)
+        index.close()
+        for r in rep["configs"]:
+            row = {"index": name, "config": r["name"], "items": rep["items"],
+                   "documents": len(index), "build_seconds": round(build_s, 1),
+                   **{k: r[k] for k in ("auc_other", "auc_other_ci", "auc_generic",
+                                        "auc_generic_ci", "nan_share")}}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    (args.work / "signal.json").write_text(json.dumps({"rows": rows}, indent=2))
+    print("\n| contexts from | document score | AUC vs other [95% CI] | AUC vs generic "
+          "[95% CI] | NaN |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        lo, hi = r["auc_other_ci"]
+        glo, ghi = r["auc_generic_ci"]
+        print(f"| {r['index']} | {r['config']} | {r['auc_other']:.3f} [{lo:.3f}, {hi:.3f}] | "
+              f"{r['auc_generic']:.3f} [{glo:.3f}, {ghi:.3f}] | {r['nan_share']:.1%} |")
 
 
 if __name__ == "__main__":

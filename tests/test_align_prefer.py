@@ -292,3 +292,71 @@ def test_max_pairs_keeps_the_widest_margins_validity_pairs_first() -> None:
     assert out.num_rows == 3 and stats["dropped"]["max_pairs"] == 0
     with pytest.raises(ValidationError, match="max_pairs"):
         PreferConfig(max_pairs=0)
+
+
+def multi_sample_scores() -> pa.Table:
+    """Four samples per PMID, as a steering round writes them: every PMID has at least two valid
+    questions, so the one-valid-question rule never fires."""
+    rows, raws, reasons = [], [], []
+    for pmid, margin in ((1, 0.40), (2, 0.30), (3, 0.20), (4, 0.10), (5, 0.05)):
+        for i, score in enumerate((0.5, 0.5 - margin / 2, 0.5 - margin)):
+            q = f"Q{pmid}.{i}?"
+            rows.append((pmid, f"s{i}", q, score))
+            raws.append(q)
+            reasons.append(None)
+        if pmid in (2, 4, 5):  # a fourth sample the extractor rejected
+            rows.append((pmid, "s3", None, None))
+            raws.append(f"statement about {pmid}")
+            reasons.append("no_question")
+    reasons[-1] = "no_abstract"  # pmid 5: not the model's fault, never a validity pair
+    return with_raw(table(rows), raws, reasons)
+
+
+def test_validity_share_keeps_validity_pairs_when_every_abstract_has_valid_questions() -> None:
+    t = multi_sample_scores()
+    # the one-valid-question rule: no PMID qualifies, the MeSH pairs fill max_pairs
+    out, stats = build_preferences(t, PreferConfig(invalid_rejected=True, max_pairs=4))
+    assert stats["validity_pairs"] == 0 and out["pmid"].to_pylist() == [1, 2, 3, 4]
+    # a quota of half of max_pairs: both candidates (2 and 4) become validity pairs; 4, whose
+    # MeSH margin is the narrowest, is the one max_pairs would have dropped first
+    out, stats = build_preferences(t, PreferConfig(invalid_rejected=True, max_pairs=4,
+                                                   validity_share=0.5))
+    rows = pairs_by_pmid(out)
+    assert stats["validity_candidates"] == 2 and stats["validity_pairs"] == 2
+    assert sorted(rows) == [1, 2, 3, 4] and stats["kept"] == 4
+    assert rows[2]["chosen"] == "Q2.0?" and rows[2]["rejected"] == "statement about 2"
+    assert rows[2]["rejected_score"] is None and rows[2]["rejected_generator"] == "s3"
+    assert rows[1]["rejected"] == "Q1.2?" and rows[3]["rejected_score"] == pytest.approx(0.3)
+    # a quota of one: the candidate with the narrowest MeSH margin (4) goes first
+    out, stats = build_preferences(t, PreferConfig(invalid_rejected=True, max_pairs=3,
+                                                   validity_share=0.34))
+    rows = pairs_by_pmid(out)
+    assert stats["validity_pairs"] == 1 and rows[4]["rejected"] == "statement about 4"
+    assert sorted(rows) == [1, 2, 4] and stats["dropped"]["max_pairs"] == 2
+    # no max_pairs: the share is of the pairs available (5); 0 turns the validity pairs off
+    out, stats = build_preferences(t, PreferConfig(invalid_rejected=True, validity_share=0.2))
+    assert stats["validity_pairs"] == 1 and out.num_rows == 5
+    out, stats = build_preferences(t, PreferConfig(invalid_rejected=True, validity_share=0.0))
+    assert stats["validity_pairs"] == 0 and out.num_rows == 5
+    with pytest.raises(ValidationError, match="invalid_rejected"):
+        PreferConfig(validity_share=0.5)
+
+
+def test_validity_share_prefers_pmids_without_a_mesh_pair() -> None:
+    # pmid 1: one valid question + an invalid output (no MeSH pair possible); pmid 2: a wide
+    # MeSH pair + an invalid sample; pmid 3: a tie (no MeSH pair) + an invalid sample
+    t = with_raw(table([
+        (1, "a", "Q1?", 0.4), (1, "b", None, None),
+        (2, "a", "Q2a?", 0.9), (2, "b", "Q2b?", 0.1), (2, "c", None, None),
+        (3, "a", "Q3a?", 0.5), (3, "b", "Q3b?", 0.5), (3, "c", None, None),
+    ]), ["Q1?", "junk 1", "Q2a?", "Q2b?", "junk 2", "Q3a?", "Q3b?", "junk 3"],
+        [None, "too_short", None, None, "too_short", None, None, "too_short"])
+    out, stats = build_preferences(t, PreferConfig(invalid_rejected=True, max_pairs=4,
+                                                   validity_share=0.5))
+    rows = pairs_by_pmid(out)
+    assert stats["validity_candidates"] == 3 and stats["validity_pairs"] == 2
+    assert rows[1]["rejected"] == "junk 1" and rows[3]["rejected"] == "junk 3"
+    assert rows[2]["rejected"] == "Q2b?"  # its MeSH pair stays
+    # the default (no share) keeps the documented rule: only pmid 1 qualifies
+    out, stats = build_preferences(t, PreferConfig(invalid_rejected=True))
+    assert stats["validity_pairs"] == 1 and "validity_candidates" not in stats

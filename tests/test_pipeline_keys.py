@@ -176,6 +176,8 @@ def _get(cfg: RunConfig, path: str) -> Any:
     ("downstream.sft_steps", 3, {"downstream"}),
     ("pubmedqa.limit", 7, {"pubmedqa"}),
     ("generators.1.temperature", 0.7, {"questions"}),
+    # the policy's budget: its samples, the held-out arms and its export questions
+    ("steering.max_new_tokens", 64, {"steering"}),  # policy_questions reads steering
 ])
 def test_stages_that_read_a_key(key: str, value: Any, first: set[str], tmp_path: Path,
                                 digests: FileDigests) -> None:
@@ -194,6 +196,7 @@ def test_stages_that_read_a_key(key: str, value: Any, first: set[str], tmp_path:
     ("answers: {grounding: nli}", "grounding nli needs grounding_model"),
     ("answers: {enabled: false}\ndownstream: {sft_steps: 2}", "sft_steps trains on the answered"),
     ("dpo: {generator: nope}", "dpo.generator 'nope' is not one of"),
+    ("steering: {validity_share: 0.2}", "set preferences.invalid_rejected true"),
 ])
 def test_keys_rejected_at_load(tmp_path: Path, text: str, message: str) -> None:
     p = tmp_path / "c.yaml"
@@ -382,3 +385,20 @@ def test_status_explains_keys_made_when_files_were_keyed_by_path() -> None:
     old2 = {**new, "files": {"/old/checkout/a.xml": "s1", "/old/checkout/b.xml": "s0"}}
     assert _why({"key": "x", "parts": old2}, new, {"b.xml": "/new/b.xml"}) == [
         "file /new/b.xml changed"]
+
+
+def test_policy_budget_follows_the_steering_experiment(tmp_path: Path,
+                                                      digests: FileDigests) -> None:
+    """steering.max_new_tokens is the budget of the policy's export questions too (the budget
+    the arms were compared at), and only while the steering experiment runs."""
+    from kailin.pipeline.stages import _policy_budget
+
+    cfg = RunConfig.model_validate(_set(BASE.model_dump(mode="json"),
+                                        "steering.max_new_tokens", 64))
+    assert _policy_budget(BASE) is None and _policy_budget(cfg) == 64
+    off = {**FULL, "steering": {"enabled": False, "max_new_tokens": 64}}
+    plain = {**FULL, "steering": {"enabled": False}}
+    k_off = _keys(RunConfig.model_validate(off), tmp_path, digests)
+    k_plain = _keys(RunConfig.model_validate(plain), tmp_path, digests)
+    assert _policy_budget(RunConfig.model_validate(off)) is None
+    assert k_off["policy_questions"] == k_plain["policy_questions"]

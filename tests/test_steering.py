@@ -100,7 +100,9 @@ TINY: dict[str, Any] = {
     "generation": {"mode": "chat", "max_new_tokens": 24, "max_abstract_chars": 300,
                    "batch_size": 8, "threads": 2},
     "dpo": {"epochs": 1, "batch_size": 2, "max_length": 160},
-    "steering": {"enabled": True, "rounds": 2, "samples": 3, "n_boot": 200},
+    "preferences": {"invalid_rejected": True},
+    "steering": {"enabled": True, "rounds": 2, "samples": 3, "n_boot": 200,
+                 "validity_share": 0.5, "max_new_tokens": 32},
     "answers": {"enabled": False},
     "export": {"questions_from": "policy"},
     "downstream": {"enabled": False},
@@ -153,6 +155,19 @@ def test_tiny_steering_experiment(tmp_path: Path) -> None:
         assert cs == pytest.approx(max(by_pmid[p_]))
         if rs is not None:  # (a validity pair's rejected output has no score)
             assert rs == pytest.approx(min(by_pmid[p_]))
+    # validity pairs: the rejected text is one of the abstract's invalid samples
+    invalid = {(p_, (r_ or "").strip()) for p_, r_, why in zip(
+        sc["pmid"].to_pylist(), sc["raw"].to_pylist(), sc["reject_reason"].to_pylist(),
+        strict=True) if why}
+    for p_, rej, rs in zip(pairs2["pmid"].to_pylist(), pairs2["rejected"].to_pylist(),
+                           pairs2["rejected_score"].to_pylist(), strict=True):
+        if rs is None:
+            assert (p_, rej.strip()) in invalid
+    assert rep["rounds_info"][1]["validity_pairs"] == sum(
+        rs is None for rs in pairs2["rejected_score"].to_pylist())
+    # every arm was compared at the steering budget: base's held-out questions were rewritten
+    assert rep["max_new_tokens"] == 32
+    assert (tmp_path / "run" / "steering" / "heldout" / "base" / "questions").is_dir()
     assert rep["training"]["dpo.round2"]["curve"], "trl's reward margins are reported"
     assert {"valid", "words", "copies_title", "distinct_2", "mesh_stuffing"} <= set(
         rep["hacking"]["dpo.round2"])

@@ -28,6 +28,14 @@ Two options (off by default, so the rules above are the paper's):
    of its own: chosen = the valid question, rejected = the invalid raw output. Sampling from a
    policy (the steering rounds) yields many such outputs; without these pairs DPO never learns
    to avoid them and validity falls round after round. Counted as ``validity_pairs``.
+
+   With several samples per abstract (the steering rounds) almost every PMID keeps two valid
+   questions, so this rule rarely fires. ``validity_share`` (with ``invalid_rejected``) widens
+   it: any PMID with a valid, scored question and an invalid output is a candidate, its pair =
+   its best question against that output, and up to ``floor(validity_share * N)`` of them are
+   kept (N = ``max_pairs``, or without it the pairs available). Candidates whose MeSH pair was
+   dropped come first, then those with the narrowest MeSH margin (the least sure labels), so
+   the validity pairs displace the MeSH pairs that ``max_pairs`` would drop anyway.
 8. ``max_pairs``: keep only the N pairs with the widest score margin (the most reliable labels;
    validity pairs first, since no score can be wrong about them), ``max_pairs`` counts the rest.
 
@@ -43,11 +51,11 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import duckdb
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from kailin.config import StageConfig
 from kailin.errors import InputError
@@ -87,6 +95,13 @@ class PreferConfig(StageConfig):
                                    "output) pair, so DPO learns to avoid invalid outputs")
     max_pairs: int | None = Field(None, ge=1, description="keep only the pairs with the widest "
                                   "score margins (validity pairs first)")
+    validity_share: float | None = Field(
+        None, ge=0, le=1, description="with invalid_rejected: any PMID with a valid question "
+        "and an invalid output may give a validity pair (best question vs that output), up to "
+        "this share of max_pairs (or of the pairs available); for several samples per "
+        "abstract, where a PMID rarely has one valid question")
+
+    added_fields: ClassVar[tuple[str, ...]] = ("validity_share",)
 
     @field_validator("tau", "min_margin")
     @classmethod
@@ -94,6 +109,13 @@ class PreferConfig(StageConfig):
         if v is not None and math.isnan(v):
             raise ValueError("must be a number, not NaN")
         return v
+
+    @model_validator(mode="after")
+    def _share_needs_invalid_rejected(self) -> PreferConfig:
+        if self.validity_share is not None and not self.invalid_rejected:
+            raise ValueError("validity_share needs invalid_rejected (the validity pairs it "
+                             "shares out)")
+        return self
 
     @field_validator("band")
     @classmethod
@@ -180,8 +202,12 @@ def build_preferences(
     FROM pairs
     """
     con.execute(f"CREATE TEMP TABLE judged AS {sql}")
+    candidates = 0
     if s.invalid_rejected and {"raw", "reject_reason"} <= set(columns):
-        _add_validity_pairs(con)
+        if s.validity_share is None:
+            _add_validity_pairs(con)
+        else:
+            candidates = _share_validity_pairs(con, s.validity_share, s.max_pairs)
     counts = dict(con.execute("SELECT verdict, count(*) FROM judged GROUP BY verdict").fetchall())
     kept = int(counts.get("kept", 0))
     if s.max_pairs is not None and kept > s.max_pairs:
@@ -209,12 +235,14 @@ def build_preferences(
         "dropped": {f: int(counts.get(f, 0)) for f in FILTERS},
         "kept": int(counts.get("kept", 0)),
         "validity_pairs": validity,
+        **({"validity_candidates": candidates} if s.validity_share is not None else {}),
         "settings": {
             "tau": s.tau,
             "band": list(s.band) if s.band else None,
             "min_margin": s.min_margin,
             "invalid_rejected": s.invalid_rejected,
             "max_pairs": s.max_pairs,
+            **({"validity_share": s.validity_share} if s.validity_share is not None else {}),
         },
     }
     return out, stats
@@ -235,6 +263,42 @@ def _add_validity_pairs(con: duckdb.DuckDBPyConnection) -> None:
           AND judged.n_questions = 1 AND judged.chosen IS NOT NULL
           AND judged.chosen_score IS NOT NULL AND NOT isnan(judged.chosen_score)
           AND trim(judged.chosen) <> trim(b.raw)""")
+
+
+def _share_validity_pairs(con: duckdb.DuckDBPyConnection, share: float,
+                          max_pairs: int | None) -> int:
+    """Rule 7 widened by ``validity_share``: every PMID with a valid, scored best question and
+    an invalid raw output is a candidate; up to ``floor(share * N)`` become (best question,
+    invalid output) pairs, PMIDs without a kept MeSH pair first, then the narrowest MeSH
+    margins. Returns the number of candidates."""
+    excluded = ", ".join(repr(x) for x in NOT_THE_MODELS_FAULT)
+    con.execute(f"""
+        CREATE TEMP TABLE vcand AS
+        SELECT j.pmid, b.raw, b.generator, j.verdict = 'kept' AS mesh_kept,
+               CASE WHEN j.verdict = 'kept' THEN j.chosen_score - j.rejected_score END
+                 AS mesh_margin
+        FROM judged j JOIN (
+            SELECT pmid, arg_min(trim(raw), generator) AS raw, min(generator) AS generator
+            FROM src WHERE reject_reason IS NOT NULL
+              AND reject_reason NOT IN ({excluded}) AND raw IS NOT NULL AND trim(raw) <> ''
+            GROUP BY pmid) b ON j.pmid = b.pmid
+        WHERE j.chosen IS NOT NULL AND j.chosen_score IS NOT NULL
+          AND NOT isnan(j.chosen_score) AND trim(j.chosen) <> trim(b.raw)""")
+    n_cand = int(con.execute("SELECT count(*) FROM vcand").fetchall()[0][0])
+    if max_pairs is not None:
+        n = max_pairs
+    else:
+        n = int(con.execute("SELECT (SELECT count(*) FROM judged WHERE verdict = 'kept') + "
+                            "(SELECT count(*) FROM vcand WHERE NOT mesh_kept)").fetchall()[0][0])
+    quota = math.floor(share * n + 1e-9)
+    con.execute(f"""
+        UPDATE judged SET verdict = 'kept', rejected = v.raw, rejected_score = NULL,
+                          rejected_generator = v.generator
+        FROM (SELECT * FROM vcand ORDER BY mesh_kept, mesh_margin NULLS FIRST, pmid
+              LIMIT {int(quota)}) v
+        WHERE judged.pmid = v.pmid""")
+    con.execute("DROP TABLE vcand")
+    return n_cand
 
 
 def prefer(

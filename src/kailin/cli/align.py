@@ -83,6 +83,10 @@ def prefer(
                                           "makes a (valid, invalid raw output) pair."),
     max_pairs: int | None = typer.Option(None, "--max-pairs", help="Keep only the N pairs with "
                                          "the widest score margins."),
+    validity_share: float | None = typer.Option(
+        None, "--validity-share", help="With --invalid-rejected: any PMID with a valid question "
+        "and an invalid output may give a validity pair, up to this share of --max-pairs (or "
+        "of the pairs available); for several samples per abstract."),
     labeller: str = typer.Option("mesh", "--labeller", help="'mesh': rank by the MeSH score "
                                  "column; 'evaluator': rank by a trained evaluator agent."),
     evaluator: Path | None = typer.Option(None, "--evaluator", help="Evaluator directory "
@@ -100,7 +104,7 @@ def prefer(
         raise InputError("--labeller evaluator needs --evaluator DIR (`kailin train evaluator`)")
     settings = from_options(PreferConfig, tau=parse_tau(tau), band=band, min_margin=min_margin,
                             labeller=labeller, invalid_rejected=invalid_rejected,
-                            max_pairs=max_pairs)
+                            max_pairs=max_pairs, validity_share=validity_share)
     stats = run_prefer(scores, out, settings, evaluator=evaluator)
     typer.echo(f"{stats['kept']} of {stats['pmids']} PMIDs kept -> {stats['output']}")
     for name, n in stats["dropped"].items():

@@ -156,7 +156,7 @@ class SteeringConfig(StageConfig):
     """The steering experiment (``kailin.align.steering``): DPO arms against controls on the
     held-out abstracts (corpus.heldout), for ``rounds`` rounds of iterative alignment."""
 
-    added_fields: ClassVar[tuple[str, ...]] = ("samples",)
+    added_fields: ClassVar[tuple[str, ...]] = ("samples", "validity_share", "max_new_tokens")
 
     enabled: bool = False
     rounds: int = Field(2, ge=1, description="round r >= 2 samples `samples` questions per "
@@ -164,6 +164,17 @@ class SteeringConfig(StageConfig):
     samples: int = Field(2, ge=2, description="rounds >= 2: questions sampled per abstract; "
                          "the pair is the best against the worst of them (wider margins, "
                          "surer labels)")
+    validity_share: float | None = Field(
+        None, ge=0, le=1, description="rounds >= 2 (needs preferences.invalid_rejected): up to "
+        "this share of the pairs are validity pairs, the best question against an invalid "
+        "sample of the same abstract (preferences.validity_share); with several samples an "
+        "abstract rarely has a single valid question, so the rule of round 1 seldom fires")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="token budget of every question the steering experiment "
+        "compares or trains on after round 1 (policy samples, every arm's held-out questions, "
+        "base included) and of the policy's export questions; default generation.max_new_tokens. "
+        "Policies write longer questions than the SFT generators: a budget they hit makes "
+        "truncated, invalid questions")
     shuffled_control: bool = Field(True, description="also train dpo_shuffled: the same pairs, "
                                    "chosen and rejected swapped at random")
     sample_temperature: float = Field(0.8, gt=0, description="rounds >= 2: temperature of the "
@@ -291,6 +302,9 @@ class RunConfig(_Section):
         if self.steering.enabled and not (self.dpo.enabled and self.corpus.heldout > 0):
             raise ValueError("steering compares DPO arms on held-out abstracts: enable dpo and "
                              "set corpus.heldout")
+        if self.steering.validity_share is not None and not self.preferences.invalid_rejected:
+            raise ValueError("steering.validity_share shares out validity pairs: set "
+                             "preferences.invalid_rejected true")
         if self.export.questions_from == "policy" and not self.dpo.enabled:
             raise ValueError("export.questions_from policy needs the aligned generator: enable "
                              "dpo")

@@ -335,11 +335,12 @@ def generator_model(ctx: RunContext, gen_name: str) -> str:
 
 
 def _question_stage(ctx: RunContext, gen_name: str, model: str, label: str | None = None,
-                    temperature: float | None = None, seed: int | None = None):
+                    temperature: float | None = None, seed: int | None = None,
+                    max_new_tokens: int | None = None):
     """The question stage of one generator (each generator runs separately, so that its model
     has its own actor pool on Ray and its own decoding settings). ``label`` names the rows'
-    ``generator`` (default: the generator's name); ``temperature``/``seed`` override its
-    decoding (the steering rounds sample from a policy)."""
+    ``generator`` (default: the generator's name); ``temperature``/``seed``/``max_new_tokens``
+    override its decoding (the steering rounds sample from a policy)."""
     from kailin.generate.prompts import PromptTemplate
     from kailin.generate.questions import QuestionGenerationStage
     from kailin.llm.base import SamplingParams
@@ -354,7 +355,8 @@ def _question_stage(ctx: RunContext, gen_name: str, model: str, label: str | Non
         temperature = gcfg.temperature if g.temperature is None else g.temperature
     if seed is None:
         seed = gcfg.seed if g.seed is None else g.seed
-    params = SamplingParams(max_new_tokens=gcfg.max_new_tokens, temperature=temperature,
+    params = SamplingParams(max_new_tokens=max_new_tokens or gcfg.max_new_tokens,
+                            temperature=temperature,
                             top_p=gcfg.top_p, seed=seed)
     opts = BackendOptions(batch_size=gcfg.batch_size, threads=gcfg.threads, dtype=gcfg.dtype)
     return QuestionGenerationStage([f"{label or gen_name}={model}"], template=tmpl, params=params,
@@ -587,8 +589,13 @@ def steering_stage(ctx: RunContext) -> dict:
     held = read_parquet(ctx.path("corpus", "heldout.parquet"),
                         columns=["pmid", "title", "abstract", "mesh_uis"])
     root = ctx.path("steering")
-    # later rounds relabel the policy's samples with the primary (MeSH) scorer
+    # later rounds relabel the policy's samples with the primary (MeSH) scorer, sharing out
+    # validity pairs when asked (several samples: an abstract rarely has one valid question)
     prefer_settings = cfg.preferences.model_copy(update={"labeller": "mesh"})
+    if st.validity_share is not None:
+        prefer_settings = prefer_settings.model_copy(
+            update={"validity_share": st.validity_share})
+    budget = st.max_new_tokens  # None: generation.max_new_tokens
     key = ctx.key
 
     def run(stage, src, out: Path, tag: str) -> None:
@@ -624,7 +631,7 @@ def steering_stage(ctx: RunContext) -> dict:
                 label = f"round{r}_sample{i}"
                 stage = _question_stage(ctx, gen, models["dpo"][-1], label=label,
                                         temperature=st.sample_temperature,
-                                        seed=st.seed + 1000 * r + i)
+                                        seed=st.seed + 1000 * r + i, max_new_tokens=budget)
                 run(stage, work, rdir / "questions" / label, label)
                 run(primary, rdir / "questions" / label, rdir / "scores" / label,
                     f"{label}/score")
@@ -636,7 +643,8 @@ def steering_stage(ctx: RunContext) -> dict:
                                 "ties": tie_share(read_parquet(rdir / "scores")),
                                 "label_agreement": label_agreement(
                                     pairs, read_parquet(rdir / "scores2")),
-                                "dropped": stats.get("dropped")})
+                                "dropped": stats.get("dropped"),
+                                "validity_pairs": stats.get("validity_pairs")})
             if pairs.num_rows == 0:
                 raise KailinError(f"steering round {r}: no preference pairs left; the policy's "
                                   "samples tie (raise steering.sample_temperature)")
@@ -673,13 +681,15 @@ def steering_stage(ctx: RunContext) -> dict:
             tag = arm if arm == "base" else f"{arm}.round{r}"
             qdir = root / "heldout" / tag
             # the generator_eval stage already wrote and scored base and dpo round 1 on the
-            # same held-out abstracts with the same scorer
-            src = {"base": ctx.path("generator_eval", "before"),
-                   "dpo.round1": ctx.path("generator_eval", "after")}.get(tag)
+            # same held-out abstracts with the same scorer (at generation.max_new_tokens)
+            src = None
+            if budget is None or budget == cfg.generation.max_new_tokens:
+                src = {"base": ctx.path("generator_eval", "before"),
+                       "dpo.round1": ctx.path("generator_eval", "after")}.get(tag)
             if src is None:
                 src = qdir
-                run(_question_stage(ctx, gen, model, label=tag), held, qdir / "questions",
-                    f"heldout/{tag}")
+                run(_question_stage(ctx, gen, model, label=tag, max_new_tokens=budget), held,
+                    qdir / "questions", f"heldout/{tag}")
                 run(primary, qdir / "questions", qdir / "scores", f"heldout/{tag}/score")
             run(second, src / "questions", qdir / "scores2", f"heldout/{tag}/score2")
             evals[tag] = {
@@ -727,6 +737,7 @@ def steering_stage(ctx: RunContext) -> dict:
                    "second": {**second.scoring, "k": second.k}},
         "seconds": round(time.monotonic() - t0, 1),
         "seeds": {"steering": st.seed, "generation": cfg.generation.seed},
+        "max_new_tokens": budget or cfg.generation.max_new_tokens,
     }
     report["downstream"] = _downstream_summary(ctx)
     report["run"] = _run_info(ctx)
@@ -768,6 +779,12 @@ def policy_model(ctx: RunContext) -> tuple[str, int]:
     return models[min(r, len(models)) - 1], min(r, len(models))
 
 
+def _policy_budget(cfg) -> int | None:
+    """The token budget of the policy's questions: steering.max_new_tokens when the steering
+    experiment set one (the budget its arms were compared at), else generation's."""
+    return cfg.steering.max_new_tokens if cfg.steering.enabled else None
+
+
 def policy_questions_stage(ctx: RunContext) -> dict:
     """The aligned generator writes one question per distilled abstract, scored like the
     generators' (its contexts are the dataset's)."""
@@ -777,7 +794,8 @@ def policy_questions_stage(ctx: RunContext) -> dict:
     model, rnd = policy_model(ctx)
     label = f"{gen}-dpo-round{rnd}"
     key = ctx.key
-    ctx.executor().run(_question_stage(ctx, gen, model, label=label),
+    ctx.executor().run(_question_stage(ctx, gen, model, label=label,
+                                       max_new_tokens=_policy_budget(ctx.cfg)),
                        ctx.path("corpus", "work.parquet"), ctx.path("policy", "questions"),
                        key=digest({"k": key, "q": label}), columns=WORK_COLUMNS)
     ctx.executor().run(_score_stage(ctx), ctx.path("policy", "questions"),
@@ -1123,6 +1141,8 @@ def pipeline_stages(cfg: RunConfig) -> list[StageSpec]:
                   lambda c: {"export": {"questions_from": c.export.questions_from,
                                         "policy_round": c.export.policy_round},
                              "steering.rounds": c.steering.rounds if c.steering.enabled else 1,
+                             **({"steering.max_new_tokens": _policy_budget(c)}
+                                if _policy_budget(c) else {}),
                              "generation": _dump(c.generation),
                              "generator": _dump(_gen(c, _dpo_generator(c))),
                              **_score_settings(c)},
