@@ -192,6 +192,8 @@ def test_tiny_steering_experiment(tmp_path: Path) -> None:
     text = page.read_text()
     assert "| dpo_vs_base |" in text and "| dpo_vs_shuffled |" in text
     assert "Second scorer" in text and "MeSH stuffing" in text
+    assert "Token budget of every compared question: 32." in text
+    assert "Validity pairs (a valid question chosen over an invalid output): round 2:" in text
     for svg in ("steering_scores.svg", "steering_margins.svg"):
         assert (tmp_path / "docs" / "results" / svg).read_text().startswith("<svg")
     # a re-run does nothing

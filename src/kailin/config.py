@@ -60,15 +60,23 @@ class StageConfig(BaseModel):
         return out
 
 
-def from_options(cls: type[C], **options: Any) -> C:
+#: fields whose command-line option is not ``--`` + the field name with dashes (every kailin
+#: command that trains spells the learning rate ``--lr``)
+OPTION_NAMES: dict[str, str] = {"learning_rate": "--lr"}
+
+
+def from_options(cls: type[C], option_names: dict[str, str] | None = None,
+                 **options: Any) -> C:
     """``cls(**options)`` for a CLI command: a value the schema rejects is an :class:`InputError`
-    naming the option (``--min-margin``), not a traceback."""
+    naming the option (``--min-margin``; ``option_names`` maps a field to its option where the
+    two differ, over :data:`OPTION_NAMES`), not a traceback."""
+    names = {**OPTION_NAMES, **(option_names or {})}
     try:
         return cls(**options)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             loc = ".".join(str(x) for x in err["loc"] if not isinstance(x, int))
-            opt = f"--{loc.replace('_', '-')}: " if loc else ""
+            opt = f"{names.get(loc) or '--' + loc.replace('_', '-')}: " if loc else ""
             lines.append(f"{opt}{err['msg'].removeprefix('Value error, ')}")
         raise InputError("; ".join(lines)) from None

@@ -166,6 +166,13 @@ def render_results(rep: dict[str, Any], assets: str = "results") -> tuple[str, d
     lines += [f"Held-out abstracts: **{rep['heldout']}**; preference pairs (round 1, after the "
               f"filters): **{rep['pairs']}**; per round: {rep.get('pairs_per_round')}; rounds: "
               f"**{rep['rounds']}**.", ""]
+    validity = [(r.get("round"), r["validity_pairs"]) for r in rep.get("rounds_info", [])
+                if r.get("validity_pairs") is not None]
+    if validity:
+        lines += ["Validity pairs (a valid question chosen over an invalid output): " + ", ".join(
+            f"round {i}: {n}" for i, n in validity), ""]
+    if rep.get("max_new_tokens"):
+        lines += [f"Token budget of every compared question: {rep['max_new_tokens']}.", ""]
     ties = [r.get("ties", {}) for r in rep.get("rounds_info", [])]
     if ties:
         lines += ["Ties (the two questions' scores within 1e-9): " + ", ".join(
