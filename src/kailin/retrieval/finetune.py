@@ -44,6 +44,7 @@ from pydantic import Field
 
 from kailin.config import StageConfig
 from kailin.errors import InputError, require
+from kailin.io import write_json_atomic, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -441,7 +442,7 @@ def finetune(
     else:
         mined = mine_pairs(corpus_dir, cfg, progress=progress)
         table, stats = mined.table, mined.stats
-        pq.write_table(table, pairs_path)
+        write_parquet_atomic(table, pairs_path)
         ckpts = out / CHECKPOINTS
         if ckpts.exists():  # checkpoints of other pairs cannot be resumed
             import shutil
@@ -453,7 +454,7 @@ def finetune(
         "mining": stats,
         "complete": False,
     }
-    meta_path.write_text(json.dumps(meta, indent=2))
+    write_json_atomic(meta_path, meta)
     if table.num_rows < 2:
         raise InputError(f"only {table.num_rows} pairs passed the filter: nothing to train on")
 
@@ -522,5 +523,5 @@ def finetune(
         train_loss=round(float(result.training_loss), 4),
         log_history=[h for h in trainer.state.log_history if "loss" in h][-20:],
     )
-    meta_path.write_text(json.dumps(meta, indent=2))
+    write_json_atomic(meta_path, meta)
     return meta
