@@ -591,10 +591,9 @@ def steering_stage(ctx: RunContext) -> dict:
     root = ctx.path("steering")
     # later rounds relabel the policy's samples with the primary (MeSH) scorer, sharing out
     # validity pairs when asked (several samples: an abstract rarely has one valid question)
-    prefer_settings = cfg.preferences.model_copy(update={"labeller": "mesh"})
-    if st.validity_share is not None:
-        prefer_settings = prefer_settings.model_copy(
-            update={"validity_share": st.validity_share})
+    prefer_settings = cfg.preferences.model_copy(update={
+        "labeller": "mesh",
+        **({"validity_share": st.validity_share} if st.validity_share is not None else {})})
     budget = st.max_new_tokens  # None: generation.max_new_tokens
     key = ctx.key
 
@@ -779,7 +778,7 @@ def policy_model(ctx: RunContext) -> tuple[str, int]:
     return models[min(r, len(models)) - 1], min(r, len(models))
 
 
-def _policy_budget(cfg) -> int | None:
+def _policy_budget(cfg: RunConfig) -> int | None:
     """The token budget of the policy's questions: steering.max_new_tokens when the steering
     experiment set one (the budget its arms were compared at), else generation's."""
     return cfg.steering.max_new_tokens if cfg.steering.enabled else None
