@@ -260,3 +260,25 @@ def test_label_agreement_counts_pairs_the_second_scorer_orders_alike() -> None:
                        "score": [0.9, 0.1, 0.2, 0.8, 0.5, 0.5, 0.3]})
     # pmid 1 agrees, 2 disagrees, 3 ties (left out), 4 has no rejected score (left out)
     assert label_agreement(pairs, second) == {"pairs": 4, "compared": 2, "agreement": 0.5}
+
+
+def test_steering_report_never_carries_an_earlier_policys_downstream(tmp_path: Path) -> None:
+    """A steering re-run must not present the PubMedQA result of the previous policy's export
+    as its own: with the export written by the policy, the pubmedqa stage fills it in later."""
+    from types import SimpleNamespace
+
+    from kailin.pipeline.config import RunConfig
+    from kailin.pipeline.stages import _downstream_summary
+
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "pubmedqa.json").write_text('{"accuracy": 0.5}')
+
+    def ctx(raw: dict) -> SimpleNamespace:
+        return SimpleNamespace(cfg=RunConfig.model_validate(raw),
+                               path=lambda *p: tmp_path.joinpath(*p))
+
+    assert _downstream_summary(ctx({"export": {"questions_from": "policy"}})) == {}
+    # the export from the generators: the downstream models do not depend on the steering
+    assert _downstream_summary(ctx({})) == {"accuracy": 0.5}
+    assert _downstream_summary(ctx({"export": {"questions_from": "policy"},
+                                    "downstream": {"enabled": False}})) == {"accuracy": 0.5}

@@ -766,7 +766,13 @@ def _run_info(ctx: RunContext) -> dict:
 
 
 def _downstream_summary(ctx: RunContext) -> dict:
-    """What the pubmedqa stage measured, when it has run (it runs after the export)."""
+    """What the pubmedqa stage measured, when it has run and its models do not come from this
+    stage: with ``export.questions_from: policy`` the downstream models train on the policy's
+    export, so an existing ``pubmedqa.json`` is of an earlier policy's; the pubmedqa stage, which
+    runs after, fills it in."""
+    cfg = ctx.cfg
+    if cfg.export.questions_from == "policy" and cfg.downstream.enabled:
+        return {}
     p = ctx.path("reports", "pubmedqa.json")
     return json.loads(p.read_text()) if p.exists() else {}
 
