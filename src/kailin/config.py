@@ -65,18 +65,15 @@ class StageConfig(BaseModel):
 OPTION_NAMES: dict[str, str] = {"learning_rate": "--lr"}
 
 
-def from_options(cls: type[C], option_names: dict[str, str] | None = None,
-                 **options: Any) -> C:
+def from_options(cls: type[C], **options: Any) -> C:
     """``cls(**options)`` for a CLI command: a value the schema rejects is an :class:`InputError`
-    naming the option (``--min-margin``; ``option_names`` maps a field to its option where the
-    two differ, over :data:`OPTION_NAMES`), not a traceback."""
-    names = {**OPTION_NAMES, **(option_names or {})}
+    naming the option (``--min-margin``, or :data:`OPTION_NAMES`' spelling), not a traceback."""
     try:
         return cls(**options)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             loc = ".".join(str(x) for x in err["loc"] if not isinstance(x, int))
-            opt = f"{names.get(loc) or '--' + loc.replace('_', '-')}: " if loc else ""
+            opt = f"{OPTION_NAMES.get(loc) or '--' + loc.replace('_', '-')}: " if loc else ""
             lines.append(f"{opt}{err['msg'].removeprefix('Value error, ')}")
         raise InputError("; ".join(lines)) from None

@@ -248,17 +248,22 @@ def build_preferences(
     return out, stats
 
 
+#: per PMID, one output the extractor rejected through the model's fault (the view ``src``)
+INVALID_OUTPUTS = f"""
+    SELECT pmid, arg_min(trim(raw), generator) AS raw, min(generator) AS generator
+    FROM src WHERE reject_reason IS NOT NULL
+      AND reject_reason NOT IN ({", ".join(repr(x) for x in NOT_THE_MODELS_FAULT)})
+      AND raw IS NOT NULL AND trim(raw) <> ''
+    GROUP BY pmid"""
+
+
 def _add_validity_pairs(con: duckdb.DuckDBPyConnection) -> None:
     """Turn ``too_few_questions`` PMIDs with one valid, scored question and an invalid raw
     output into (valid, invalid) pairs (rule 7); the scores are the view ``src``."""
-    excluded = ", ".join(repr(x) for x in NOT_THE_MODELS_FAULT)
     con.execute(f"""
         UPDATE judged SET verdict = 'kept', rejected = b.raw, rejected_score = NULL,
                           rejected_generator = b.generator
-        FROM (SELECT pmid, arg_min(trim(raw), generator) AS raw, min(generator) AS generator
-              FROM src WHERE reject_reason IS NOT NULL
-                AND reject_reason NOT IN ({excluded}) AND raw IS NOT NULL AND trim(raw) <> ''
-              GROUP BY pmid) b
+        FROM ({INVALID_OUTPUTS}) b
         WHERE judged.pmid = b.pmid AND judged.verdict = 'too_few_questions'
           AND judged.n_questions = 1 AND judged.chosen IS NOT NULL
           AND judged.chosen_score IS NOT NULL AND NOT isnan(judged.chosen_score)
@@ -271,17 +276,12 @@ def _share_validity_pairs(con: duckdb.DuckDBPyConnection, share: float,
     an invalid raw output is a candidate; up to ``floor(share * N)`` become (best question,
     invalid output) pairs, PMIDs without a kept MeSH pair first, then the narrowest MeSH
     margins. Returns the number of candidates."""
-    excluded = ", ".join(repr(x) for x in NOT_THE_MODELS_FAULT)
     con.execute(f"""
         CREATE TEMP TABLE vcand AS
         SELECT j.pmid, b.raw, b.generator, j.verdict = 'kept' AS mesh_kept,
                CASE WHEN j.verdict = 'kept' THEN j.chosen_score - j.rejected_score END
                  AS mesh_margin
-        FROM judged j JOIN (
-            SELECT pmid, arg_min(trim(raw), generator) AS raw, min(generator) AS generator
-            FROM src WHERE reject_reason IS NOT NULL
-              AND reject_reason NOT IN ({excluded}) AND raw IS NOT NULL AND trim(raw) <> ''
-            GROUP BY pmid) b ON j.pmid = b.pmid
+        FROM judged j JOIN ({INVALID_OUTPUTS}) b ON j.pmid = b.pmid
         WHERE j.chosen IS NOT NULL AND j.chosen_score IS NOT NULL
           AND NOT isnan(j.chosen_score) AND trim(j.chosen) <> trim(b.raw)""")
     n_cand = int(con.execute("SELECT count(*) FROM vcand").fetchall()[0][0])
