@@ -200,6 +200,35 @@ def test_tiny_steering_experiment(tmp_path: Path) -> None:
     m2 = run_config(RunConfig.model_validate(TINY), tmp_path, run_dir=tmp_path / "run",
                     progress=False)
     assert m2["ran"] == []
+    # on policy from round 1, in the same run folder: round 1 samples the SFT generator itself,
+    # and neither the pairs mode's round-1 scores nor round 2's extra sample may label
+    on_policy = {**TINY, "steering": {**TINY["steering"], "first_round": "on_policy",
+                                      "samples": 2}}
+    m3 = run_config(RunConfig.model_validate(on_policy), tmp_path, run_dir=tmp_path / "run",
+                    progress=False)
+    assert "steering" in m3["ran"] and "dpo" not in m3["ran"]
+    rep = json.loads((tmp_path / "run" / "reports" / "steering.json").read_text())
+    assert rep["first_round"] == "on_policy" and len(rep["rounds_info"]) == 2
+    assert rep["arms"]["dpo"]["model"].endswith("steering/round2/dpo/model")
+    assert rep["training"]["dpo.round1"]["curve"]
+    run1 = tmp_path / "run" / "steering" / "round1"
+    for sub in ("questions", "scores", "scores2"):
+        assert sorted(p.name for p in (run1 / sub).iterdir()) == ["round1_sample0",
+                                                                   "round1_sample1"]
+        assert sorted(p.name for p in (run1.parent / "round2" / sub).iterdir()) == [
+            "round2_sample0", "round2_sample1"]
+    pairs1 = _read(run1 / "preferences")
+    assert rep["pairs_per_round"][0] == pairs1.num_rows == rep["pairs"]
+    assert set(pairs1["chosen_generator"].to_pylist()) <= {"round1_sample0", "round1_sample1"}
+    # base was sampled, not the dpo stage's model: round 1's policy trained from the SFT model
+    t1 = json.loads((run1 / "dpo" / "kailin_train.json").read_text())
+    assert t1["base_model"] == "smollm2"  # (SFT is off in this tiny run)
+    assert (run1 / "dpo" / "model").is_dir()
+    # back to the pairs mode: round 1's second-scorer folder holds its parts only again
+    m4 = run_config(RunConfig.model_validate(TINY), tmp_path, run_dir=tmp_path / "run",
+                    progress=False)
+    assert "steering" in m4["ran"]
+    assert not [p for p in (run1 / "scores2").iterdir() if p.is_dir()]
 
 
 def test_experiment_configs_load_and_name_real_inputs() -> None:

@@ -156,16 +156,23 @@ class SteeringConfig(StageConfig):
     """The steering experiment (``kailin.align.steering``): DPO arms against controls on the
     held-out abstracts (corpus.heldout), for ``rounds`` rounds of iterative alignment."""
 
-    added_fields: ClassVar[tuple[str, ...]] = ("samples", "validity_share", "max_new_tokens")
+    added_fields: ClassVar[tuple[str, ...]] = ("samples", "validity_share", "max_new_tokens",
+                                               "first_round")
 
     enabled: bool = False
+    first_round: Literal["pairs", "on_policy"] = Field(
+        "pairs", description="round 1's pairs: `pairs` trains on the preferences stage's pairs "
+        "(one question per generator, the dpo stage's model); `on_policy` samples `samples` "
+        "questions per abstract from the SFT generator and pairs the best against the worst, "
+        "like every later round (the dpo stage's model is then not an arm)")
     rounds: int = Field(2, ge=1, description="round r >= 2 samples `samples` questions per "
                         "abstract from the round r-1 policy, relabels them and trains again")
-    samples: int = Field(2, ge=2, description="rounds >= 2: questions sampled per abstract; "
+    samples: int = Field(2, ge=2, description="sampled rounds (r >= 2; round 1 too with "
+                         "first_round on_policy): questions sampled per abstract; "
                          "the pair is the best against the worst of them (wider margins, "
                          "surer labels)")
     validity_share: float | None = Field(
-        None, ge=0, le=1, description="rounds >= 2 (needs preferences.invalid_rejected): up to "
+        None, ge=0, le=1, description="sampled rounds (needs preferences.invalid_rejected): up to "
         "this share of the pairs are validity pairs, the best question against an invalid "
         "sample of the same abstract (preferences.validity_share); with several samples an "
         "abstract rarely has a single valid question, so the rule of round 1 seldom fires")
@@ -177,8 +184,8 @@ class SteeringConfig(StageConfig):
         "truncated, invalid questions")
     shuffled_control: bool = Field(True, description="also train dpo_shuffled: the same pairs, "
                                    "chosen and rejected swapped at random")
-    sample_temperature: float = Field(0.8, gt=0, description="rounds >= 2: temperature of the "
-                                      "policy samples")
+    sample_temperature: float = Field(0.8, gt=0, description="sampled rounds: temperature "
+                                      "of the policy samples")
     seed: int = 0
     second_index: dict[str, Any] = Field(
         default_factory=lambda: {"kind": "bm25", "method": "bm25+", "stemmer": None,

@@ -552,12 +552,17 @@ def _second_score_stage(ctx: RunContext, index_dir: Path):
 
 
 def _policy_models(ctx: RunContext) -> list[str]:
-    """The DPO policy after each round: round 1 is the dpo stage's model."""
+    """The DPO policy after each round: round 1 is the dpo stage's model, or, with
+    ``steering.first_round: on_policy``, the steering stage's own."""
     gen = _dpo_generator(ctx.cfg)
+    st = ctx.cfg.steering
+    if st.enabled and st.first_round == "on_policy":
+        return [str(ctx.path("steering", f"round{r}", "dpo", "model"))
+                for r in range(1, st.rounds + 1)]
     out = [str(ctx.path("models", f"{gen}-dpo", "model"))]
-    if ctx.cfg.steering.enabled:
+    if st.enabled:
         out += [str(ctx.path("steering", f"round{r}", "dpo", "model"))
-                for r in range(2, ctx.cfg.steering.rounds + 1)]
+                for r in range(2, st.rounds + 1)]
     return out
 
 
@@ -613,22 +618,39 @@ def steering_stage(ctx: RunContext) -> dict:
     primary, second = _score_stage(ctx), _second_score_stage(ctx, ix2)
 
     trainings: dict[str, dict] = {}
-    pairs1 = read_parquet(ctx.path("preferences", PREFERENCES_FILE))
+    on_policy = st.first_round == "on_policy"
     dpo_meta_path = ctx.path("models", f"{gen}-dpo", "kailin_train.json")
-    models: dict[str, list[str]] = {"dpo": _policy_models(ctx)[:1], "dpo_shuffled": []}
-    # the labels' reliability: round 1's questions under the second scorer
-    run(second, ctx.path("questions"), root / "round1" / "scores2", "round1/score2")
-    rounds_info: list[dict] = [{"round": 1, "pairs": pairs1.num_rows,
-                                "ties": tie_share(read_parquet(ctx.path("scores"))),
-                                "label_agreement": label_agreement(
-                                    pairs1, read_parquet(root / "round1" / "scores2"))}]
-    pairs = pairs1
+    # round 1 is the dpo stage's (pairs across the generators), or, on policy, the SFT
+    # generator's own samples, best against worst, like every later round
+    models: dict[str, list[str]] = {"dpo": [] if on_policy else _policy_models(ctx)[:1],
+                                    "dpo_shuffled": []}
+    rounds_info: list[dict] = []
+    if on_policy:
+        pairs1 = pairs = None
+    else:
+        pairs1 = pairs = read_parquet(ctx.path("preferences", PREFERENCES_FILE))
+        # the labels' reliability: round 1's questions under the second scorer (a folder an
+        # on-policy round 1 of an earlier config wrote sample folders into)
+        _drop_other_dirs(root / "round1" / "scores2", set())
+        run(second, ctx.path("questions"), root / "round1" / "scores2", "round1/score2")
+        rounds_info.append({"round": 1, "pairs": pairs1.num_rows,
+                            "ties": tie_share(read_parquet(ctx.path("scores"))),
+                            "label_agreement": label_agreement(
+                                pairs1, read_parquet(root / "round1" / "scores2"))})
     for r in range(1, st.rounds + 1):
-        if r >= 2:  # sample questions per abstract from the round r-1 policy, relabel: the
-            rdir = root / f"round{r}"  # pair is the best against the worst of them
-            for i in range(st.samples):
-                label = f"round{r}_sample{i}"
-                stage = _question_stage(ctx, gen, models["dpo"][-1], label=label,
+        if r >= 2 or on_policy:  # sample questions per abstract from the round r-1 policy
+            rdir = root / f"round{r}"  # (the SFT generator before round 1), relabel: the
+            start = models["dpo"][-1] if models["dpo"] else base_model  # pair is the best
+            labels = [f"round{r}_sample{i}" for i in range(st.samples)]  # against the worst
+            for sub in ("questions", "scores", "scores2"):
+                # fewer samples than an earlier config: its extra samples must not label;
+                # round 1 of the pairs mode wrote its scores2 parts at the top
+                _drop_other_dirs(rdir / sub, set(labels))
+                for f in (rdir / sub).glob("*") if (rdir / sub).is_dir() else ():
+                    if f.is_file():
+                        f.unlink()
+            for i, label in enumerate(labels):
+                stage = _question_stage(ctx, gen, start, label=label,
                                         temperature=st.sample_temperature,
                                         seed=st.seed + 1000 * r + i, max_new_tokens=budget)
                 run(stage, work, rdir / "questions" / label, label)
@@ -647,8 +669,9 @@ def steering_stage(ctx: RunContext) -> dict:
             if pairs.num_rows == 0:
                 raise KailinError(f"steering round {r}: no preference pairs left; the policy's "
                                   "samples tie (raise steering.sample_temperature)")
-            meta = train_dpo(pairs, rdir / "dpo", cfg.dpo, model=models["dpo"][-1],
-                             replace_stale=True)
+            if pairs1 is None:
+                pairs1 = pairs
+            meta = train_dpo(pairs, rdir / "dpo", cfg.dpo, model=start, replace_stale=True)
             models["dpo"].append(str(rdir / "dpo" / "model"))
             trainings[f"dpo.round{r}"] = {"pairs": pairs.num_rows,
                                           "curve": dpo_curve(meta.get("log_history", []))}
@@ -682,7 +705,7 @@ def steering_stage(ctx: RunContext) -> dict:
             # the generator_eval stage already wrote and scored base and dpo round 1 on the
             # same held-out abstracts with the same scorer (at generation.max_new_tokens)
             src = None
-            if budget is None or budget == cfg.generation.max_new_tokens:
+            if (budget is None or budget == cfg.generation.max_new_tokens) and not on_policy:
                 src = {"base": ctx.path("generator_eval", "before"),
                        "dpo.round1": ctx.path("generator_eval", "after")}.get(tag)
             if src is None:
@@ -710,6 +733,7 @@ def steering_stage(ctx: RunContext) -> dict:
                                      n_boot=st.n_boot, seed=st.seed)
         return out
 
+    assert pairs1 is not None  # rounds >= 1
     report: dict[str, Any] = {
         "heldout": len(pmids),
         "pairs": pairs1.num_rows,
@@ -737,6 +761,7 @@ def steering_stage(ctx: RunContext) -> dict:
         "seconds": round(time.monotonic() - t0, 1),
         "seeds": {"steering": st.seed, "generation": cfg.generation.seed},
         "max_new_tokens": budget or cfg.generation.max_new_tokens,
+        "first_round": st.first_round,
     }
     report["downstream"] = _downstream_summary(ctx)
     report["run"] = _run_info(ctx)
