@@ -209,6 +209,18 @@ def test_tiny_steering_experiment(tmp_path: Path) -> None:
     assert "steering" in m3["ran"] and "dpo" not in m3["ran"]
     rep = json.loads((tmp_path / "run" / "reports" / "steering.json").read_text())
     assert rep["first_round"] == "on_policy" and len(rep["rounds_info"]) == 2
+    # where the gain comes from: each round against the one before, under both scorers
+    assert set(rep["round_contrasts"]) == {
+        "dpo.round1_vs_base", "dpo.round2_vs_dpo.round1",
+        "dpo_shuffled.round1_vs_base", "dpo_shuffled.round2_vs_dpo_shuffled.round1"}
+    for c in rep["round_contrasts"].values():
+        assert {"delta", "ci_low", "ci_high", "n"} <= set(c["scores"]) <= set(c["scores2"])
+    res = CliRunner().invoke(app, ["results", str(tmp_path / "run" / "reports" /
+                                                  "steering.json"), "--out", str(page)])
+    assert res.exit_code == 0, res.output
+    text = page.read_text()
+    assert "Round 1's pairs: the best against the worst of the SFT generator's own" in text
+    assert "| dpo.round2 - dpo.round1 |" in text
     assert rep["arms"]["dpo"]["model"].endswith("steering/round2/dpo/model")
     assert rep["training"]["dpo.round1"]["curve"]
     run1 = tmp_path / "run" / "steering" / "round1"
@@ -228,7 +240,8 @@ def test_tiny_steering_experiment(tmp_path: Path) -> None:
     m4 = run_config(RunConfig.model_validate(TINY), tmp_path, run_dir=tmp_path / "run",
                     progress=False)
     assert "steering" in m4["ran"]
-    assert not [p for p in (run1 / "scores2").iterdir() if p.is_dir()]
+    assert [p.name for p in (run1 / "scores2").iterdir() if p.is_dir()] == ["_done"]
+    assert list((run1 / "scores2").glob("part-*.parquet"))
 
 
 def test_experiment_configs_load_and_name_real_inputs() -> None:
@@ -249,6 +262,7 @@ def test_experiment_configs_load_and_name_real_inputs() -> None:
         assert set(files) <= set(inputs) and any(p.name == "ori_pqal.json" for p in inputs)
     cfg, _ = load_config(root / "configs" / "experiment.yaml")
     assert cfg.corpus.limit >= 1000 and cfg.corpus.heldout >= 200 and cfg.steering.rounds >= 2
+    assert cfg.steering.first_round == "on_policy"
     # the downstream half: the same run and settings, so only downstream + pubmedqa run
     ds, _ = load_config(root / "configs" / "experiment-downstream.yaml")
     a, b = cfg.model_dump(), ds.model_dump()
@@ -277,6 +291,25 @@ def test_results_page_renders_downstream_cis() -> None:
     assert "| after | CPT on the kailin export | reasoning_required | 1.000 [1.000, 1.000] |" in text
     assert "| after - raw_abstracts | reasoning_required |" in text
     assert "accuracy, macro_f1 |" in text  # both significant: perfect vs a coin
+
+
+def test_results_page_renders_round_over_round_contrasts() -> None:
+    from kailin.report.results import render_results
+
+    c = {"delta": 0.0123, "ci_low": 0.0011, "ci_high": 0.0234, "n": 190}
+    rep = {"heldout": 200, "pairs": 320, "rounds": 2, "first_round": "on_policy",
+           "arms": {"base": {"mean": 0.6, "n": 190}, "dpo": {"mean": 0.61, "n": 190}},
+           "contrasts": {"dpo_vs_base": c},
+           "round_contrasts": {"dpo.round1_vs_base": {"scores": c, "scores2": None},
+                               "dpo.round2_vs_dpo.round1": {"scores": c, "scores2": c}}}
+    text, _ = render_results(rep)
+    assert "Round 1's pairs: the best against the worst of the SFT generator's own" in text
+    assert "| dpo.round1 - base | 0.0123 [0.0011, 0.0234] | – |" in text
+    assert "| dpo.round2 - dpo.round1 | 0.0123 [0.0011, 0.0234] | 0.0123 [0.0011, 0.0234] |" in text
+    # a report from before these keys renders without the section
+    old, _ = render_results({k: v for k, v in rep.items()
+                             if k not in ("round_contrasts", "first_round")})
+    assert "Round over round" not in old and "Round 1's pairs" not in old
 
 
 def test_label_agreement_counts_pairs_the_second_scorer_orders_alike() -> None:

@@ -631,7 +631,7 @@ def steering_stage(ctx: RunContext) -> dict:
         pairs1 = pairs = read_parquet(ctx.path("preferences", PREFERENCES_FILE))
         # the labels' reliability: round 1's questions under the second scorer (a folder an
         # on-policy round 1 of an earlier config wrote sample folders into)
-        _drop_other_dirs(root / "round1" / "scores2", set())
+        _drop_other_dirs(root / "round1" / "scores2", {"_done"})  # (the executor's markers)
         run(second, ctx.path("questions"), root / "round1" / "scores2", "round1/score2")
         rounds_info.append({"round": 1, "pairs": pairs1.num_rows,
                             "ties": tie_share(read_parquet(ctx.path("scores"))),
@@ -734,6 +734,24 @@ def steering_stage(ctx: RunContext) -> dict:
         return out
 
     assert pairs1 is not None  # rounds >= 1
+
+    def round_contrasts() -> dict:
+        """Where a gain comes from: each round against the one before (round 1 against
+        base), paired over the same held-out abstracts, under both scorers."""
+        out: dict[str, dict] = {}
+        for arm, ms in arms_models.items():
+            if arm == "base":
+                continue
+            prev = "base"
+            for r in range(1, len(ms) + 1):
+                tag = f"{arm}.round{r}"
+                out[f"{tag}_vs_{prev}"] = {
+                    which: contrast(evals[tag][which], evals[prev][which], pmids,
+                                    n_boot=st.n_boot, seed=st.seed)
+                    for which in ("scores", "scores2")}
+                prev = tag
+        return out
+
     report: dict[str, Any] = {
         "heldout": len(pmids),
         "pairs": pairs1.num_rows,
@@ -755,6 +773,7 @@ def steering_stage(ctx: RunContext) -> dict:
                             "mean_second": arm_summary(e["scores2"], pmids)["mean"]}
                       for tag, e in evals.items()},
         "rounds_info": rounds_info,
+        "round_contrasts": round_contrasts(),
         "training": trainings,
         "scorer": {"labels_and_primary": {**primary.scoring, "k": primary.k},
                    "second": {**second.scoring, "k": second.k}},

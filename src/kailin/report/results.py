@@ -163,6 +163,11 @@ def render_results(rep: dict[str, Any], assets: str = "results") -> tuple[str, d
             lines.append(f"| runtime of the whole run | {_f(run['total_seconds'], 0)} s |")
         lines.append(f"| seeds | `{json.dumps(rep.get('seeds', {}))}` |")
         lines.append("")
+    first = {"on_policy": "the best against the worst of the SFT generator's own samples",
+             "pairs": "one question per generator, the preferences stage's pairs"}
+    if rep.get("first_round") in first:
+        lines += [f"Round 1's pairs: {first[rep['first_round']]}; later rounds: the best "
+                  "against the worst of the previous round's policy's samples.", ""]
     lines += [f"Held-out abstracts: **{rep['heldout']}**; preference pairs (round 1, after the "
               f"filters): **{rep['pairs']}**; per round: {rep.get('pairs_per_round')}; rounds: "
               f"**{rep['rounds']}**.", ""]
@@ -219,6 +224,18 @@ def render_results(rep: dict[str, Any], assets: str = "results") -> tuple[str, d
                   "(second scorer) |", "|---|---|---|"]
         lines += [f"| {k} | {_f(v.get('mean'))} | {_f(v.get('mean_second'))} |"
                   for k, v in pr.items()]
+        lines.append("")
+    rc = rep.get("round_contrasts") or {}
+    if rc:
+        lines += ["### Round over round (each round against the one before, paired)", "",
+                  "| contrast | run's scorer: delta [95% CI] | second scorer: delta [95% CI] |",
+                  "|---|---|---|"]
+        def cell(c: dict[str, Any] | None) -> str:
+            return (f"{_f(c.get('delta'))} [{_f(c.get('ci_low'))}, {_f(c.get('ci_high'))}]"
+                    if c else "–")
+
+        lines += [f"| {k.replace('_vs_', ' - ')} | {cell(v.get('scores'))} | "
+                  f"{cell(v.get('scores2'))} |" for k, v in rc.items()]
         lines.append("")
     hk = rep.get("hacking") or {}
     if hk:
