@@ -344,3 +344,12 @@ def test_steering_report_never_carries_an_earlier_policys_downstream(tmp_path: P
     assert _downstream_summary(ctx({})) == {"accuracy": 0.5}
     assert _downstream_summary(ctx({"export": {"questions_from": "policy"},
                                     "downstream": {"enabled": False}})) == {"accuracy": 0.5}
+    # downstream off now, but the folder's pubmedqa.json holds models a downstream config trained
+    # on an earlier policy's export (the experiment.yaml run after experiment-downstream.yaml)
+    (tmp_path / "reports" / "pubmedqa.json").write_text(
+        '{"models": {"before": "smollm2", "after": "models/downstream/model"}}')
+    off = {"export": {"questions_from": "policy"}, "downstream": {"enabled": False}}
+    assert _downstream_summary(ctx(off)) == {}
+    assert _downstream_summary(ctx({})) != {}  # (the generators' export: still current)
+    (tmp_path / "reports" / "pubmedqa.json").write_text('{"models": {"before": "smollm2"}}')
+    assert _downstream_summary(ctx(off)) == {"models": {"before": "smollm2"}}

@@ -813,12 +813,17 @@ def _downstream_summary(ctx: RunContext) -> dict:
     """What the pubmedqa stage measured, when it has run and its models do not come from this
     stage: with ``export.questions_from: policy`` the downstream models train on the policy's
     export, so an existing ``pubmedqa.json`` is of an earlier policy's; the pubmedqa stage, which
-    runs after, fills it in."""
+    runs after, fills it in. With downstream off in this config, a ``pubmedqa.json`` that holds
+    trained models was left by an earlier config of the same run folder (a downstream config run
+    on an earlier policy): only a base-model-only result is carried."""
     cfg = ctx.cfg
     if cfg.export.questions_from == "policy" and cfg.downstream.enabled:
         return {}
     p = ctx.path("reports", "pubmedqa.json")
-    return json.loads(p.read_text()) if p.exists() else {}
+    rep = json.loads(p.read_text()) if p.exists() else {}
+    if cfg.export.questions_from == "policy" and set(rep.get("models") or {}) - {"before"}:
+        return {}
+    return rep
 
 
 def policy_model(ctx: RunContext) -> tuple[str, int]:
