@@ -640,17 +640,17 @@ def steering_stage(ctx: RunContext) -> dict:
     for r in range(1, st.rounds + 1):
         if r >= 2 or on_policy:  # sample questions per abstract from the round r-1 policy
             rdir = root / f"round{r}"  # (the SFT generator before round 1), relabel: the
-            start = models["dpo"][-1] if models["dpo"] else base_model  # pair is the best
+            sampler = models["dpo"][-1] if models["dpo"] else base_model  # pair is the best
             labels = [f"round{r}_sample{i}" for i in range(st.samples)]  # against the worst
             for sub in ("questions", "scores", "scores2"):
                 # fewer samples than an earlier config: its extra samples must not label;
                 # round 1 of the pairs mode wrote its scores2 parts at the top
                 _drop_other_dirs(rdir / sub, set(labels))
-                for f in (rdir / sub).glob("*") if (rdir / sub).is_dir() else ():
+                for f in (rdir / sub).glob("*"):
                     if f.is_file():
                         f.unlink()
             for i, label in enumerate(labels):
-                stage = _question_stage(ctx, gen, start, label=label,
+                stage = _question_stage(ctx, gen, sampler, label=label,
                                         temperature=st.sample_temperature,
                                         seed=st.seed + 1000 * r + i, max_new_tokens=budget)
                 run(stage, work, rdir / "questions" / label, label)
@@ -671,7 +671,7 @@ def steering_stage(ctx: RunContext) -> dict:
                                   "samples tie (raise steering.sample_temperature)")
             if pairs1 is None:
                 pairs1 = pairs
-            meta = train_dpo(pairs, rdir / "dpo", cfg.dpo, model=start, replace_stale=True)
+            meta = train_dpo(pairs, rdir / "dpo", cfg.dpo, model=sampler, replace_stale=True)
             models["dpo"].append(str(rdir / "dpo" / "model"))
             trainings[f"dpo.round{r}"] = {"pairs": pairs.num_rows,
                                           "curve": dpo_curve(meta.get("log_history", []))}
