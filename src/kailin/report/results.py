@@ -109,11 +109,11 @@ DOWNSTREAM_ARMS = {"before": "base model, no CPT", "after": "CPT on the kailin e
                    "pre_dpo": "CPT on an export of the pre-DPO questions"}
 
 
-def _ci_cell(v: dict[str, Any] | None) -> str:
+def _ci_cell(v: dict[str, Any] | None, nd: int = 3) -> str:
     if not v:
         return "–"
     point = v.get("value", v.get("delta"))
-    return f"{_f(point, 3)} [{_f(v.get('ci_low'), 3)}, {_f(v.get('ci_high'), 3)}]"
+    return f"{_f(point, nd)} [{_f(v.get('ci_low'), nd)}, {_f(v.get('ci_high'), nd)}]"
 
 
 def _downstream_lines(ds: dict[str, Any]) -> list[str]:
@@ -230,12 +230,8 @@ def render_results(rep: dict[str, Any], assets: str = "results") -> tuple[str, d
         lines += ["### Round over round (each round against the one before, paired)", "",
                   "| contrast | run's scorer: delta [95% CI] | second scorer: delta [95% CI] |",
                   "|---|---|---|"]
-        def cell(c: dict[str, Any] | None) -> str:
-            return (f"{_f(c.get('delta'))} [{_f(c.get('ci_low'))}, {_f(c.get('ci_high'))}]"
-                    if c else "–")
-
-        lines += [f"| {k.replace('_vs_', ' - ')} | {cell(v.get('scores'))} | "
-                  f"{cell(v.get('scores2'))} |" for k, v in rc.items()]
+        lines += [f"| {k.replace('_vs_', ' - ')} | {_ci_cell(v.get('scores'), 4)} | "
+                  f"{_ci_cell(v.get('scores2'), 4)} |" for k, v in rc.items()]
         lines.append("")
     hk = rep.get("hacking") or {}
     if hk:
