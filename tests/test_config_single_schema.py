@@ -109,7 +109,7 @@ def test_dpo_cli_and_pipeline_call_train_dpo_with_the_config(tmp_path: Path,
     calls: list[dict[str, Any]] = []
 
     def fake(pairs: Any, out_dir: Any, config: Any = None, callbacks: Any = None,
-             model: str = "smollm2") -> dict:
+             model: str = "smollm2", **kwargs: Any) -> dict:
         calls.append({"config": config, "model": model, "out": Path(out_dir)})
         return {"train_loss": 0.5, "global_step": 1, "steps": 1, "seconds": 0.1}
 

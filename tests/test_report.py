@@ -94,3 +94,18 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     subprocess.run([*base, f"--screenshot={shot}", "--window-size=1200,2000", path.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_report_leaves_out_the_files_of_stages_this_run_turned_off(tmp_path: Path) -> None:
+    """A generator.json an earlier config's generator_eval wrote is not this run's result."""
+    run = make_run(tmp_path / "run")
+    (run / "reports" / "generator.json").write_text(json.dumps({"generator": "stale-marker"}))
+    manifest = json.loads((run / "manifest.json").read_text()) if (
+        run / "manifest.json").exists() else {}
+    manifest.setdefault("stages", {})["generator_eval"] = {"status": "disabled"}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    doc = build_report(run).read_text()
+    assert "the generator_eval stage is off in this run" in doc and "stale-marker" not in doc
+    manifest["stages"]["generator_eval"] = {"status": "done"}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert "stale-marker" in build_report(run).read_text()

@@ -5,6 +5,7 @@ code path stays alive; the export is written by the aligned policy."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -202,11 +203,14 @@ def test_tiny_steering_experiment(tmp_path: Path) -> None:
     assert m2["ran"] == []
     # on policy from round 1, in the same run folder: round 1 samples the SFT generator itself,
     # and neither the pairs mode's round-1 scores nor round 2's extra sample may label
+    # (and round 2 trains for two epochs: steering.later_epochs)
     on_policy = {**TINY, "steering": {**TINY["steering"], "first_round": "on_policy",
-                                      "samples": 2}}
+                                      "samples": 2, "later_epochs": 2}}
     m3 = run_config(RunConfig.model_validate(on_policy), tmp_path, run_dir=tmp_path / "run",
                     progress=False)
     assert "steering" in m3["ran"] and "dpo" not in m3["ran"]
+    # nothing reads the dpo stage's model then: it and generator_eval do not run
+    assert m3["stages"]["dpo"]["status"] == m3["stages"]["generator_eval"]["status"] == "disabled"
     rep = json.loads((tmp_path / "run" / "reports" / "steering.json").read_text())
     assert rep["first_round"] == "on_policy" and len(rep["rounds_info"]) == 2
     # where the gain comes from: each round against the one before, under both scorers
@@ -236,6 +240,14 @@ def test_tiny_steering_experiment(tmp_path: Path) -> None:
     t1 = json.loads((run1 / "dpo" / "kailin_train.json").read_text())
     assert t1["base_model"] == "smollm2"  # (SFT is off in this tiny run)
     assert (run1 / "dpo" / "model").is_dir()
+    t2 = json.loads((run1.parent / "round2" / "dpo" / "kailin_train.json").read_text())
+    s1, s2 = t1["settings"], t2["settings"]
+    assert s1["epochs"] == 1 and s2["epochs"] == 2
+    assert s2["max_steps"] == math.ceil(2 * s2["n_pairs"] / (s2["batch_size"] * s2["grad_accum"]))
+    assert rep["training"]["dpo.round2"]["epochs"] == rep["training"]["dpo_shuffled.round2"][
+        "epochs"] == 2
+    assert rep["training"]["dpo.round1"]["epochs"] == 1
+    assert "| training | pairs | epochs |" in text
     # back to the pairs mode: round 1's second-scorer folder holds its parts only again
     m4 = run_config(RunConfig.model_validate(TINY), tmp_path, run_dir=tmp_path / "run",
                     progress=False)

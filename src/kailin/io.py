@@ -112,6 +112,19 @@ def iter_parquet_batches(
         yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
 
 
+def weights_fingerprint(path: str | os.PathLike[str]) -> str:
+    """Names, sizes and mtimes of a model folder's weight and config files: changes when a
+    checkpoint is overwritten (cheap: no file is read)."""
+    import hashlib
+
+    parts = []
+    for f in sorted(Path(path).glob("*")):
+        if f.suffix in {".safetensors", ".bin", ".gguf", ".json"} and f.is_file():
+            st = f.stat()
+            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def user_cache_dir() -> Path:
     """Where kailin keeps derived artefacts (model checkpoints, caches): ``$KAILIN_CACHE`` or
     ``~/.cache/kailin``."""

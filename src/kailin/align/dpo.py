@@ -176,12 +176,15 @@ def train_dpo(
     callbacks: list[Any] | None = None,
     model: str = "smollm2",
     replace_stale: bool = False,
+    identity: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """DPO the generator ``model`` (a ``kailin train sft`` output, a checkpoint, a hub id or
     'smollm2') on ``pairs`` with ``config``; resume from the last checkpoint; save the adapter
     and the merged model. A finished run with the same settings returns at once. Checkpoints in
     ``out_dir`` from other pairs or settings are refused, or removed with ``replace_stale`` (a
-    pipeline stage that owns the folder)."""
+    pipeline stage that owns the folder). ``identity``: more that a finished run must match
+    (e.g. the base model's :func:`kailin.io.weights_fingerprint`, when ``model`` is a folder
+    that may be retrained in place)."""
     require_training()
     c = config or DPOConfig()
     out = Path(out_dir)
@@ -191,7 +194,8 @@ def train_dpo(
     cols = [x for x in ("prompt", "chosen", "rejected") if x in table.column_names]
     run = _resolved(c, model, table.num_rows)
     sdict = run | {"n_pairs": table.num_rows,
-                   "data_digest": data_digest(table.select(cols).to_pylist())}
+                   "data_digest": data_digest(table.select(cols).to_pylist()),
+                   **({"identity": identity} if identity else {})}
     if (done := finished_run(out, sdict)) is not None:
         return done
 

@@ -40,9 +40,10 @@ def run(
     ran = manifest.get("ran", [])
     typer.echo(f"run finished in {manifest['seconds']:.1f} s: {run_dir} (ran "
                + (", ".join(ran) if ran else "nothing: all up to date") + ")")
-    for name in ("pubmedqa.json", "generator.json"):
+    stages = manifest.get("stages") or {}
+    for name, stage in (("pubmedqa.json", "pubmedqa"), ("generator.json", "generator_eval")):
         p = run_dir / "reports" / name
-        if p.exists():
+        if p.exists() and (stages.get(stage) or {}).get("status") != "disabled":
             rep = json.loads(p.read_text())
             typer.echo(f"  reports/{name}: " + json.dumps(_headline(rep))[:300])
     if (run_dir / "export").is_dir():

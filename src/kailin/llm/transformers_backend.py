@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kailin.errors import InputError, require
+from kailin.io import weights_fingerprint
 from kailin.llm.base import (
     Backend,
     Completion,
@@ -26,18 +27,6 @@ from kailin.llm.base import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def _weights_fingerprint(path: Path) -> str:
-    """Names, sizes and mtimes of the weight files: changes when a checkpoint is overwritten."""
-    parts = []
-    for f in sorted(path.glob("*")):
-        if f.suffix in {".safetensors", ".bin", ".gguf", ".json"} and f.is_file():
-            st = f.stat()
-            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
-    import hashlib
-
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 class TransformersBackend(Backend):
@@ -97,7 +86,7 @@ class TransformersBackend(Backend):
     def identity(self) -> dict[str, Any]:
         ident: dict[str, Any] = {"backend": self.kind, "model": self.model_name}
         if self._local is not None and self._local.is_dir():
-            ident["weights"] = _weights_fingerprint(self._local)
+            ident["weights"] = weights_fingerprint(self._local)
         if self.revision:
             ident["revision"] = self.revision
         if self.gguf_file:

@@ -157,14 +157,16 @@ class SteeringConfig(StageConfig):
     held-out abstracts (corpus.heldout), for ``rounds`` rounds of iterative alignment."""
 
     added_fields: ClassVar[tuple[str, ...]] = ("samples", "validity_share", "max_new_tokens",
-                                               "first_round")
+                                               "first_round", "later_epochs")
 
     enabled: bool = False
     first_round: Literal["pairs", "on_policy"] = Field(
         "pairs", description="round 1's pairs: `pairs` trains on the preferences stage's pairs "
         "(one question per generator, the dpo stage's model); `on_policy` samples `samples` "
         "questions per abstract from the SFT generator and pairs the best against the worst, "
-        "like every later round (the dpo stage's model is then not an arm)")
+        "like every later round (the dpo and generator_eval stages then do not run: their model "
+        "would be no arm; the steering report's round-1-vs-base contrast replaces "
+        "reports/generator.json)")
     rounds: int = Field(2, ge=1, description="round r >= 2 samples `samples` questions per "
                         "abstract from the round r-1 policy, relabels them and trains again")
     samples: int = Field(2, ge=2, description="sampled rounds (r >= 2; round 1 too with "
@@ -182,6 +184,10 @@ class SteeringConfig(StageConfig):
         "base included) and of the policy's export questions; default generation.max_new_tokens. "
         "Policies write longer questions than the SFT generators: a budget they hit makes "
         "truncated, invalid questions")
+    later_epochs: float | None = Field(
+        None, gt=0, description="DPO epochs of rounds r >= 2 (both arms; default dpo.epochs). "
+        "Their pairs are two samples of one policy that differ in a few words: one epoch barely "
+        "fits them")
     shuffled_control: bool = Field(True, description="also train dpo_shuffled: the same pairs, "
                                    "chosen and rejected swapped at random")
     sample_temperature: float = Field(0.8, gt=0, description="sampled rounds: temperature "

@@ -38,6 +38,7 @@ from kailin.io import (
     duckdb_table,
     iter_parquet_batches,
     read_parquet,
+    weights_fingerprint,
     write_json_atomic,
 )
 from kailin.pipeline.config import RunConfig
@@ -495,6 +496,15 @@ def _dpo_generator(cfg: RunConfig) -> str:
     return cfg.dpo.generator or cfg.generators[0].name
 
 
+def _pairs_dpo(cfg: RunConfig) -> bool:
+    """Whether the dpo stage (and generator_eval, which compares its model) runs: not when the
+    steering experiment trains its own round 1 on the SFT generator's samples
+    (``steering.first_round: on_policy``), where that model would be no arm and nothing would
+    read it."""
+    st = cfg.steering
+    return cfg.dpo.enabled and not (st.enabled and st.first_round == "on_policy")
+
+
 def dpo_stage(ctx: RunContext) -> dict:
     from kailin.align.dpo import train_dpo
     from kailin.align.prefer import PREFERENCES_FILE
@@ -506,8 +516,15 @@ def dpo_stage(ctx: RunContext) -> dict:
 
         raise KailinError("dpo: the preference stage kept no pairs; loosen preferences.tau / "
                           "band / min_margin or distil more abstracts (corpus.limit)")
-    meta = train_dpo(pairs, ctx.path("models", f"{gen}-dpo"), ctx.cfg.dpo,
-                     model=generator_model(ctx, gen))
+    # the folder is the stage's own: a finished training on the same pairs, settings and base
+    # weights is kept when only an upstream key changed (e.g. corpus.heldout), other
+    # checkpoints are replaced
+    model = generator_model(ctx, gen)
+    base = Path(model)
+    meta = train_dpo(pairs, ctx.path("models", f"{gen}-dpo"), ctx.cfg.dpo, model=model,
+                     replace_stale=True,
+                     identity={"base_weights": weights_fingerprint(base)} if base.is_dir()
+                     else None)
     return {"pairs": pairs.num_rows,
             **{k: meta[k] for k in ("train_loss", "steps") if k in meta}}
 
@@ -617,6 +634,11 @@ def steering_stage(ctx: RunContext) -> dict:
         stamp.write_text(ix2_key)
     primary, second = _score_stage(ctx), _second_score_stage(ctx, ix2)
 
+    def round_dpo(r: int) -> Any:  # rounds >= 2 may train longer (steering.later_epochs)
+        if r >= 2 and st.later_epochs is not None:
+            return cfg.dpo.model_copy(update={"epochs": st.later_epochs})
+        return cfg.dpo
+
     trainings: dict[str, dict] = {}
     on_policy = st.first_round == "on_policy"
     dpo_meta_path = ctx.path("models", f"{gen}-dpo", "kailin_train.json")
@@ -671,9 +693,10 @@ def steering_stage(ctx: RunContext) -> dict:
                                   "samples tie (raise steering.sample_temperature)")
             if pairs1 is None:
                 pairs1 = pairs
-            meta = train_dpo(pairs, rdir / "dpo", cfg.dpo, model=sampler, replace_stale=True)
+            meta = train_dpo(pairs, rdir / "dpo", round_dpo(r), model=sampler,
+                             replace_stale=True)
             models["dpo"].append(str(rdir / "dpo" / "model"))
-            trainings[f"dpo.round{r}"] = {"pairs": pairs.num_rows,
+            trainings[f"dpo.round{r}"] = {"pairs": pairs.num_rows, "epochs": round_dpo(r).epochs,
                                           "curve": dpo_curve(meta.get("log_history", []))}
         elif dpo_meta_path.exists():
             meta = json.loads(dpo_meta_path.read_text())
@@ -683,10 +706,10 @@ def steering_stage(ctx: RunContext) -> dict:
             shuffled, flipped = shuffle_pairs(pairs, seed=st.seed + r)
             sdir = root / f"round{r}" / "dpo_shuffled"
             start = models["dpo_shuffled"][-1] if models["dpo_shuffled"] else base_model
-            meta = train_dpo(shuffled, sdir, cfg.dpo, model=start, replace_stale=True)
+            meta = train_dpo(shuffled, sdir, round_dpo(r), model=start, replace_stale=True)
             models["dpo_shuffled"].append(str(sdir / "model"))
             trainings[f"dpo_shuffled.round{r}"] = {
-                "pairs": shuffled.num_rows, "swapped": flipped,
+                "pairs": shuffled.num_rows, "swapped": flipped, "epochs": round_dpo(r).epochs,
                 "curve": dpo_curve(meta.get("log_history", []))}
 
     # held-out: every arm after every round, under both scorers
@@ -1170,14 +1193,14 @@ def pipeline_stages(cfg: RunConfig) -> list[StageSpec]:
                   ["score", "evaluator"], outputs=["preferences"]),
         StageSpec("dpo", dpo_stage,
                   lambda c: {"dpo": _dump(c.dpo), "generator": _dump(_gen(c, _dpo_generator(c)))},
-                  ["prefer", f"sft:{dpo_gen}"], enabled=lambda c: c.dpo.enabled,
-                  outputs=[f"models/{dpo_gen}-dpo"], mode="resume"),
+                  ["prefer", f"sft:{dpo_gen}"], enabled=_pairs_dpo,
+                  outputs=[f"models/{dpo_gen}-dpo"], mode="self"),
         StageSpec("generator_eval", generator_eval_stage,
                   lambda c: {"generation": _dump(c.generation),
                              "generator": _dump(_gen(c, _dpo_generator(c))),
                              **_score_settings(c)},
                   ["dpo", f"sft:{dpo_gen}", "index", "corpus", "workset"],
-                  enabled=lambda c: c.dpo.enabled and c.corpus.heldout > 0,
+                  enabled=lambda c: _pairs_dpo(c) and c.corpus.heldout > 0,
                   outputs=["generator_eval", "reports/generator.json"], mode="self",
                   files=_mesh_files),
         StageSpec("steering", steering_stage,

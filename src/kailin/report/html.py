@@ -222,11 +222,17 @@ def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
         ("Preference funnel", _funnel(pstats)),
         ("Scores: chosen vs rejected", hist),
     ]
-    for title, rel, elem in (("Signal self-check", "reports/signal_selfcheck.json", "signal"),
-                             ("PubMedQA", "reports/pubmedqa.json", "pubmedqa"),
-                             ("Generator before vs after", "reports/generator.json",
-                              "generator")):
+    stages = (manifest or {}).get("stages") or {}
+    for title, rel, elem, stage in (
+            ("Signal self-check", "reports/signal_selfcheck.json", "signal", "signal"),
+            ("PubMedQA", "reports/pubmedqa.json", "pubmedqa", "pubmedqa"),
+            ("Generator before vs after", "reports/generator.json", "generator",
+             "generator_eval")):
         obj = _json(run / rel)
+        if (stages.get(stage) or {}).get("status") == "disabled":  # an earlier config's file
+            sections.append((title, f'<p class="note">the {_e(stage)} stage is off in this '
+                             "run</p>"))
+            continue
         sections.append((title, _json_block(obj, elem) if obj is not None
                          else f'<p class="note">{_e(rel)} not present</p>'))
     sections.append((f"{n_pairs} random pairs", _pairs(run, n_pairs, seed)))

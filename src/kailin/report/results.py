@@ -244,12 +244,15 @@ def render_results(rep: dict[str, Any], assets: str = "results") -> tuple[str, d
         lines.append("")
     tr = rep.get("training") or {}
     if tr:
+        ep = any(v.get("epochs") is not None for v in tr.values())  # (older reports: none)
         lines += ["## DPO: trl's reward margins and accuracies", "",
-                  "| training | pairs | steps logged | margin first → last | accuracy first → "
-                  "last | loss first → last |", "|---|---|---|---|---|---|"]
+                  "| training | pairs | " + ("epochs | " if ep else "") + "steps logged | margin "
+                  "first → last | accuracy first → last | loss first → last |",
+                  "|---|---|---|---|---|---|" + ("---|" if ep else "")]
         for k, v in tr.items():
             c = v.get("curve") or [{}]
-            lines.append(f"| {k} | {v.get('pairs')} | {len(v.get('curve') or [])} | "
+            e = f"{_f(v.get('epochs'), 1)} | " if ep else ""
+            lines.append(f"| {k} | {v.get('pairs')} | {e}{len(v.get('curve') or [])} | "
                          f"{_f(c[0].get('margin'), 3)} → {_f(c[-1].get('margin'), 3)} | "
                          f"{_f(c[0].get('accuracy'), 2)} → {_f(c[-1].get('accuracy'), 2)} | "
                          f"{_f(c[0].get('loss'), 3)} → {_f(c[-1].get('loss'), 3)} |")
