@@ -226,6 +226,11 @@ def test_tiny_steering_experiment(tmp_path: Path) -> None:
     assert "Round 1's pairs: the best against the worst of the SFT generator's own" in text
     assert "| dpo.round2 - dpo.round1 |" in text
     assert rep["arms"]["dpo"]["model"].endswith("steering/round2/dpo/model")
+    rb = rep["robustness"]
+    assert set(rb) == {"length_adjusted", "without_hacking", "validity", "halves"}
+    assert rb["halves"]["first"]["abstracts"] + rb["halves"]["second"]["abstracts"] == 4
+    assert {"dpo_vs_base", "dpo_vs_shuffled"} <= set(rb["without_hacking"]["scores2"])
+    assert "## Could the gain be something else?" in text
     assert rep["training"]["dpo.round1"]["curve"]
     run1 = tmp_path / "run" / "steering" / "round1"
     for sub in ("questions", "scores", "scores2"):
@@ -365,3 +370,76 @@ def test_steering_report_never_carries_an_earlier_policys_downstream(tmp_path: P
     assert _downstream_summary(ctx({})) != {}  # (the generators' export: still current)
     (tmp_path / "reports" / "pubmedqa.json").write_text('{"models": {"before": "smollm2"}}')
     assert _downstream_summary(ctx(off)) == {"models": {"before": "smollm2"}}
+
+
+def test_question_features_flag_invalid_and_hacked_questions() -> None:
+    from kailin.align.steering import question_features
+
+    qs = pa.table({"pmid": [1, 2, 3, 4],
+                   "question": ["What drives tumour growth in mice?",
+                                "Does aspirin reduce colorectal cancer risk in adults?",
+                                "Which Breast Neoplasms and Mastectomy and Radiotherapy apply?",
+                                "cut off"],
+                   "reject_reason": [None, None, None, "no_question"]})
+    titles = {2: "Aspirin reduces colorectal cancer risk in adults"}
+    names = {3: ["Breast Neoplasms", "Mastectomy", "Radiotherapy"]}
+    f = question_features(qs, titles, names)
+    assert [f[p]["valid"] for p in (1, 2, 3, 4)] == [1.0, 1.0, 1.0, 0.0]
+    assert [f[p]["hacked"] for p in (1, 2, 3, 4)] == [False, True, True, False]
+    assert f[1]["words"] == 6 and f[4]["words"] is None
+    # the same flags as the averages hacking_metrics reports
+    h = hacking_metrics(qs, titles, names)
+    assert h["valid"] == 0.75 and h["copies_title"] + h["mesh_stuffing"] == pytest.approx(2 / 3)
+
+
+def test_length_adjusted_contrast_removes_a_gain_that_is_only_length() -> None:
+    from kailin.align.steering import length_adjusted_contrast
+
+    rng = np.random.default_rng(0)
+    pm = list(range(300))
+    wb = {p: int(rng.integers(4, 30)) for p in pm}
+    wa = {p: wb[p] + 8 for p in pm}  # the policy writes 8 more words per question
+    noise = {p: float(rng.normal(0, 0.005)) for p in pm}
+    base = {p: 0.5 + 0.002 * wb[p] + noise[p] for p in pm}
+    only_length = {p: 0.5 + 0.002 * wa[p] + noise[p] + float(rng.normal(0, 0.005)) for p in pm}
+    raw = contrast(only_length, base, pm, n_boot=500)
+    assert raw["ci_low"] > 0.01  # 8 words x 0.002
+    adj = length_adjusted_contrast(only_length, base, wa, wb, pm, n_boot=500)
+    # 0.016 of raw gain, nearly all of it gone (the slope is an estimate: not exactly 0)
+    assert abs(adj["delta"]) < 0.2 * raw["delta"]
+    assert adj["slope_per_word"] == pytest.approx(0.002, abs=3e-4)
+    real = {p: v + 0.01 for p, v in only_length.items()}  # and a gain beyond length
+    adj2 = length_adjusted_contrast(real, base, wa, wb, pm, n_boot=500)
+    assert adj2["ci_low"] > 0.005
+    # an invalid question (no word count) is left out of the pair, as a NaN score is
+    wa2 = {**wa, 0: None}
+    assert length_adjusted_contrast(real, base, wa2, wb, pm, n_boot=200)["n"] == 299
+
+
+def test_results_page_renders_the_robustness_checks() -> None:
+    from kailin.report.results import render_results
+
+    c = {"delta": 0.0117, "ci_low": 0.0054, "ci_high": 0.018, "n": 321}
+    rep = {"heldout": 400, "pairs": 320, "rounds": 2,
+           "arms": {"base": {"mean": 0.6, "n": 381}, "dpo": {"mean": 0.61, "n": 381}},
+           "contrasts": {"dpo_vs_base": c},
+           "robustness": {
+               "length_adjusted": {"dpo_vs_base": {
+                   "scores": {**c, "delta": 0.0079, "slope_per_word": 0.00026,
+                              "corr_words_score": 0.023}, "scores2": c}},
+               "without_hacking": {"abstracts": 339, "scores": {"dpo_vs_base": c},
+                                   "scores2": {"dpo_vs_base": c}},
+               "validity": {"dpo_vs_base": {"delta": -0.005, "ci_low": -0.025,
+                                            "ci_high": 0.015}},
+               "halves": {"first": {"abstracts": 200, "scores": {"dpo_vs_base": c},
+                                    "scores2": {"dpo_vs_base": c}}}}}
+    text, _ = render_results(rep)
+    assert "## Could the gain be something else?" in text
+    assert ("| adjusted for question length (slope 0.00026 per word, corr 0.023) | 321 | "
+            "dpo_vs_base | 0.0079 [0.0054, 0.0180] |") in text
+    assert ("| no title copy, no MeSH stuffing in the policy's question | 339 | dpo_vs_base | "
+            "0.0117 [0.0054, 0.0180] | 0.0117 [0.0054, 0.0180] |") in text
+    assert "| first half of the held-out abstracts (by PMID) | 200 |" in text
+    assert "dpo - base: -0.0050 [-0.0250, 0.0150]" in text
+    old, _ = render_results({k: v for k, v in rep.items() if k != "robustness"})
+    assert "something else" not in old

@@ -212,3 +212,56 @@ def label_agreement(pairs: pa.Table, second_scores: pa.Table) -> dict[str, Any]:
         agree += sc > sr
     return {"pairs": pairs.num_rows, "compared": n,
             "agreement": round(agree / n, 4) if n else None}
+
+
+def question_features(questions: pa.Table, titles: Mapping[int, str],
+                      mesh_names: Mapping[int, Sequence[str]], stuffing: int = 3
+                      ) -> dict[int, dict[str, Any]]:
+    """Per abstract, what :func:`hacking_metrics` averages: ``valid`` (1.0 or 0.0), ``words``
+    (None for an invalid question) and ``hacked`` (a valid question that copies the title or
+    names at least ``stuffing`` of the source's MeSH descriptors)."""
+    pm = questions["pmid"].to_pylist()
+    qs = questions["question"].to_pylist()
+    reasons = (questions["reject_reason"].to_pylist() if "reject_reason" in
+               questions.column_names else [None] * len(pm))
+    out: dict[int, dict[str, Any]] = {}
+    for p, q, r in zip(pm, qs, reasons, strict=True):
+        p = int(p)
+        ok = r is None and bool(q and q.strip())
+        out[p] = {"valid": float(ok), "words": len(_words(q)) if ok else None,
+                  "hacked": ok and (copies_title(q, titles.get(p, "")) or mesh_terms_in(
+                      q, mesh_names.get(p, ())) >= stuffing)}
+    return out
+
+
+def length_adjusted_contrast(a: Mapping[int, float], b: Mapping[int, float],
+                             a_words: Mapping[int, int | None], b_words: Mapping[int, int | None],
+                             pmids: Sequence[int], n_boot: int = 10_000, seed: int = 0
+                             ) -> dict[str, Any]:
+    """``a`` minus ``b`` once the score's linear dependence on question length is taken out:
+    the slope of score on word count is fitted within each arm (each arm's own means removed,
+    so that a gain of one arm over the other does not pass for a length effect), and each
+    score minus slope x words is compared as in :func:`contrast`. A gain that only came from
+    longer questions (more query terms for the retriever) would vanish here."""
+    xc: list[float] = []
+    yc: list[float] = []
+    for s, w in ((a, a_words), (b, b_words)):
+        pts = [(float(w[p]), float(s[p])) for p in pmids
+               if w.get(p) is not None and s.get(p, float("nan")) == s.get(p, float("nan"))]
+        if pts:
+            x, y = np.array(pts).T
+            xc += list(x - x.mean())
+            yc += list(y - y.mean())
+    x, y = np.array(xc), np.array(yc)
+    if len(x) < 3 or not (x ** 2).sum():
+        return {"delta": None, "ci_low": None, "ci_high": None, "n": 0, "slope_per_word": None,
+                "corr_words_score": None}
+    slope = float((x * y).sum() / (x ** 2).sum())
+    corr = float(np.corrcoef(x, y)[0, 1]) if (y ** 2).sum() else 0.0
+
+    def adjusted(s: Mapping[int, float], w: Mapping[int, int | None]) -> dict[int, float]:
+        return {p: (s.get(p, float("nan")) - slope * w[p]) if w.get(p) is not None
+                else float("nan") for p in pmids}
+
+    out = contrast(adjusted(a, a_words), adjusted(b, b_words), pmids, n_boot=n_boot, seed=seed)
+    return {**out, "slope_per_word": slope, "corr_words_score": corr}

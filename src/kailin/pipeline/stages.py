@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -596,7 +597,9 @@ def steering_stage(ctx: RunContext) -> dict:
         dpo_curve,
         hacking_metrics,
         label_agreement,
+        length_adjusted_contrast,
         per_pmid_scores,
+        question_features,
         shuffle_pairs,
         tie_share,
     )
@@ -741,20 +744,51 @@ def steering_stage(ctx: RunContext) -> dict:
                 "model": model,
                 "scores": per_pmid_scores(read_parquet(src / "scores")),
                 "scores2": per_pmid_scores(read_parquet(qdir / "scores2")),
-                "hacking": hacking_metrics(read_parquet(src / "questions"), titles, names),
+                "hacking": hacking_metrics(qs := read_parquet(src / "questions"), titles, names),
+                "features": question_features(qs, titles, names),
             }
     final = {arm: (arm if arm == "base" else f"{arm}.round{len(ms)}")
              for arm, ms in arms_models.items()}
 
-    def contrasts(which: str) -> dict:
+    def contrasts(which: str, over: Sequence[int] = pmids) -> dict:
         out = {}
         pairs_ = [("dpo_vs_base", "dpo", "base"), ("dpo_vs_shuffled", "dpo", "dpo_shuffled"),
                   ("shuffled_vs_base", "dpo_shuffled", "base")]
         for name, a, b in pairs_:
             if a in final and b in final:
-                out[name] = contrast(evals[final[a]][which], evals[final[b]][which], pmids,
+                out[name] = contrast(evals[final[a]][which], evals[final[b]][which], over,
                                      n_boot=st.n_boot, seed=st.seed)
         return out
+
+    def robustness() -> dict:
+        """Could the final policy's gain be something else? Adjusted for question length;
+        over the abstracts whose policy question neither copies the title nor stuffs MeSH
+        terms; validity as a paired contrast; each half of the held-out abstracts alone."""
+        if "dpo" not in final:
+            return {}
+        fd, fb = evals[final["dpo"]]["features"], evals[final["base"]]["features"]
+        clean = [p for p in pmids if not (fd.get(p) or {}).get("hacked")]
+        half = len(pmids) // 2
+
+        def words(f: dict) -> dict:
+            return {p: x["words"] for p, x in f.items()}
+
+        def both(over: Sequence[int]) -> dict:
+            return {which: contrasts(which, over) for which in ("scores", "scores2")}
+
+        return {
+            "length_adjusted": {"dpo_vs_base": {
+                which: length_adjusted_contrast(
+                    evals[final["dpo"]][which], evals[final["base"]][which], words(fd),
+                    words(fb), pmids, n_boot=st.n_boot, seed=st.seed)
+                for which in ("scores", "scores2")}},
+            "without_hacking": {"abstracts": len(clean), **both(clean)},
+            "validity": {"dpo_vs_base": contrast(
+                {p: x["valid"] for p, x in fd.items()}, {p: x["valid"] for p, x in fb.items()},
+                pmids, n_boot=st.n_boot, seed=st.seed)},
+            "halves": {"first": {"abstracts": half, **both(pmids[:half])},
+                       "second": {"abstracts": len(pmids) - half, **both(pmids[half:])}},
+        }
 
     assert pairs1 is not None  # rounds >= 1
 
@@ -792,6 +826,7 @@ def steering_stage(ctx: RunContext) -> dict:
                      for arm, tag in final.items()},
             "contrasts": contrasts("scores2")},
         "hacking": {tag: e["hacking"] for tag, e in evals.items()},
+        "robustness": robustness(),
         "per_round": {tag: {"mean": arm_summary(e["scores"], pmids)["mean"],
                             "mean_second": arm_summary(e["scores2"], pmids)["mean"]}
                       for tag, e in evals.items()},

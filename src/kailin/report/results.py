@@ -116,6 +116,39 @@ def _ci_cell(v: dict[str, Any] | None, nd: int = 3) -> str:
     return f"{_f(point, nd)} [{_f(v.get('ci_low'), nd)}, {_f(v.get('ci_high'), nd)}]"
 
 
+def _robustness_lines(rb: dict[str, Any]) -> list[str]:
+    """Could the final policy's gain over base be something else (the report's
+    ``robustness``)?"""
+    if not rb:
+        return []
+    lines = ["## Could the gain be something else?", "",
+             "The final dpo arm against base (and the shuffled control), paired over held-out "
+             "abstracts.", "",
+             "| check | abstracts | contrast | run's scorer: delta [95% CI] | second scorer: "
+             "delta [95% CI] |", "|---|---|---|---|---|"]
+    la = (rb.get("length_adjusted") or {}).get("dpo_vs_base") or {}
+    if la:
+        s1 = la.get("scores") or {}
+        lines.append(f"| adjusted for question length (slope {_f(s1.get('slope_per_word'), 5)} "
+                     f"per word, corr {_f(s1.get('corr_words_score'), 3)}) | {s1.get('n')} | "
+                     f"dpo_vs_base | {_ci_cell(s1, 4)} | {_ci_cell(la.get('scores2'), 4)} |")
+    for label, part in (("no title copy, no MeSH stuffing in the policy's question",
+                         rb.get("without_hacking")),
+                        ("first half of the held-out abstracts (by PMID)",
+                         (rb.get("halves") or {}).get("first")),
+                        ("second half", (rb.get("halves") or {}).get("second"))):
+        if not part:
+            continue
+        for name in (part.get("scores") or {}):
+            lines.append(f"| {label} | {part.get('abstracts')} | {name} | "
+                         f"{_ci_cell(part['scores'].get(name), 4)} | "
+                         f"{_ci_cell((part.get('scores2') or {}).get(name), 4)} |")
+    v = (rb.get("validity") or {}).get("dpo_vs_base")
+    if v:
+        lines += ["", f"Validity (share of accepted questions), dpo - base: {_ci_cell(v, 4)}."]
+    return [*lines, ""]
+
+
 def _downstream_lines(ds: dict[str, Any]) -> list[str]:
     models = ds.get("models") or {}
     cis = ds.get("ci") or {}
@@ -242,6 +275,7 @@ def render_results(rep: dict[str, Any], assets: str = "results") -> tuple[str, d
                   f"{_f(v.get('copies_title'), 3)} | {_f(v.get('distinct_2'), 3)} | "
                   f"{_f(v.get('mesh_stuffing'), 3)} |" for k, v in hk.items()]
         lines.append("")
+    lines += _robustness_lines(rep.get("robustness") or {})
     tr = rep.get("training") or {}
     if tr:
         ep = any(v.get("epochs") is not None for v in tr.values())  # (older reports: none)
