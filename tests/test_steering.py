@@ -226,6 +226,9 @@ def test_tiny_steering_experiment(tmp_path: Path) -> None:
     assert "Round 1's pairs: the best against the worst of the SFT generator's own" in text
     assert "| dpo.round2 - dpo.round1 |" in text
     assert rep["arms"]["dpo"]["model"].endswith("steering/round2/dpo/model")
+    gt = rep["generator_ties"]
+    assert gt["generators"] == ["greedy", "sampled"] and gt["pmids"] >= 1
+    assert "Ties between the generators' questions (greedy, sampled):" in text
     rb = rep["robustness"]
     assert set(rb) == {"length_adjusted", "without_hacking", "validity", "halves"}
     assert rb["halves"]["first"]["abstracts"] + rb["halves"]["second"]["abstracts"] == 4

@@ -839,6 +839,10 @@ def steering_stage(ctx: RunContext) -> dict:
         "seeds": {"steering": st.seed, "generation": cfg.generation.seed},
         "max_new_tokens": budget or cfg.generation.max_new_tokens,
         "first_round": st.first_round,
+        # the two generators' questions (the questions stage): ties the score cannot break;
+        # on policy this is not round 1's pairs, so rounds_info does not carry it
+        "generator_ties": {"generators": [g.name for g in cfg.generators],
+                           **tie_share(read_parquet(ctx.path("scores")))},
     }
     report["downstream"] = _downstream_summary(ctx)
     report["run"] = _run_info(ctx)

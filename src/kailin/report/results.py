@@ -213,9 +213,13 @@ def render_results(rep: dict[str, Any], assets: str = "results") -> tuple[str, d
         lines += [f"Token budget of every compared question: {rep['max_new_tokens']}.", ""]
     ties = [r.get("ties", {}) for r in rep.get("rounds_info", [])]
     if ties:
-        lines += ["Ties (the two questions' scores within 1e-9): " + ", ".join(
-            f"round {i + 1}: {_f(t.get('tie_share'), 3)} of {t.get('pmids')}"
-            for i, t in enumerate(ties)), ""]
+        lines += ["Ties (the best and worst question of an abstract score within 1e-9): " +
+                  ", ".join(f"round {i + 1}: {_f(t.get('tie_share'), 3)} of {t.get('pmids')}"
+                            for i, t in enumerate(ties)), ""]
+    gt = rep.get("generator_ties")
+    if gt:
+        lines += [f"Ties between the generators' questions ({', '.join(gt.get('generators', []))}"
+                  f"): {_f(gt.get('tie_share'), 3)} of {gt.get('pmids')} abstracts.", ""]
     agree = [(i + 1, r["label_agreement"]) for i, r in enumerate(rep.get("rounds_info", []))
              if r.get("label_agreement")]
     if agree:
