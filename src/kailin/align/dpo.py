@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 from pydantic import Field
 
-from kailin.align.sft import RESUMABLE_CHANGES, fit_document
+from kailin.align.sft import RESUMABLE_CHANGES, SCHEDULE_FREE_CHANGES, fit_document
 from kailin.config import StageConfig
 from kailin.errors import InputError
 from kailin.io import read_parquet
@@ -177,6 +177,7 @@ def train_dpo(
     model: str = "smollm2",
     replace_stale: bool = False,
     identity: dict[str, Any] | None = None,
+    extend: bool = True,
 ) -> dict[str, Any]:
     """DPO the generator ``model`` (a ``kailin train sft`` output, a checkpoint, a hub id or
     'smollm2') on ``pairs`` with ``config``; resume from the last checkpoint; save the adapter
@@ -184,7 +185,9 @@ def train_dpo(
     ``out_dir`` from other pairs or settings are refused, or removed with ``replace_stale`` (a
     pipeline stage that owns the folder). ``identity``: more that a finished run must match
     (e.g. the base model's :func:`kailin.io.weights_fingerprint`, when ``model`` is a folder
-    that may be retrained in place)."""
+    that may be retrained in place). ``extend``: a run whose step budget (``max_steps``,
+    ``epochs``) changed resumes from its checkpoints; its cosine schedule then differs from a
+    fresh run's, so a pipeline stage passes False and its model depends on its config only."""
     require_training()
     c = config or DPOConfig()
     out = Path(out_dir)
@@ -203,8 +206,8 @@ def train_dpo(
     from trl import DPOConfig as TrlDPOConfig
     from trl import DPOTrainer
 
-    ckpt_dir = prepare_checkpoints(out, sdict, ignore=RESUMABLE_CHANGES,
-                                   replace_stale=replace_stale)
+    ckpt_dir = prepare_checkpoints(out, sdict, ignore=RESUMABLE_CHANGES if extend
+                                   else SCHEDULE_FREE_CHANGES, replace_stale=replace_stale)
 
     tok = load_tokenizer(model)
     records = _records(table, c, tok)

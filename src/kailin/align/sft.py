@@ -59,8 +59,11 @@ log = logging.getLogger(__name__)
 #: template question generation uses, so a generator is trained in the format it is run in
 KAILIN_PROMPT = KAILIN_TEMPLATE
 QUESTION_TYPES = ("yesno", "general", "any")
-#: settings that may change when a run resumes from its checkpoints
+#: settings that may change when a run resumes from its checkpoints (a larger step budget
+#: extends a run: its learning-rate schedule is then not a fresh run's)
 RESUMABLE_CHANGES = ("max_steps", "epochs", "logging_steps", "save_steps", "save_total_limit")
+#: the ones that leave the trained model as a fresh run's
+SCHEDULE_FREE_CHANGES = ("logging_steps", "save_steps", "save_total_limit")
 
 
 @dataclass(frozen=True)

@@ -523,7 +523,7 @@ def dpo_stage(ctx: RunContext) -> dict:
     model = generator_model(ctx, gen)
     base = Path(model)
     meta = train_dpo(pairs, ctx.path("models", f"{gen}-dpo"), ctx.cfg.dpo, model=model,
-                     replace_stale=True,
+                     replace_stale=True, extend=False,
                      identity={"base_weights": weights_fingerprint(base)} if base.is_dir()
                      else None)
     return {"pairs": pairs.num_rows,
@@ -697,7 +697,7 @@ def steering_stage(ctx: RunContext) -> dict:
             if pairs1 is None:
                 pairs1 = pairs
             meta = train_dpo(pairs, rdir / "dpo", round_dpo(r), model=sampler,
-                             replace_stale=True)
+                             replace_stale=True, extend=False)
             models["dpo"].append(str(rdir / "dpo" / "model"))
             trainings[f"dpo.round{r}"] = {"pairs": pairs.num_rows, "epochs": round_dpo(r).epochs,
                                           "curve": dpo_curve(meta.get("log_history", []))}
@@ -709,7 +709,8 @@ def steering_stage(ctx: RunContext) -> dict:
             shuffled, flipped = shuffle_pairs(pairs, seed=st.seed + r)
             sdir = root / f"round{r}" / "dpo_shuffled"
             start = models["dpo_shuffled"][-1] if models["dpo_shuffled"] else base_model
-            meta = train_dpo(shuffled, sdir, round_dpo(r), model=start, replace_stale=True)
+            meta = train_dpo(shuffled, sdir, round_dpo(r), model=start, replace_stale=True,
+                             extend=False)
             models["dpo_shuffled"].append(str(sdir / "model"))
             trainings[f"dpo_shuffled.round{r}"] = {
                 "pairs": shuffled.num_rows, "swapped": flipped, "epochs": round_dpo(r).epochs,
