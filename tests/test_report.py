@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -109,3 +110,27 @@ def test_report_leaves_out_the_files_of_stages_this_run_turned_off(tmp_path: Pat
     manifest["stages"]["generator_eval"] = {"status": "done"}
     (run / "manifest.json").write_text(json.dumps(manifest))
     assert "stale-marker" in build_report(run).read_text()
+
+
+def test_kailin_run_does_not_echo_the_report_of_a_stage_it_turned_off(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kailin.pipeline.stages as stages
+    from kailin.cli.main import app
+
+    run = tmp_path / "run"
+    (run / "reports").mkdir(parents=True)
+    (run / "reports" / "generator.json").write_text(json.dumps({"delta": 0.25}))
+    status = {"generator_eval": "disabled"}
+
+    def fake_run_config(cfg: Any, base: Any, **kw: Any) -> dict:
+        return {"run_dir": str(run), "seconds": 1.0, "ran": [],
+                "stages": {k: {"status": v} for k, v in status.items()}}
+
+    monkeypatch.setattr(stages, "run_config", fake_run_config)
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    res = CliRunner().invoke(app, ["run", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert "reports/generator.json" not in res.output
+    status["generator_eval"] = "done"
+    res = CliRunner().invoke(app, ["run", str(cfg)])
+    assert "reports/generator.json" in res.output and "0.25" in res.output

@@ -29,6 +29,7 @@ def run(
     others re-run, with everything downstream; a killed run resumes. One run per run folder."""
     from kailin.pipeline.config import load_config
     from kailin.pipeline.stages import run_config
+    from kailin.report import stage_is_off
 
     cfg, base = load_config(config, overrides)
     if executor:
@@ -40,10 +41,9 @@ def run(
     ran = manifest.get("ran", [])
     typer.echo(f"run finished in {manifest['seconds']:.1f} s: {run_dir} (ran "
                + (", ".join(ran) if ran else "nothing: all up to date") + ")")
-    stages = manifest.get("stages") or {}
     for name, stage in (("pubmedqa.json", "pubmedqa"), ("generator.json", "generator_eval")):
         p = run_dir / "reports" / name
-        if p.exists() and (stages.get(stage) or {}).get("status") != "disabled":
+        if p.exists() and not stage_is_off(manifest, stage):
             rep = json.loads(p.read_text())
             typer.echo(f"  reports/{name}: " + json.dumps(_headline(rep))[:300])
     if (run_dir / "export").is_dir():

@@ -18,6 +18,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from kailin.report import stage_is_off
+
 REPORT_NAME = "report.html"
 
 _CSS = """
@@ -222,14 +224,13 @@ def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
         ("Preference funnel", _funnel(pstats)),
         ("Scores: chosen vs rejected", hist),
     ]
-    stages = (manifest or {}).get("stages") or {}
     for title, rel, elem, stage in (
             ("Signal self-check", "reports/signal_selfcheck.json", "signal", "signal"),
             ("PubMedQA", "reports/pubmedqa.json", "pubmedqa", "pubmedqa"),
             ("Generator before vs after", "reports/generator.json", "generator",
              "generator_eval")):
         obj = _json(run / rel)
-        if (stages.get(stage) or {}).get("status") == "disabled":  # an earlier config's file
+        if stage_is_off(manifest, stage):
             sections.append((title, f'<p class="note">the {_e(stage)} stage is off in this '
                              "run</p>"))
             continue
