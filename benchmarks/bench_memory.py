@@ -1,7 +1,7 @@
 """Benchmark: the score stage's peak memory is bounded by the shard, not by the input size.
 
 Runs kailin's record-level score stage (:class:`kailin.align.score.ScoreStage`, the object the
-pipeline's ``score`` stage runs, through :class:`~kailin.pipeline.executors.LocalExecutor`, which
+pipeline's ``score`` stage runs, through :class:`~kailin.engine.executors.LocalExecutor`, which
 streams the questions table shard by shard) on the first N rows of a questions table, for each N
 of ``--sizes`` (default 5,000 and 50,000), each in a fresh process, and prints per size the
 wall and CPU seconds, rows/s and peak RSS of that process (its high-water mark ``VmHWM``;
@@ -152,7 +152,7 @@ def run_child(args: list[str], env: dict[str, str]) -> dict:
 def child_embed(uis_file: Path) -> dict:
     """Embed every descriptor the corpus uses (once; cached in KAILIN_CACHE)."""
     from kailin.mesh import load_mesh
-    from kailin.retrieval.mesh_embeddings import ensure_mesh_embeddings
+    from kailin.mesh.embeddings import ensure_mesh_embeddings
 
     t0 = time.perf_counter()
     mesh = load_mesh(None)
@@ -168,7 +168,7 @@ def child_score(corpus: Path, index: Path, questions: Path, out: Path, rows_per_
     import pyarrow.parquet as pq
 
     from kailin.align.score import ScoreStage
-    from kailin.pipeline.executors.local import LocalExecutor, iter_input_shards
+    from kailin.engine.executors.local import LocalExecutor, iter_input_shards
 
     rss_imports = _rss_mib()
     stage = ScoreStage(index, corpus_dir=corpus, measure=measure)

@@ -16,10 +16,10 @@ import pytest
 from kailin.align.prefer import PreferConfig, build_preferences
 from kailin.align.score import ScoreStage, score_questions
 from kailin.align.sft import format_prompt
+from kailin.engine.executors.local import LocalExecutor
 from kailin.errors import InputError
 from kailin.io import read_parquet
 from kailin.mesh.score import DEFAULT_SCORE_K, DEFAULT_SCORING
-from kailin.pipeline.executors.local import LocalExecutor
 
 
 @dataclass

@@ -19,9 +19,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from kailin.engine.executors.local import LocalExecutor, iter_input_shards
+from kailin.engine.stage import Stage
 from kailin.io import read_parquet
-from kailin.pipeline.executors.local import LocalExecutor, iter_input_shards
-from kailin.pipeline.stage import Stage
 
 PQAL = Path(__file__).resolve().parents[1] / "src/kailin/data/pubmedqa/ori_pqal.json"
 ROWS_PER_SHARD = 20
@@ -78,7 +78,7 @@ def test_ray_driver_holds_one_shard_at_a_time(tmp_path: Path, abstracts: tuple[P
     """The driver used to collect every pending shard in a list before handing them to Ray;
     now each goes into the object store as it is cut."""
     pytest.importorskip("ray")
-    import kailin.pipeline.executors.ray as ray_executor
+    import kailin.engine.executors.ray as ray_executor
 
     folder, input_bytes = abstracts
     seen: list[int] = []
@@ -172,7 +172,7 @@ def test_stage_summaries_stream_batches_with_the_tables_result(tmp_path: Path) -
 
 
 def test_best_questions_from_a_folder_equal_those_of_the_table(tmp_path: Path) -> None:
-    from kailin.pipeline.keys import table_digest
+    from kailin.engine.keys import table_digest
     from kailin.pipeline.stages import _best_questions
 
     folder = _questions_folder(tmp_path, 40)
@@ -184,7 +184,7 @@ def test_best_questions_from_a_folder_equal_those_of_the_table(tmp_path: Path) -
 def test_work_set_is_streamed_with_the_same_shards(tmp_path: Path) -> None:
     """Passing the work set as a file with its columns (the question stages) gives the shards
     of the in-memory table: the same shard keys, so no shard is recomputed."""
-    from kailin.pipeline.keys import table_digest
+    from kailin.engine.keys import table_digest
 
     folder = _questions_folder(tmp_path, 45)
     cols = ["pmid", "question"]
@@ -199,8 +199,8 @@ def test_workset_stage_writes_batch_by_batch(tmp_path: Path) -> None:
     from kailin.corpus.demo import build_demo_corpus
     from kailin.corpus.query import connect
     from kailin.corpus.schema import CORPUS_SCHEMA
+    from kailin.engine.run import RunContext
     from kailin.pipeline.config import RunConfig
-    from kailin.pipeline.run import RunContext
     from kailin.pipeline.stages import workset_stage
 
     run = tmp_path / "run"
@@ -221,7 +221,7 @@ def test_preferences_from_a_folder_equal_those_of_the_table(tmp_path: Path) -> N
     """prefer reads the score parts through DuckDB batch by batch (one row per PMID in memory)
     with the same pairs and counts as from the table, NaN scores included."""
     from kailin.align.prefer import PreferConfig, build_preferences
-    from kailin.pipeline.keys import table_digest
+    from kailin.engine.keys import table_digest
 
     folder = _questions_folder(tmp_path, 60)
     c = PreferConfig(min_margin=0.05, invalid_rejected=True, max_pairs=20)

@@ -17,9 +17,9 @@ from kailin.align.prefer import PREFERENCES_FILE, STATS_FILE, PreferConfig, pref
 from kailin.align.sft import SFTConfig
 from kailin.cli.main import app
 from kailin.config import StageConfig
+from kailin.engine.run import RunContext
 from kailin.errors import InputError
 from kailin.pipeline.config import RunConfig
-from kailin.pipeline.run import RunContext
 
 
 def test_run_config_sections_are_the_library_classes() -> None:

@@ -15,9 +15,9 @@ from kailin.cli.dataset import app as dataset_app
 from kailin.corpus.schema import CORPUS_SCHEMA
 from kailin.dataset.answers import AnswerStage
 from kailin.dataset.export import CPT_TEMPLATE, ExportConfig, cpt_text, export_dataset
+from kailin.engine.executors.local import LocalExecutor
 from kailin.errors import InputError
 from kailin.evaluate import pubmedqa as pqa
-from kailin.pipeline.executors.local import LocalExecutor
 
 
 def make_corpus(root: Path) -> tuple[Path, dict]:

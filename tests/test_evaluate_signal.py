@@ -95,7 +95,7 @@ def test_weighted_scores_agree_between_compiled_and_numpy() -> None:
             b = sc.doc_scores(src, ctx, smaj, cmaj)
             np.testing.assert_allclose(a, b, atol=1e-9, err_msg=f"{measure} {kw}")
     # the embedding kinds (cosine blocks by BLAS in the kernel) on random unit vectors
-    from kailin.retrieval.mesh_embeddings import MeshEmbeddingSimilarity
+    from kailin.mesh.embeddings import MeshEmbeddingSimilarity
 
     vecs = rng.standard_normal((len(mesh.uis), 24)).astype(np.float32)
     emb = MeshEmbeddingSimilarity(vecs, mesh.uis)

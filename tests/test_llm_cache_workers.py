@@ -45,12 +45,12 @@ def test_concurrent_processes_share_one_cache_file(tmp_path: Path) -> None:
 @pytest.mark.ray
 def test_question_stage_on_ray_workers_shares_the_cache(tmp_path: Path) -> None:
     pytest.importorskip("ray")
+    from kailin.engine.executors.ray import RayExecutor
     from kailin.generate.prompts import PromptTemplate
     from kailin.generate.questions import QuestionGenerationStage
     from kailin.io import read_parquet
     from kailin.llm.base import SamplingParams
     from kailin.llm.spec import BackendOptions
-    from kailin.pipeline.executors.ray import RayExecutor
     from test_llm_openai_http import FakeOpenAI
 
     data = json.loads(PQAL.read_text())

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from kailin.engine.run import KEY_STAMP, RunContext, StageSpec, run_pipeline, run_status
 from kailin.errors import InputError
 from kailin.pipeline.config import RunConfig
-from kailin.pipeline.run import KEY_STAMP, RunContext, StageSpec, run_pipeline, run_status
 
 CALLS: list[str] = []
 
 
-def _specs(fail: set[str] = frozenset()) -> list[StageSpec]:
+def _specs(fail: set[str] = frozenset(), code: dict[str, str] | None = None,
+           suffix: str = "") -> list[StageSpec]:
+    code = code or {}
     def a(ctx: RunContext) -> dict:
         CALLS.append("a")
         ctx.path("a.txt").write_text(str(ctx.cfg.corpus.limit))
@@ -27,7 +29,8 @@ def _specs(fail: set[str] = frozenset()) -> list[StageSpec]:
         if "b" in fail:
             raise RuntimeError("boom")
         out = ctx.path("model")
-        (out / "weights").write_text(ctx.path("a.txt").read_text() + str(ctx.cfg.dpo.beta))
+        (out / "weights").write_text(ctx.path("a.txt").read_text() + str(ctx.cfg.dpo.beta)
+                                     + suffix)
         return {}
 
     def c(ctx: RunContext) -> dict:
@@ -36,10 +39,11 @@ def _specs(fail: set[str] = frozenset()) -> list[StageSpec]:
 
     return [
         StageSpec("a", a, lambda c: {"corpus": {"limit": c.corpus.limit}}, outputs=["a.txt"],
-                  files=lambda c, base: [base / "input.txt"]),
+                  files=lambda c, base: [base / "input.txt"], code=code.get("a", "1")),
         StageSpec("b", b, lambda c: {"dpo": {"beta": c.dpo.beta}}, ["a"], outputs=["model"],
-                  mode="resume"),
-        StageSpec("c", c, lambda c: {"export": c.export.model_dump()}, ["b"]),
+                  mode="resume", code=code.get("b", "1")),
+        StageSpec("c", c, lambda c: {"export": c.export.model_dump()}, ["b"],
+                  code=code.get("c", "1")),
     ]
 
 
@@ -56,8 +60,8 @@ def base(tmp_path: Path) -> Path:
 
 def _run(base: Path, cfg: RunConfig, **kw: object) -> list[str]:
     CALLS.clear()
-    run_pipeline(cfg, base, run_dir=base / "run", stages=_specs(kw.pop("fail", set())),
-                 progress=False, **kw)
+    specs = _specs(kw.pop("fail", set()), kw.pop("code", None), kw.pop("suffix", ""))
+    run_pipeline(cfg, base, run_dir=base / "run", stages=specs, progress=False, **kw)
     return list(CALLS)
 
 
@@ -73,11 +77,12 @@ def test_status_says_what_changed(base: Path) -> None:
     st = _status(base, _cfg(dpo={"beta": 0.2}))
     assert st["a"]["status"] == "done"
     assert st["b"]["status"] == "stale" and st["b"]["reasons"] == ["setting dpo.beta changed"]
-    assert st["c"]["reasons"] == ["input b changed"]
+    assert st["c"]["status"] == "stale" and st["c"]["reasons"] == [
+        "input b re-runs first (this stage re-runs only if what b writes changes)"]
     (base / "input.txt").write_text("two")  # the input file's content
     st = _status(base, _cfg())
     assert st["a"]["reasons"] == [f"file {(base / 'input.txt').resolve()} changed"]
-    assert _run(base, _cfg()) == ["a", "b", "c"]
+    assert _run(base, _cfg()) == ["a"]  # a writes what it wrote: b and c stay (early cutoff)
 
 
 def test_missing_and_only(base: Path) -> None:
@@ -133,3 +138,55 @@ def test_corpus_input_dropped_leaves_none_of_its_records(tmp_path: Path) -> None
     assert run([a, b]) == []
     assert run([a]) == ["corpus", "workset"]  # a dropped file: none of its records stay
     assert open_corpus(tmp_path / "run" / "corpus" / "full").num_rows == n_a
+
+
+def test_early_cutoff_a_stage_that_writes_the_same_leaves_its_readers(base: Path) -> None:
+    assert _run(base, _cfg()) == ["a", "b", "c"]
+    # forced, a writes the same bytes: b and c keep their keys
+    assert _run(base, _cfg(), force=["a"]) == ["a"]
+    assert _run(base, _cfg()) == []
+    # a changed input that leads to the same output: only a re-runs
+    (base / "input.txt").write_text("other content")
+    assert _run(base, _cfg()) == ["a"]
+    # a's output changes: its readers follow
+    assert _run(base, _cfg(corpus={"limit": 4})) == ["a", "b", "c"]
+
+
+def test_code_version_bump_reruns_that_stage_and_what_reads_a_change(base: Path) -> None:
+    assert _run(base, _cfg()) == ["a", "b", "c"]
+    # b's code version bumped, its output unchanged: b re-runs, c stays (early cutoff)
+    assert _run(base, _cfg(), code={"b": "2"}) == ["b"]
+    assert _run(base, _cfg(), code={"b": "2"}) == []
+    # a code change that changes what b writes (the bump that comes with it): b and c re-run,
+    # a (upstream) never
+    assert _run(base, _cfg(), code={"b": "3"}, suffix="!") == ["b", "c"]
+    assert (base / "run" / "model" / "weights").read_text() == "30.1!"
+    # status says why
+    st = {r["stage"]: r for r in run_status(base / "run", _cfg(), base,
+                                             _specs(code={"b": "4"}, suffix="!"))}
+    assert st["a"]["status"] == "done"
+    assert st["b"]["reasons"] == ["code version 3 -> 4"]
+
+
+def test_copied_run_folder_recomputes_nothing(base: Path, tmp_path_factory) -> None:
+    import shutil
+
+    assert _run(base, _cfg()) == ["a", "b", "c"]
+    other = tmp_path_factory.mktemp("elsewhere")
+    shutil.copytree(base / "run", other / "run")
+    (other / "input.txt").write_text("one")
+    CALLS.clear()
+    run_pipeline(_cfg(), other, run_dir=other / "run", stages=_specs(), progress=False)
+    assert CALLS == []
+
+
+def test_keys_of_an_older_scheme_say_why_once(base: Path) -> None:
+    assert _run(base, _cfg()) == ["a", "b", "c"]
+    state = base / "run" / "state" / "a.json"
+    st = json.loads(state.read_text())
+    st["parts"].pop("scheme")
+    st["key"] = "old"
+    state.write_text(json.dumps(st))
+    reasons = _status(base, _cfg())["a"]["reasons"]
+    assert len(reasons) == 1 and "re-runs once" in reasons[0]
+    assert _run(base, _cfg()) == ["a"]  # the same output: nothing after it

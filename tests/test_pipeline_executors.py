@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from kailin.engine.executors.local import LocalExecutor
+from kailin.engine.stage import Stage
 from kailin.io import read_parquet
 from kailin.mesh import load_mesh
-from kailin.pipeline.executors.local import LocalExecutor
-from kailin.pipeline.stage import Stage
 
 # workers must import this module to unpickle the test stage
 RAY = {"rows_per_shard": 25, "num_cpus": 2, "progress": False,
@@ -84,7 +84,7 @@ def test_local_resume_after_crash(tmp_path: Path, records: pa.Table) -> None:
 @pytest.mark.ray
 def test_ray_matches_local(tmp_path: Path, records: pa.Table) -> None:
     pytest.importorskip("ray")
-    from kailin.pipeline.executors.ray import RayExecutor
+    from kailin.engine.executors.ray import RayExecutor
 
     local = LocalExecutor(rows_per_shard=25, progress=False).run(MeshPairStage(), records,
                                                                  tmp_path / "local")
@@ -108,7 +108,7 @@ def test_ray_matches_local(tmp_path: Path, records: pa.Table) -> None:
 
 def test_ray_gives_model_stages_the_gpus_asked_for() -> None:
     pytest.importorskip("ray")
-    from kailin.pipeline.executors.ray import RayExecutor
+    from kailin.engine.executors.ray import RayExecutor
 
     class Plain(Stage):
         name = "plain"

@@ -15,11 +15,11 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from kailin.engine.keys import FileDigests, table_digest
+from kailin.engine.lock import RunLockedError, read_lock, run_lock
+from kailin.engine.run import plan_run
 from kailin.errors import InputError
 from kailin.pipeline.config import RunConfig, load_config
-from kailin.pipeline.keys import FileDigests, table_digest
-from kailin.pipeline.lock import RunLockedError, read_lock, run_lock
-from kailin.pipeline.run import plan_run
 from kailin.pipeline.stages import pipeline_stages
 
 #: every stage on (nothing runs here: keys only)
@@ -351,7 +351,7 @@ def test_select_years_without_mesh(tmp_path: Path) -> None:
 def test_index_model_folder_is_resolved_and_keyed_by_content(tmp_path: Path) -> None:
     """index.model as a folder relative to the config: the index uses that folder, and
     retraining the encoder in place changes the index's key."""
-    from kailin.pipeline.run import RunContext
+    from kailin.engine.run import RunContext
     from kailin.pipeline.stages import index_model
 
     enc = tmp_path / "enc"
@@ -375,7 +375,7 @@ def test_index_model_folder_is_resolved_and_keyed_by_content(tmp_path: Path) -> 
 
 
 def test_status_explains_keys_made_when_files_were_keyed_by_path() -> None:
-    from kailin.pipeline.run import _why
+    from kailin.engine.run import _why
 
     new = {"settings": {}, "inputs": {}, "files": {"a.xml": "s1", "b.xml": "s2"}, "code": "c",
            "salt": ""}

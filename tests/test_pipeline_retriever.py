@@ -14,10 +14,10 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from kailin.engine.run import plan_run, run_status
 from kailin.errors import InputError
 from kailin.io import read_parquet
 from kailin.pipeline.config import RunConfig, load_config
-from kailin.pipeline.run import plan_run, run_status
 from kailin.pipeline.stages import RETRIEVER_DIR, pipeline_stages, run_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -246,7 +246,7 @@ def test_retrieve_contexts_and_stage(
     with pytest.raises(InputError, match="question"):
         retrieve_contexts(index, table.drop_columns(["question"]))
 
-    from kailin.pipeline.executors.local import LocalExecutor
+    from kailin.engine.executors.local import LocalExecutor
 
     stage = RetrieveContextsStage(index_dir, k=2)
     LocalExecutor(rows_per_shard=3, progress=False).run(stage, table, tmp_path / "ctx")

@@ -125,6 +125,33 @@ def weights_fingerprint(path: str | os.PathLike[str]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+_CONTENT_MEMO: dict[tuple, str] = {}
+
+
+def content_fingerprint(path: str | os.PathLike[str]) -> str:
+    """The content digest of a file, or of a model folder's weight and config files (their
+    names and bytes): the same for a copy anywhere, different when a checkpoint is overwritten.
+    Memoised in the process by (path, size, mtime)."""
+    import hashlib
+
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(
+        f for f in p.glob("*") if f.is_file()
+        and f.suffix in {".safetensors", ".bin", ".gguf", ".json", ".model", ".txt"})
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        memo = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+        if memo not in _CONTENT_MEMO:
+            fh = hashlib.sha256()
+            with f.open("rb") as fp:
+                for block in iter(lambda: fp.read(1 << 20), b""):
+                    fh.update(block)
+            _CONTENT_MEMO[memo] = fh.hexdigest()
+        h.update(f"{f.name}:{_CONTENT_MEMO[memo]}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def user_cache_dir() -> Path:
     """Where kailin keeps derived artefacts (model checkpoints, caches): ``$KAILIN_CACHE`` or
     ``~/.cache/kailin``."""

@@ -212,12 +212,12 @@ def evaluate_generators(
     generator into the same directory (the cache keys on the model path).
     """
     from kailin.align.score import score_questions
+    from kailin.engine.executors.local import LocalExecutor
     from kailin.generate.prompts import PromptTemplate
     from kailin.generate.questions import QuestionGenerationStage, question_stats
     from kailin.llm.base import SamplingParams
     from kailin.llm.spec import BackendOptions, parse_spec
     from kailin.mesh.score import DEFAULT_SCORE_K
-    from kailin.pipeline.executors.local import LocalExecutor
 
     work = Path(work_dir)
     held = heldout_abstracts(corpus_dir, n, exclude=exclude, seed=seed)

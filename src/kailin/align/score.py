@@ -34,8 +34,8 @@ import pyarrow as pa
 from pydantic import Field
 
 from kailin.config import StageConfig
+from kailin.engine.stage import Stage
 from kailin.errors import InputError
-from kailin.pipeline.stage import Stage
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +142,13 @@ class ScoreStage(Stage):
                    exclude_source=exclude_source, **config.scoring())
 
     def fingerprint_config(self) -> dict[str, Any]:
+        from kailin.corpus.reader import corpus_identity
+        from kailin.retrieval.base import index_identity
+
         return {
-            "index": os.path.abspath(self.index_dir),
-            "index_stamp": _dir_stamp(self.index_dir),
-            "corpus": os.path.abspath(self.corpus_dir) if self.corpus_dir else None,
-            "mesh": os.path.abspath(self.mesh_dir) if self.mesh_dir else None,
+            "index": index_identity(self.index_dir),
+            "corpus": corpus_identity(self.corpus_dir) if self.corpus_dir else None,
+            "mesh": content_dir_identity(self.mesh_dir) if self.mesh_dir else None,
             "k": self.k,
             **self.scoring,
             "exclude_source": self.exclude_source,
@@ -328,15 +330,11 @@ def _docstore_mesh(index: Any, pmids: list[int]) -> dict[int, list[str]] | None:
                                                    sub["mesh_uis"].to_pylist(), strict=True)}
 
 
-def _dir_stamp(path: str) -> str | None:
-    """A cheap change marker of an index directory (newest mtime and total size)."""
-    p = Path(path)
-    if not p.exists():
-        return None
-    files = [f for f in p.rglob("*") if f.is_file()]
-    if not files:
-        return None
-    return f"{max(f.stat().st_mtime for f in files):.0f}-{sum(f.stat().st_size for f in files)}"
+def content_dir_identity(path: str | os.PathLike[str]) -> str | None:
+    """The content digest of a small folder (a MeSH build), not its path."""
+    from kailin.io import content_fingerprint
+
+    return content_fingerprint(path) if Path(path).exists() else None
 
 
 def score_questions(
@@ -357,7 +355,7 @@ def score_questions(
 ) -> dict[str, Any]:
     """Run :class:`ScoreStage` locally over a questions Parquet file/directory into ``out_dir``,
     with the settings of ``config`` (or, for short calls, the same settings as keywords)."""
-    from kailin.pipeline.executors.local import LocalExecutor
+    from kailin.engine.executors.local import LocalExecutor
 
     qpath = Path(questions)
     if not qpath.exists():

@@ -36,9 +36,9 @@ def answers(
 ) -> None:
     """Answer each question from its contexts with a teacher LLM and check grounding."""
     from kailin.dataset.answers import AnswerStage
+    from kailin.engine.executors.local import LocalExecutor
     from kailin.errors import InputError
     from kailin.io import read_parquet
-    from kailin.pipeline.executors.local import LocalExecutor
 
     try:
         src = read_parquet(scores)

@@ -266,7 +266,7 @@ def embed_mesh(
 ) -> None:
     """Embed MeSH descriptors (name, entry terms, tree path) for the `embedding` measure."""
     from kailin.mesh import load_mesh
-    from kailin.retrieval.mesh_embeddings import build_mesh_embeddings, rated_pair_uis
+    from kailin.mesh.embeddings import build_mesh_embeddings, rated_pair_uis
 
     mesh = load_mesh(mesh_dir)
     uis = rated_pair_uis(pairs, mesh) if pairs else None

@@ -73,8 +73,8 @@ def status(
     from rich.console import Console
     from rich.table import Table
 
+    from kailin.engine.run import run_status
     from kailin.pipeline.config import RunConfig, load_config
-    from kailin.pipeline.run import run_status
     from kailin.pipeline.stages import pipeline_stages
 
     manifest = run_dir / "manifest.json"

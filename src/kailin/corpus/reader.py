@@ -76,3 +76,9 @@ def open_corpus(path: str | Path) -> Corpus:
             f"{root}: not a corpus directory: no data/ folder inside (create one with `kailin ingest`)"
         )
     return c
+
+
+def corpus_identity(corpus_dir: str | Path) -> str | None:
+    """What a corpus folder holds (its live shards' names, sizes and row counts), not where it
+    is: for cache keys."""
+    return Corpus(Path(corpus_dir)).manifest_hash() if Path(corpus_dir).is_dir() else None

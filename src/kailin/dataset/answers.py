@@ -42,14 +42,15 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 
 from kailin.dataset.records import attach_texts
+from kailin.engine.stage import Stage
 from kailin.errors import InputError, require
-from kailin.pipeline.stage import Stage
 
 log = logging.getLogger(__name__)
 
@@ -268,9 +269,17 @@ class AnswerStage(Stage):
         self._generate: Callable[[list[str]], list[str]] | None = None
 
     def fingerprint_config(self) -> dict[str, Any]:
-        return {"teacher": self.teacher_name, "n_contexts": self.n_contexts,
+        from kailin.corpus.reader import corpus_identity
+        from kailin.io import content_fingerprint
+
+        teacher: Any = self.teacher_name
+        if isinstance(teacher, str) and Path(teacher).expanduser().exists():
+            teacher = {"local": Path(teacher).name,
+                       "content": content_fingerprint(Path(teacher).expanduser())}
+        return {"teacher": teacher, "n_contexts": self.n_contexts,
                 "max_new_tokens": self.max_new_tokens, "grounding": self.grounder.describe(),
-                "prompt": ANSWER_PROMPT, "corpus": self.corpus_dir}
+                "prompt": ANSWER_PROMPT,
+                "corpus": corpus_identity(self.corpus_dir) if self.corpus_dir else None}
 
     def setup(self) -> None:
         if callable(self.teacher):

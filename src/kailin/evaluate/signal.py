@@ -418,7 +418,7 @@ def evaluate_signal(
 
     embeddings = None
     if any(c.measure in ("embedding", "hybrid") for c in configs):
-        from kailin.retrieval.mesh_embeddings import ensure_mesh_embeddings
+        from kailin.mesh.embeddings import ensure_mesh_embeddings
 
         used = {u for uis, _ in sources for u in uis}
         used |= {u for r in ret for c in r.ctx_uis for u in c}

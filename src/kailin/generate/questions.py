@@ -1,6 +1,6 @@
 """Question generation: every configured generator writes one question per abstract.
 
-:class:`QuestionGenerationStage` is a :class:`~kailin.pipeline.stage.Stage`: it maps a corpus
+:class:`QuestionGenerationStage` is a :class:`~kailin.engine.stage.Stage`: it maps a corpus
 batch (``pmid``, ``title``, ``abstract``) to question rows, so the local executor or the Ray
 executor can run it. Responses go through the SQLite response cache, so a re-run, or a run
 resumed after a kill, sends no request it has already paid for.
@@ -23,13 +23,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kailin.engine.stage import Stage
 from kailin.errors import InputError
 from kailin.generate.extract import REJECT_REASONS, extract_question
 from kailin.generate.prompts import PromptTemplate
 from kailin.llm.base import Backend, SamplingParams
 from kailin.llm.cache import CachedBackend, ResponseCache
 from kailin.llm.spec import BackendOptions, GeneratorSpec, build_backend, parse_generator
-from kailin.pipeline.stage import Stage
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class QuestionGenerationStage(Stage):
 
     def fingerprint_config(self) -> dict[str, Any]:
         return {
-            "generators": [g.to_dict() for g in self.generators],
+            "generators": [g.identity() for g in self.generators],
             "template": self.template.to_dict(),
             "params": self.params.to_dict(),
             "min_words": self.min_words,
@@ -258,8 +258,8 @@ def generate_questions(
     A re-run skips finished shards; a killed run resumes where it stopped.
     """
     from kailin.corpus.reader import open_corpus
+    from kailin.engine.executors.local import LocalExecutor
     from kailin.io import read_parquet, write_json_atomic
-    from kailin.pipeline.executors.local import LocalExecutor
 
     corpus = open_corpus(corpus_dir)
     table = corpus.read(columns=INPUT_COLUMNS)

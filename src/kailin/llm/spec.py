@@ -56,6 +56,20 @@ class GeneratorSpec:
         return {"name": self.name, "backend": self.backend, "model": self.model,
                 "base_url": self.base_url}
 
+    def identity(self) -> dict[str, Any]:
+        """:meth:`to_dict` for cache keys: a local model by the content of its weights, not its
+        path (a copied run folder keeps its questions; a checkpoint overwritten in place does
+        not)."""
+        from pathlib import Path
+
+        from kailin.io import content_fingerprint
+
+        out = self.to_dict()
+        if self.model and Path(self.model).expanduser().exists():
+            out["model"] = {"local": Path(self.model).name,
+                            "content": content_fingerprint(Path(self.model).expanduser())}
+        return out
+
 
 @dataclass
 class BackendOptions:

@@ -149,10 +149,15 @@ def frequencies_from_corpus(corpus_dir: str | Path, vocab) -> tuple[np.ndarray, 
     descriptor counted once per record."""
     import duckdb
 
-    from kailin.corpus.reader import open_corpus
+    from kailin.io import parquet_files
 
-    corpus = open_corpus(corpus_dir)
-    files = [str(f) for f in corpus.files()]
+    # a corpus folder (kailin.corpus.store) keeps its shards under data/; read here without the
+    # corpus package, which sits above MeSH (it selects records by descriptor)
+    data = Path(corpus_dir) / "data"
+    if not data.is_dir():
+        raise InputError(f"{corpus_dir}: not a corpus directory: no data/ folder inside "
+                         "(create one with `kailin ingest`)")
+    files = [str(f) for f in parquet_files(data)]
     if not files:
         raise InputError(f"{corpus_dir}: corpus has no shards")
     con = duckdb.connect()

@@ -266,13 +266,13 @@ class MeshScorer:
 
     def _ensure_embeddings(self, ids: np.ndarray) -> None:
         """Vectors for descriptors ``ids``: embedded on demand and cached (see
-        :func:`kailin.retrieval.mesh_embeddings.ensure_mesh_embeddings`)."""
+        :func:`kailin.mesh.embeddings.ensure_mesh_embeddings`)."""
         if not self.embed_on_demand:
             return
         ids = np.unique(ids)
         if self._embedding is not None and self._embedding.present[ids].all():
             return
-        from kailin.retrieval.mesh_embeddings import ensure_mesh_embeddings
+        from kailin.mesh.embeddings import ensure_mesh_embeddings
 
         uis = self.mesh.vocab.uis
         self._embedding = ensure_mesh_embeddings(self.mesh, [uis[i] for i in ids],

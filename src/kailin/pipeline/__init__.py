@@ -1,5 +1,2 @@
-"""Stages, executors and the ``kailin run`` orchestration."""
-
-from kailin.pipeline.stage import Stage
-
-__all__ = ["Stage"]
+"""The run steps of ``kailin run``: the config that assembles every step's settings and the steps
+themselves. The engine that runs them is :mod:`kailin.engine`."""

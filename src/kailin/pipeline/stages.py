@@ -34,6 +34,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from kailin.engine.keys import digest, table_digest
+from kailin.engine.run import RunContext, StageSpec, run_pipeline
 from kailin.errors import KailinError
 from kailin.io import (
     duckdb_table,
@@ -43,8 +45,6 @@ from kailin.io import (
     write_json_atomic,
 )
 from kailin.pipeline.config import RunConfig
-from kailin.pipeline.keys import digest, table_digest
-from kailin.pipeline.run import RunContext, StageSpec, run_pipeline
 
 log = logging.getLogger("kailin.run")
 
@@ -1306,7 +1306,7 @@ def pipeline_stages(cfg: RunConfig) -> list[StageSpec]:
 
 def run_config(cfg: RunConfig, base_dir: Path, run_dir: Path | None = None, **kwargs: Any
                ) -> dict:
-    """Run ``cfg`` with the standard stages (see :func:`kailin.pipeline.run.run_pipeline`)."""
+    """Run ``cfg`` with the standard stages (see :func:`kailin.engine.run.run_pipeline`)."""
     return run_pipeline(cfg, base_dir, run_dir=run_dir, stages=pipeline_stages(cfg), **kwargs)
 
 

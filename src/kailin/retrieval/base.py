@@ -358,6 +358,20 @@ def check_fresh(
 # -- build / load ---------------------------------------------------------------------------------
 
 
+def index_identity(index_dir: str | Path) -> dict[str, Any] | None:
+    """What an index holds, not where it is: its kind, format, settings, parameters, counts and
+    the content hash of the corpus it was built from (the meta file less the corpus's path and
+    the kailin version). An index rebuilt from the same corpus with the same settings, or a copy
+    of it elsewhere, has the same identity."""
+    if not (Path(index_dir) / META_FILE).is_file():
+        return None
+    meta = read_meta(index_dir)
+    return {"format_version": meta.get("format_version"), "kind": meta.get("kind"),
+            "settings": meta.get("settings"), "params": meta.get("params"),
+            "counts": meta.get("counts"),
+            "corpus": (meta.get("corpus") or {}).get("manifest_hash")}
+
+
 def read_meta(index_dir: str | Path) -> dict[str, Any]:
     root = Path(index_dir)
     path = root / META_FILE

@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from kailin.engine.stage import Stage
 from kailin.errors import InputError
-from kailin.pipeline.stage import Stage
 from kailin.retrieval.base import Hit, Index
 
 CONTEXT_FIELDS = [

@@ -16,8 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from kailin.errors import require
-from kailin.pipeline.executors.local import (
+from kailin.engine.executors.local import (
     iter_input_shards,
     prepare_output,
     remove_extra_shards,
@@ -25,7 +24,8 @@ from kailin.pipeline.executors.local import (
     valid_marker,
     write_shard,
 )
-from kailin.pipeline.stage import Stage
+from kailin.engine.stage import Stage
+from kailin.errors import require
 
 log = logging.getLogger(__name__)
 SHARD_COL = "__kailin_shard"
@@ -93,7 +93,7 @@ class RayExecutor:
 
     def run(self, stage: Stage, src: str | Path | pa.Table, out_dir: str | Path,
             key: str = "", columns: list[str] | None = None) -> dict:
-        """As :meth:`LocalExecutor.run <kailin.pipeline.executors.local.LocalExecutor.run>`:
+        """As :meth:`LocalExecutor.run <kailin.engine.executors.local.LocalExecutor.run>`:
         the same shards, keys, parts and markers."""
         out = Path(out_dir)
         prepare_output(stage, out, key)

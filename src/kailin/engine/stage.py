@@ -2,7 +2,7 @@
 
 A stage is built from its config (plain, picklable values), loads heavy resources lazily in
 :meth:`Stage.setup` (once per process or Ray actor), and maps one input batch to one output
-table in :meth:`Stage.process`. Executors (``kailin.pipeline.executors``) feed it shards, write
+table in :meth:`Stage.process`. Executors (``kailin.engine.executors``) feed it shards, write
 every output shard atomically and mark it done, so a re-run skips finished shards and a killed run
 resumes without duplicates or losses.
 """
@@ -16,8 +16,6 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
-import kailin
-
 
 class Stage(ABC):
     """Base class for a batch stage.
@@ -28,6 +26,8 @@ class Stage(ABC):
     """
 
     name: ClassVar[str] = "stage"
+    #: bump when a change to the stage's code changes what it writes (its shards' keys hold it)
+    code_version: ClassVar[str] = "1"
     #: a model or index is held in memory: run in an actor pool on Ray
     stateful: ClassVar[bool] = False
     uses_gpu: ClassVar[bool] = False
@@ -48,7 +48,9 @@ class Stage(ABC):
         """Map one input batch to one output table (may have a different row count)."""
 
     def fingerprint_config(self) -> dict[str, Any]:
-        """The settings that change this stage's output (used in cache keys)."""
+        """The settings that change this stage's output (used in cache keys). Side inputs (an
+        index, a corpus, a model folder) by what they hold, never by their path or mtime, so a
+        copied run folder keeps its shards."""
         return {}
 
     def fingerprint(self) -> str:
@@ -56,7 +58,7 @@ class Stage(ABC):
             {
                 "stage": self.name,
                 "config": self.fingerprint_config(),
-                "code": kailin.__version__,
+                "code": self.code_version,
             },
             sort_keys=True,
             default=str,

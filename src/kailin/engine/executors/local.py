@@ -26,9 +26,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kailin.engine.keys import digest, table_digest
+from kailin.engine.stage import Stage
 from kailin.io import parquet_files, write_json_atomic, write_parquet_atomic
-from kailin.pipeline.keys import digest, table_digest
-from kailin.pipeline.stage import Stage
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,10 @@
 """Content keys: what an output was made from, as a short hash.
 
 Every output of a run (a stage's shards, a trainer's model, a report) is stamped with a key: a
-hash of the settings that made it, the keys of its inputs and the code version. An output whose
-stamp differs from the key it would get now is stale and is made again; nothing else is.
+hash of the settings that made it, the content digests of its inputs (for a step's input steps:
+the digest of what they wrote, so a step rebuilt to identical output changes no reader's key:
+early cutoff) and the step's own code version. An output whose stamp differs from the key it
+would get now is stale and is made again; nothing else is.
 
 Input files (the corpus stage's XML/Parquet, an SFT data file, a MeSH build) are keyed by their
 content digest. Hashing a large file on every run would be slow, so the digest is cached per
@@ -10,7 +12,7 @@ path with the file's size and mtime, and recomputed only when those change (a ``
 read and changes no key). Keys name input files by base name, not by absolute path, so that
 the same files read from another place give the same key.
 
-This module is the bottom layer of the pipeline: it imports no stage.
+Part of the engine (:mod:`kailin.engine`): it imports no stage.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ import pyarrow as pa
 from kailin.io import write_json_atomic
 
 KEY_CHARS = 16
+#: files and folders in a step's output that record how it was made, not what it holds: key
+#: stamps, shard markers, the executor's note, trainers' checkpoints and logs
+BOOKKEEPING = frozenset({"_kailin_key.json", "_done", "_stage.json", "runs", "logs", "checkpoints",
+                         "stats.json", "kailin_train.json", "trainer_state.json"})
 
 
 def digest(payload: Any) -> str:
@@ -100,6 +106,24 @@ class FileDigests:
             else:
                 out[str(p)] = "missing"
         return out
+
+    def outputs(self, root: Path, rels: Iterable[str]) -> str:
+        """The content digest of a step's outputs (files and folders below ``root``, by their
+        relative names). Left out: bookkeeping that says how or when they were made rather than
+        what they hold (:data:`BOOKKEEPING`), and hidden files. Two builds that wrote the same
+        bytes get the same digest, wherever the run folder is."""
+        parts: dict[str, str] = {}
+        for rel in rels:
+            p = root / rel
+            if p.is_file():
+                parts[rel] = self.file(p)
+            elif p.is_dir():
+                for f in sorted(p.rglob("*")):
+                    r = f.relative_to(p)
+                    if f.is_file() and not any(x.startswith(".") or x in BOOKKEEPING
+                                               for x in r.parts):
+                        parts[f"{rel}/{r.as_posix()}"] = self.file(f)
+        return digest(parts)
 
     def labelled(self, paths: Iterable[Path]) -> dict[str, tuple[str, str]]:
         """``{name: (absolute path, digest)}`` of input files and directories, named by their

@@ -104,7 +104,7 @@ def build_mesh_embeddings(
     """
     from tqdm.auto import tqdm
 
-    from kailin.retrieval.dense import Encoder, resolve_model
+    from kailin.llm.encoder import Encoder, resolve_model
 
     model = resolve_model(model_path)
     all_uis = list(mesh.uis)
@@ -187,7 +187,7 @@ class MeshEmbeddingSimilarity:
         if not vec_path.exists():
             raise InputError(
                 f"{vec_path}: no MeSH embeddings; build them with "
-                "kailin.retrieval.mesh_embeddings.build_mesh_embeddings(mesh, model, out) "
+                "kailin.mesh.embeddings.build_mesh_embeddings(mesh, model, out) "
                 "or `kailin index embed-mesh`"
             )
         meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
@@ -243,7 +243,7 @@ def load_mesh_embeddings(
     root = getattr(mesh, "root", None)
     if root is not None and (Path(root) / VECTORS_FILE).exists():
         return MeshEmbeddingSimilarity.load(root, mesh)
-    from kailin.retrieval.dense import resolve_model
+    from kailin.llm.encoder import resolve_model
 
     return MeshEmbeddingSimilarity.load(
         default_embeddings_dir(mesh, resolve_model(model), mode), mesh
@@ -280,7 +280,7 @@ def ensure_mesh_embeddings(
     merged vectors back to the cache folder (atomically). A corpus needs its own descriptors
     only, a few thousand for a small one: seconds with MiniLM, instead of the ~25 minutes of the
     whole vocabulary."""
-    from kailin.retrieval.dense import resolve_model
+    from kailin.llm.encoder import resolve_model
 
     model_name = resolve_model(model)
     row_of = {u: i for i, u in enumerate(mesh.uis)}
@@ -307,7 +307,7 @@ def ensure_mesh_embeddings(
         return MeshEmbeddingSimilarity(vecs, mesh.uis, meta)
     from tqdm.auto import tqdm
 
-    from kailin.retrieval.dense import Encoder
+    from kailin.llm.encoder import Encoder
 
     enc = Encoder(model_name, batch_size=batch_size)
     if vecs is None:

@@ -25,7 +25,7 @@ def mesh():
 
 @pytest.fixture(scope="module")
 def emb_dir(mesh, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from kailin.retrieval.mesh_embeddings import build_mesh_embeddings, rated_pair_uis
+    from kailin.mesh.embeddings import build_mesh_embeddings, rated_pair_uis
 
     uis = rated_pair_uis([HLIAOUTAKIS], mesh)
     out = tmp_path_factory.mktemp("emb")
@@ -34,7 +34,7 @@ def emb_dir(mesh, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_descriptor_text(mesh) -> None:
-    from kailin.retrieval.mesh_embeddings import descriptor_text, tree_path_names
+    from kailin.mesh.embeddings import descriptor_text, tree_path_names
 
     ui = mesh.lookup("Myocardial Infarction")
     assert tree_path_names(mesh, ui)[:2] == ["Cardiovascular Diseases", "Heart Diseases"]
@@ -47,7 +47,7 @@ def test_descriptor_text(mesh) -> None:
 
 
 def test_files_and_similarity(mesh, emb_dir: Path) -> None:
-    from kailin.retrieval.mesh_embeddings import MeshEmbeddingSimilarity
+    from kailin.mesh.embeddings import MeshEmbeddingSimilarity
 
     meta = json.loads((emb_dir / "mesh_embeddings.json").read_text())
     vecs = np.load(emb_dir / "mesh_embeddings.npy")
@@ -70,7 +70,7 @@ def test_files_and_similarity(mesh, emb_dir: Path) -> None:
 
 
 def test_rebuild_is_free(mesh, emb_dir: Path) -> None:
-    from kailin.retrieval.mesh_embeddings import build_mesh_embeddings, rated_pair_uis
+    from kailin.mesh.embeddings import build_mesh_embeddings, rated_pair_uis
 
     before = (emb_dir / "mesh_embeddings.npy").stat().st_mtime_ns
     build_mesh_embeddings(
@@ -80,8 +80,8 @@ def test_rebuild_is_free(mesh, emb_dir: Path) -> None:
 
 
 def test_agrees_with_human_ratings(mesh, emb_dir: Path) -> None:
+    from kailin.mesh.embeddings import MeshEmbeddingSimilarity
     from kailin.mesh.human_eval import correlations
-    from kailin.retrieval.mesh_embeddings import MeshEmbeddingSimilarity
 
     sim = MeshEmbeddingSimilarity.load(emb_dir, mesh)
     (row,) = correlations(mesh, [HLIAOUTAKIS], {"embedding": sim})

@@ -8,10 +8,12 @@ A run folder holds every stage's output and its state::
     RUN_DIR/<outputs>            corpus/, index/, questions/, scores/, preferences/, models/,
                                  answers/, export/, reports/
 
-A stage's key is a hash of its settings (the config values it reads), the keys of the stages it
-reads, the content digests of the input files it reads, and its code version. A stage whose key
-matches a ``done`` state is skipped; any change re-runs it and, since its key changed, every
-stage that reads it. Record-level stages pass a key on to the executor, which stamps every shard
+A stage's key is a hash of its settings (the config values it reads), the content digests of what
+the stages it reads wrote (their ``output`` digest, recorded when they finished), the content
+digests of the input files it reads, and its own code version. A stage whose key matches a
+``done`` state is skipped; any change re-runs it, and a stage that reads it re-runs only when
+what it wrote changed (early cutoff: an index rebuilt from the same corpus into the same bytes
+leaves every later stage as it was). Record-level stages pass a key on to the executor, which stamps every shard
 marker with it (plus the shard's input rows), so inside a re-run stage only the shards whose key
 changed are recomputed. Trainers' output folders are stamped too: a folder from another key is
 replaced, one from the same key resumes from its last checkpoint.
@@ -35,10 +37,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import kailin
+from kailin.engine.keys import FileDigests, changed_settings, digest
+from kailin.engine.lock import read_lock, run_lock
 from kailin.errors import InputError
 from kailin.io import write_json_atomic
-from kailin.pipeline.keys import FileDigests, changed_settings, digest
-from kailin.pipeline.lock import read_lock, run_lock
 
 log = logging.getLogger("kailin.run")
 
@@ -69,6 +71,15 @@ class StageSpec:
     files: Callable[[ConfigLike, Path], list[Path]] | None = None
     #: bump when the stage's code changes what it writes
     code: str = "1"
+    #: the digest of what the stage wrote (default: the content of ``outputs``, bookkeeping
+    #: left out: :meth:`kailin.engine.keys.FileDigests.outputs`); its readers' keys hold it
+    output_digest: Callable[[RunContext], str] | None = None
+
+
+#: how keys are made; a key recorded under another scheme is stale once (``kailin status`` says
+#: why). 2: inputs by the digest of their outputs (early cutoff), code versions per step, no
+#: kailin version
+KEY_SCHEME = 2
 
 
 @dataclass
@@ -91,12 +102,14 @@ class RunContext:
     base_dir: Path
     progress: bool = True
     results: dict[str, dict] = field(default_factory=dict)
-    #: keys of every enabled stage of this run
+    #: what every finished stage of this run wrote, as a content digest (its ``output``): what
+    #: a reader's key holds of it
     keys: dict[str, str] = field(default_factory=dict)
-    #: the stage running now, and its key
+    #: the stage running now, its key and code version
     stage: str = ""
     key: str = ""
     salt: str = ""
+    code: str = ""
     #: what the running stage's key is made of now, and the state it had before this run
     parts: dict[str, Any] = field(default_factory=dict)
     previous: dict[str, Any] = field(default_factory=dict)
@@ -117,18 +130,18 @@ class RunContext:
         the digest of its own rows."""
         return digest({"stage": self.stage, "settings": settings,
                        "inputs": {i: self.keys.get(i, "") for i in inputs},
-                       "version": kailin.__version__, "salt": self.salt})
+                       "code": self.code, "salt": self.salt})
 
     def executor(self):
         ex = self.cfg.executor
         if ex.kind == "ray":
-            from kailin.pipeline.executors.ray import RayExecutor
+            from kailin.engine.executors.ray import RayExecutor
 
             return RayExecutor(rows_per_shard=ex.rows_per_shard, num_cpus=ex.num_cpus,
                                concurrency=ex.concurrency,
                                num_gpus_per_worker=ex.num_gpus_per_worker, address=ex.address,
                                progress=self.progress)
-        from kailin.pipeline.executors.local import LocalExecutor
+        from kailin.engine.executors.local import LocalExecutor
 
         return LocalExecutor(rows_per_shard=ex.rows_per_shard, progress=self.progress)
 
@@ -169,44 +182,72 @@ def _check_names(specs: list[StageSpec], names: set[str], option: str) -> None:
                          + ", ".join(s.name for s in specs))
 
 
+def _plan_one(spec: StageSpec, cfg: ConfigLike, base_dir: Path, run_dir: Path,
+              outputs: dict[str, str], salts: dict[str, str], digests: FileDigests
+              ) -> StagePlan:
+    """One stage's key and status, given what its input stages wrote (``outputs``: a content
+    digest, or ``pending:<key>`` for an input that has yet to run)."""
+    state = _read_state(run_dir, spec.name)
+    p = StagePlan(spec, enabled=bool(spec.enabled(cfg)), state=state)
+    if not p.enabled:
+        p.status = "disabled"
+        return p
+    salt = salts.get(spec.name, state.get("salt", ""))
+    files = digests.labelled(spec.files(cfg, base_dir)) if spec.files else {}
+    p.file_paths = {name: path for name, (path, _sha) in files.items()}
+    parts = {
+        "scheme": KEY_SCHEME,
+        "stage": spec.name,
+        "settings": json.loads(json.dumps(spec.settings(cfg), default=str)),
+        "inputs": {d: outputs[d] for d in spec.inputs if d in outputs},
+        "files": {name: sha for name, (_path, sha) in files.items()},
+        "code": spec.code,
+        "salt": salt,
+    }
+    p.parts, p.key = parts, digest(parts)
+    pending = [d for d, o in parts["inputs"].items() if str(o).startswith("pending:")]
+    if not state:
+        p.status = "missing"
+    elif state.get("key") == p.key and state.get("status") == "done":
+        p.status = "done"
+    else:
+        p.status = "stale" if state.get("key") != p.key else state.get("status", "stale")
+        if pending and state.get("status") == "done":
+            p.reasons = [f"input {d} re-runs first (this stage re-runs only if what {d} "
+                         "writes changes)" for d in pending]
+        else:
+            p.reasons = _why(state, parts, p.file_paths)
+    return p
+
+
+def _output_of(p: StagePlan) -> str:
+    """What a reader's key holds of stage ``p``: the digest of what it wrote when it is done,
+    else a marker that it has yet to run."""
+    if p.status == "done" and p.state.get("output"):
+        return str(p.state["output"])
+    return f"pending:{p.key}"
+
+
+def _force_salts(specs: list[StageSpec], force: set[str]) -> dict[str, str]:
+    return {s.name: secrets.token_hex(4) for s in specs if _matches(s, set(force))}
+
+
 def plan_run(cfg: ConfigLike, base_dir: Path, run_dir: Path, specs: list[StageSpec],
-             force: set[str] = frozenset(), digests: FileDigests | None = None
-             ) -> list[StagePlan]:
+             force: set[str] = frozenset(), digests: FileDigests | None = None,
+             salts: dict[str, str] | None = None) -> list[StagePlan]:
     """Every stage's key now, and whether its outputs in ``run_dir`` are done, stale (and why)
-    or missing. ``force``: stages that get a new salt (so their key, and their readers' keys,
-    change)."""
+    or missing. ``force``: stages that get a new salt (so their key changes, and their readers'
+    keys too when what they write changes). A stage after one that must re-run is planned as if
+    that input will change; :func:`run_pipeline` plans each stage again once its inputs ran."""
     digests = digests or FileDigests(run_dir / "cache" / "file_digests.json")
-    keys: dict[str, str] = {}
+    salts = salts if salts is not None else _force_salts(specs, set(force))
+    outputs: dict[str, str] = {}
     plans = []
     for spec in specs:
-        state = _read_state(run_dir, spec.name)
-        p = StagePlan(spec, enabled=bool(spec.enabled(cfg)), state=state)
+        p = _plan_one(spec, cfg, base_dir, run_dir, outputs, salts, digests)
         plans.append(p)
-        if not p.enabled:
-            p.status = "disabled"
-            continue
-        salt = state.get("salt", "")
-        if _matches(spec, set(force)):
-            salt = secrets.token_hex(4)
-        files = digests.labelled(spec.files(cfg, base_dir)) if spec.files else {}
-        p.file_paths = {name: path for name, (path, _sha) in files.items()}
-        parts = {
-            "stage": spec.name,
-            "settings": json.loads(json.dumps(spec.settings(cfg), default=str)),
-            "inputs": {d: keys[d] for d in spec.inputs if d in keys},
-            "files": {name: sha for name, (_path, sha) in files.items()},
-            "code": f"{kailin.__version__}/{spec.code}",
-            "salt": salt,
-        }
-        p.parts, p.key = parts, digest(parts)
-        keys[spec.name] = p.key
-        if not state:
-            p.status = "missing"
-        elif state.get("key") == p.key and state.get("status") == "done":
-            p.status = "done"
-        else:
-            p.status = "stale" if state.get("key") != p.key else state.get("status", "stale")
-            p.reasons = _why(state, parts, p.file_paths)
+        if p.enabled:
+            outputs[spec.name] = _output_of(p)
     digests.save()
     return plans
 
@@ -217,6 +258,9 @@ def _why(state: dict, parts: dict, file_paths: dict[str, str] | None = None) -> 
     old = state.get("parts")
     if not old:
         return ["made by an older kailin (no record of its inputs)"]
+    if old.get("scheme") != parts.get("scheme"):
+        return ["keys are made anew since kailin's content-keyed engine (inputs by the digest of "
+                "what they wrote, a code version per stage): every stage re-runs once"]
     out = [f"setting {k} changed" for k in changed_settings(old.get("settings"),
                                                               parts["settings"])]
     oi, ni = old.get("inputs", {}), parts["inputs"]
@@ -288,8 +332,9 @@ def run_pipeline(cfg: ConfigLike, base_dir: Path, run_dir: Path | None = None,
 def _run_locked(cfg: ConfigLike, base_dir: Path, run_dir: Path, specs: list[StageSpec],
                 only: list[str] | None, progress: bool, force: set[str]) -> dict:
     ctx = RunContext(cfg, run_dir, Path(base_dir).resolve(), progress=progress)
-    plans = plan_run(cfg, ctx.base_dir, run_dir, specs, force=force)
-    ctx.keys = {p.spec.name: p.key for p in plans if p.enabled}
+    digests = FileDigests(run_dir / "cache" / "file_digests.json")
+    salts = _force_salts(specs, force)
+    plans = plan_run(cfg, ctx.base_dir, run_dir, specs, digests=digests, salts=salts)
     manifest: dict[str, Any] = {
         "kailin_version": kailin.__version__,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -310,45 +355,58 @@ def _run_locked(cfg: ConfigLike, base_dir: Path, run_dir: Path, specs: list[Stag
     # written now too, so that `kailin status` of a running first run knows its config
     write_json_atomic(ctx.run_dir / "manifest.json", {**manifest, "status": "running"})
     t_run = time.perf_counter()
-    for i, p in enumerate(plans, 1):
-        spec = p.spec
+    outputs: dict[str, str] = {}
+    for i, spec in enumerate(specs, 1):
+        # planned again now that its inputs ran: an input that wrote the same bytes as before
+        # leaves this stage's key as it was (early cutoff)
+        p = _plan_one(spec, cfg, ctx.base_dir, run_dir, outputs, salts, digests)
         if not p.enabled:
             manifest["stages"][spec.name] = {"status": "disabled"}
             continue
-        label = f"[{i}/{len(plans)}] {spec.name}"
+        label = f"[{i}/{len(specs)}] {spec.name}"
         if only and not _matches(spec, set(only)):
             manifest["stages"][spec.name] = {**p.state, "skipped": True}
+            outputs[spec.name] = ctx.keys[spec.name] = _output_of(p)
             continue
         if p.status == "done":
             log.info("%s: up to date (%.1f s when run), skipped", label,
                      p.state.get("seconds", 0))
             ctx.results[spec.name] = p.state.get("counts", {})
             manifest["stages"][spec.name] = {**p.state, "skipped": True}
+            outputs[spec.name] = ctx.keys[spec.name] = _output_of(p)
             continue
         why = f" ({'; '.join(p.reasons)})" if p.reasons else ""
         log.info("%s: running%s", label, why[:400])
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         base = {"key": p.key, "parts": p.parts, "salt": p.parts["salt"], "started": started}
         _write_state(ctx.run_dir, spec.name, {**base, "status": "running"})
-        ctx.stage, ctx.key, ctx.salt = spec.name, p.key, p.parts["salt"]
+        ctx.stage, ctx.key, ctx.salt, ctx.code = spec.name, p.key, p.parts["salt"], spec.code
         ctx.parts, ctx.previous = p.parts, p.state
         t0 = time.perf_counter()
         try:
             _prepare_outputs(ctx, spec, p.key)
             counts = spec.fn(ctx) or {}
+            output = (spec.output_digest(ctx) if spec.output_digest
+                      else digests.outputs(ctx.run_dir, spec.outputs))
         except BaseException as exc:
             _write_state(ctx.run_dir, spec.name, {
                 **base, "status": "failed", "seconds": round(time.perf_counter() - t0, 2),
                 "error": f"{type(exc).__name__}: {exc}"[:2000]})
             raise
+        finally:
+            digests.save()
         dt = round(time.perf_counter() - t0, 2)
-        state = {**base, "status": "done",
+        same = p.state.get("output") == output
+        state = {**base, "status": "done", "output": output,
                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "seconds": dt, "counts": counts}
         _write_state(ctx.run_dir, spec.name, state)
+        outputs[spec.name] = ctx.keys[spec.name] = output
         ctx.results[spec.name] = counts
         manifest["stages"][spec.name] = state
-        log.info("%s: done in %.1f s %s", label, dt, json.dumps(counts, default=str)[:300])
+        log.info("%s: done in %.1f s%s %s", label, dt,
+                 " (wrote what it wrote before: its readers stay as they were)" if same else "",
+                 json.dumps(counts, default=str)[:300])
     manifest["status"] = "done"
     manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     manifest["seconds"] = round(time.perf_counter() - t_run, 2)
