@@ -173,7 +173,7 @@ def test_stage_summaries_stream_batches_with_the_tables_result(tmp_path: Path) -
 
 def test_best_questions_from_a_folder_equal_those_of_the_table(tmp_path: Path) -> None:
     from kailin.engine.keys import table_digest
-    from kailin.pipeline.stages import _best_questions
+    from kailin.pipeline.stages.common import best_questions as _best_questions
 
     folder = _questions_folder(tmp_path, 40)
     best = _best_questions(folder)
@@ -201,7 +201,7 @@ def test_workset_stage_writes_batch_by_batch(tmp_path: Path) -> None:
     from kailin.corpus.schema import CORPUS_SCHEMA
     from kailin.engine.run import RunContext
     from kailin.pipeline.config import RunConfig
-    from kailin.pipeline.stages import workset_stage
+    from kailin.pipeline.stages.workset import run as workset_stage
 
     run = tmp_path / "run"
     build_demo_corpus(run / "corpus" / "full")

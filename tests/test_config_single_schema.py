@@ -82,7 +82,7 @@ def test_prefer_library_cli_and_pipeline_give_the_same_output(tmp_path: Path) ->
     run = tmp_path / "run"
     (run / "scores").mkdir(parents=True)
     pq.write_table(pq.read_table(scores), run / "scores" / "part-00000.parquet")
-    from kailin.pipeline.stages import prefer_stage
+    from kailin.pipeline.stages.prefer import run as prefer_stage
 
     prefer_stage(RunContext(cfg, run, tmp_path))
     for out in (tmp_path / "cli", run / "preferences"):
@@ -134,7 +134,7 @@ def test_dpo_cli_and_pipeline_call_train_dpo_with_the_config(tmp_path: Path,
     prefs = run / "preferences" / PREFERENCES_FILE
     prefs.parent.mkdir(parents=True)
     pq.write_table(pa.table({"prompt": ["p"], "chosen": ["a?"], "rejected": ["b?"]}), prefs)
-    from kailin.pipeline.stages import dpo_stage
+    from kailin.pipeline.stages.dpo import run as dpo_stage
 
     out = dpo_stage(RunContext(cfg, run, tmp_path))
     assert calls[-1]["config"] is cfg.dpo and calls[-1]["model"] == "m"
@@ -194,7 +194,7 @@ def test_sft_cli_and_pipeline_call_train_sft_with_the_config(tmp_path: Path,
         {"name": "g", "model": "m", "question_type": "yesno",
          "sft": cli.model_dump() | {"data": "pubmedqa"}}, {"name": "h"}]})
     assert cfg.generators[0].sft.model_dump(exclude={"enabled", "data"}) == cli.model_dump()
-    from kailin.pipeline.stages import sft_stage
+    from kailin.pipeline.stages.sft import run_for as sft_stage
 
     out = sft_stage("g")(RunContext(cfg, tmp_path / "run", tmp_path))
     assert calls[-1]["config"] is cfg.generators[0].sft
@@ -234,7 +234,7 @@ def test_export_cli_and_pipeline_call_export_dataset_with_the_config(
     cfg = RunConfig.model_validate({"export": section, "index": {"k": 3}})
     assert set(RunConfig().export.model_dump()) == {"template", "exclude_pubmedqa_test",
                                                     "questions_from", "policy_round"}
-    from kailin.pipeline.stages import _write_export
+    from kailin.pipeline.stages.export import write_export as _write_export
 
     monkeypatch.setattr("kailin.mesh.load_mesh", lambda _p: None)
     _write_export(RunContext(cfg, tmp_path / "run", tmp_path), pa.table({"pmid": [1]}),
@@ -318,7 +318,7 @@ def test_retriever_section_is_the_finetune_config(tmp_path: Path,
     assert isinstance(cfg.retriever, FinetuneConfig)
     assert set(type(cfg.retriever).model_fields) - set(FinetuneConfig.model_fields) == {
         "enabled"}
-    from kailin.pipeline.stages import _finetune_config
+    from kailin.pipeline.stages.retriever import finetune_config as _finetune_config
 
     lib = _finetune_config(RunContext(cfg, tmp_path / "run", tmp_path))
     assert type(lib) is FinetuneConfig
@@ -357,7 +357,7 @@ def test_mesh_section_is_the_score_config(tmp_path: Path, monkeypatch: pytest.Mo
     assert set(type(cfg.mesh).model_fields) - set(ScoreConfig.model_fields) == {
         "dir", "selfcheck_sample"}
     # the pipeline's stage and the CLI's are built from the same settings
-    from kailin.pipeline.stages import _score_stage
+    from kailin.pipeline.stages.common import scorer as _score_stage
 
     stage = _score_stage(RunContext(cfg, tmp_path / "run", tmp_path))
     lib = ScoreStage.from_config(tmp_path / "run" / "index", cli)

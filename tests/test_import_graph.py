@@ -6,6 +6,7 @@ packages form no cycle; the modules form no cycle either."""
 from __future__ import annotations
 
 import ast
+import itertools
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -159,4 +160,4 @@ def test_packages_form_no_cycle() -> None:
     pgraph = package_graph(import_graph())
     cycle = find_cycle({a: set(d) for a, d in pgraph.items()})
     assert cycle is None, "package cycle: " + " -> ".join(cycle) + "\n" + "\n".join(
-        pgraph[a][b][0] for a, b in zip(cycle, cycle[1:], strict=False))
+        pgraph[a][b][0] for a, b in itertools.pairwise(cycle))

@@ -352,7 +352,7 @@ def test_index_model_folder_is_resolved_and_keyed_by_content(tmp_path: Path) -> 
     """index.model as a folder relative to the config: the index uses that folder, and
     retraining the encoder in place changes the index's key."""
     from kailin.engine.run import RunContext
-    from kailin.pipeline.stages import index_model
+    from kailin.pipeline.stages.index import index_model
 
     enc = tmp_path / "enc"
     enc.mkdir()
@@ -391,7 +391,7 @@ def test_policy_budget_follows_the_steering_experiment(tmp_path: Path,
                                                       digests: FileDigests) -> None:
     """steering.max_new_tokens is the budget of the policy's export questions too (the budget
     the arms were compared at), and only while the steering experiment runs."""
-    from kailin.pipeline.stages import _policy_budget
+    from kailin.pipeline.stages.common import policy_budget as _policy_budget
 
     cfg = RunConfig.model_validate(_set(BASE.model_dump(mode="json"),
                                         "steering.max_new_tokens", 64))

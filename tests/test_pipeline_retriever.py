@@ -18,7 +18,8 @@ from kailin.engine.run import plan_run, run_status
 from kailin.errors import InputError
 from kailin.io import read_parquet
 from kailin.pipeline.config import RunConfig, load_config
-from kailin.pipeline.stages import RETRIEVER_DIR, pipeline_stages, run_config
+from kailin.pipeline.stages import pipeline_stages, run_config
+from kailin.pipeline.stages.retriever import RETRIEVER_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDSAMP = ROOT / "data/samples/pubmed_xml_samples/medsamp2006.xml"

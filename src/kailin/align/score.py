@@ -394,3 +394,13 @@ def summarize_scores(table: pa.Table | Iterable[pa.RecordBatch]) -> dict[str, An
             "mean": (d["sum"] / (d["n"] - d["nan"])) if d["n"] > d["nan"] else float("nan")}
         for g, d in out.items()
     }
+
+
+class MeshConfig(ScoreConfig):
+    """The MeSH build and the document score (the settings of ``kailin score``,
+    ``kailin.align.score.ScoreConfig``; defaults: kailin.mesh.score.DEFAULT_SCORING, chosen by
+    ``kailin evaluate signal``; ``faithful: true`` is the paper's form)."""
+
+    dir: str | None = Field(None, description="MeSH build folder; default: the packaged one")
+    selfcheck_sample: int = Field(200, ge=0, description="records whose titles stand in for "
+                                  "expert questions in reports/signal_selfcheck.json (0: off)")

@@ -31,9 +31,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from kailin.config import StageConfig
 from kailin.errors import InputError
@@ -438,3 +438,29 @@ def train_sft(
     }
     save_final_model(trainer.model, tok, out, meta)
     return meta
+
+
+class GeneratorSFTConfig(SFTConfig):
+    """A generator's ``sft`` section: the settings of ``kailin train sft``
+    (``kailin.align.sft.SFTConfig``, whose defaults these are) and its data."""
+
+    enabled: bool = True
+    data: str = Field("pubmedqa", description="pubmedqa (packaged PQA-L, test set excluded), "
+                      "or a PubMedQA/BioASQ JSON path")
+
+
+class GeneratorConfig(StageConfig):
+    name: str
+    model: str = Field("smollm2", description="smollm2, a local path or a hub id")
+    question_type: Literal["any", "general", "yesno"] = "any"
+    sft: GeneratorSFTConfig = Field(default_factory=GeneratorSFTConfig)
+    temperature: float | None = Field(None, ge=0, description="overrides generation."
+                                      "temperature for this generator")
+    seed: int | None = Field(None, description="overrides generation.seed")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or not v.replace("_", "").replace("-", "").isalnum():
+            raise ValueError("generator names are letters, digits, '-' and '_'")
+        return v

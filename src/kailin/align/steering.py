@@ -24,13 +24,15 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
 
 from kailin.align.generator_eval import paired_bootstrap
+from kailin.config import StageConfig
 
 _WORD = re.compile(r"[a-z0-9]+(?:[-'][a-z0-9]+)*")
 
@@ -273,3 +275,54 @@ def length_adjusted_contrast(a: Mapping[int, float], b: Mapping[int, float],
 
     out = contrast(adjusted(a, a_words), adjusted(b, b_words), pmids, n_boot=n_boot, seed=seed)
     return {**out, "slope_per_word": slope, "corr_words_score": corr}
+
+
+class SteeringConfig(StageConfig):
+    """The steering experiment (``kailin.align.steering``): DPO arms against controls on the
+    held-out abstracts (corpus.heldout), for ``rounds`` rounds of iterative alignment."""
+
+    added_fields: ClassVar[tuple[str, ...]] = ("samples", "validity_share", "max_new_tokens",
+                                               "first_round", "later_epochs")
+
+    enabled: bool = False
+    first_round: Literal["pairs", "on_policy"] = Field(
+        "pairs", description="round 1's pairs: `pairs` trains on the preferences stage's pairs "
+        "(one question per generator, the dpo stage's model); `on_policy` samples `samples` "
+        "questions per abstract from the SFT generator and pairs the best against the worst, "
+        "like every later round (the dpo and generator_eval stages then do not run: their model "
+        "would be no arm; the steering report's round-1-vs-base contrast replaces "
+        "reports/generator.json)")
+    rounds: int = Field(2, ge=1, description="round r >= 2 samples `samples` questions per "
+                        "abstract from the round r-1 policy, relabels them and trains again")
+    samples: int = Field(2, ge=2, description="sampled rounds (r >= 2; round 1 too with "
+                         "first_round on_policy): questions sampled per abstract; "
+                         "the pair is the best against the worst of them (wider margins, "
+                         "surer labels)")
+    validity_share: float | None = Field(
+        None, ge=0, le=1, description="sampled rounds (needs preferences.invalid_rejected): up to "
+        "this share of the pairs are validity pairs, the best question against an invalid "
+        "sample of the same abstract (preferences.validity_share); with several samples an "
+        "abstract rarely has a single valid question, so the rule of round 1 seldom fires")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="token budget of every question the steering experiment "
+        "compares or trains on after round 1 (policy samples, every arm's held-out questions, "
+        "base included) and of the policy's export questions; default generation.max_new_tokens. "
+        "Policies write longer questions than the SFT generators: a budget they hit makes "
+        "truncated, invalid questions")
+    later_epochs: float | None = Field(
+        None, gt=0, description="DPO epochs of rounds r >= 2 (both arms; default dpo.epochs). "
+        "Their pairs are two samples of one policy that differ in a few words: one epoch barely "
+        "fits them")
+    shuffled_control: bool = Field(True, description="also train dpo_shuffled: the same pairs, "
+                                   "chosen and rejected swapped at random")
+    sample_temperature: float = Field(0.8, gt=0, description="sampled rounds: temperature "
+                                      "of the policy samples")
+    seed: int = 0
+    second_index: dict[str, Any] = Field(
+        default_factory=lambda: {"kind": "bm25", "method": "bm25+", "stemmer": None,
+                                 "stopwords": None},
+        description="the independent check's retriever (build_index options)")
+    second_measure: str = Field("kailin", description="the independent check's measure")
+    second_faithful: bool = Field(True, description="the independent check in the paper's form "
+                                  "(all-pairs mean, every descriptor)")
+    n_boot: int = Field(10_000, ge=100)

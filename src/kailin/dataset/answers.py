@@ -43,11 +43,13 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field, model_validator
 
+from kailin.config import StageConfig
 from kailin.dataset.records import attach_texts
 from kailin.engine.stage import Stage
 from kailin.errors import InputError, require
@@ -337,3 +339,26 @@ def grounding_rates(table: pa.Table) -> dict[str, Any]:
     return {"method": ",".join(methods) or None, "n": len(g), "judged": n_judged,
             "grounded": n_true, "ungrounded": n_judged - n_true,
             "grounded_rate": (n_true / n_judged) if n_judged else None}
+
+
+class AnswerConfig(StageConfig):
+    enabled: bool = True
+    teacher: str = "smollm2"
+    max_new_tokens: int = Field(96, ge=1)
+    grounding: Literal["lexical", "embedding", "nli", "llm-judge", "none"] = "embedding"
+    grounding_model: str | None = Field(None, description="the grounding model: nli: a local "
+                                        "NLI CrossEncoder folder (required); embedding: a "
+                                        "sentence-transformers model (default: the packaged "
+                                        "MiniLM); llm-judge: a model spec (default smollm2)")
+    grounding_threshold: float | None = Field(None, description="grounded when the score is at "
+                                              "least this (default per mode)")
+    filter_ungrounded: bool = False
+    limit: int | None = Field(None, ge=1)
+
+
+    @model_validator(mode="after")
+    def _nli(self) -> AnswerConfig:
+        if self.grounding == "nli" and not self.grounding_model:
+            raise ValueError("grounding nli needs grounding_model: a local NLI CrossEncoder "
+                             "folder (none ships on PyPI)")
+        return self

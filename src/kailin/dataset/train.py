@@ -221,3 +221,27 @@ def train_answers(data: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     if s.limit:
         records = records[: s.limit]
     return _train("answers", records, out_dir, s, str(data), callbacks)
+
+
+class DownstreamConfig(DownstreamTrainConfig):
+    """The ``downstream`` stage: CPT on the export with the settings of ``kailin train cpt``
+    (``kailin.dataset.train.DownstreamTrainConfig``; ``cpt_steps`` is its ``max_steps``), the
+    control arms with the same settings, then optionally SFT on the answered records."""
+
+    renamed: ClassVar[dict[str, str]] = {"max_steps": "cpt_steps"}
+
+    enabled: bool = Field(True, description="run the downstream stage")
+    sft_steps: int = Field(0, ge=0, description="after CPT, SFT steps on the answered "
+                           "records (export's sft config; needs answers)")
+    controls: bool = Field(False, description="also train, with the same steps and settings, "
+                           "CPT on the same abstracts without questions (raw_abstracts) and, "
+                           "when the export comes from the policy, CPT on an export of the "
+                           "pre-DPO questions (pre_dpo); pubmedqa compares them with paired "
+                           "bootstrap CIs")
+
+    def sft_settings(self, model: str) -> DownstreamTrainConfig:
+        """The settings of the SFT after CPT: these, for ``sft_steps`` steps from ``model``."""
+        return DownstreamTrainConfig(**{
+            **{k: getattr(self, k) for k in DownstreamTrainConfig.model_fields},
+            "model": model, "max_steps": self.sft_steps, "save_steps": None,
+            "logging_steps": None})

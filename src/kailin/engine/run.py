@@ -39,6 +39,7 @@ from typing import Any, Literal
 import kailin
 from kailin.engine.keys import FileDigests, changed_settings, digest
 from kailin.engine.lock import read_lock, run_lock
+from kailin.engine.view import ConfigView, settings_view
 from kailin.errors import InputError
 from kailin.io import write_json_atomic
 
@@ -55,8 +56,9 @@ KEY_STAMP = "_kailin_key.json"
 class StageSpec:
     name: str
     fn: Callable[[RunContext], dict]
-    #: the config values this stage reads, as ``{section: values}``
-    settings: Callable[[ConfigLike], Any]
+    #: the config values this stage reads, as ``{section: values}`` (for steps that declare
+    #: no ``reads``; prefer ``reads``)
+    settings: Callable[[ConfigLike], Any] | None = None
     #: stages whose outputs this stage reads
     inputs: list[str] = field(default_factory=list)
     enabled: Callable[[ConfigLike], bool] = lambda cfg: True
@@ -71,6 +73,12 @@ class StageSpec:
     files: Callable[[ConfigLike, Path], list[Path]] | None = None
     #: bump when the stage's code changes what it writes
     code: str = "1"
+    #: the setting paths the step reads (:mod:`kailin.engine.view`): its key holds exactly
+    #: these values, and its code gets a view of the config that refuses any other
+    reads: tuple[str, ...] | None = None
+    #: settings the step may read that change how it runs, not what it writes (workers,
+    #: threads, batch sizes): readable, never in the key
+    uses: tuple[str, ...] = ()
     #: the digest of what the stage wrote (default: the content of ``outputs``, bookkeeping
     #: left out: :meth:`kailin.engine.keys.FileDigests.outputs`); its readers' keys hold it
     output_digest: Callable[[RunContext], str] | None = None
@@ -97,6 +105,7 @@ class StagePlan:
 
 @dataclass
 class RunContext:
+    #: what the running step may read of the config: a view of its declared settings
     cfg: ConfigLike
     run_dir: Path
     base_dir: Path
@@ -113,6 +122,12 @@ class RunContext:
     #: what the running stage's key is made of now, and the state it had before this run
     parts: dict[str, Any] = field(default_factory=dict)
     previous: dict[str, Any] = field(default_factory=dict)
+    #: the whole config, for the engine (executor settings); steps read ``cfg``
+    config: ConfigLike = None
+
+    def __post_init__(self) -> None:
+        if self.config is None:
+            self.config = self.cfg
 
     def path(self, *parts: str) -> Path:
         return self.run_dir.joinpath(*parts)
@@ -133,7 +148,7 @@ class RunContext:
                        "code": self.code, "salt": self.salt})
 
     def executor(self):
-        ex = self.cfg.executor
+        ex = self.config.executor
         if ex.kind == "ray":
             from kailin.engine.executors.ray import RayExecutor
 
@@ -198,7 +213,7 @@ def _plan_one(spec: StageSpec, cfg: ConfigLike, base_dir: Path, run_dir: Path,
     parts = {
         "scheme": KEY_SCHEME,
         "stage": spec.name,
-        "settings": json.loads(json.dumps(spec.settings(cfg), default=str)),
+        "settings": _settings_of(spec, cfg),
         "inputs": {d: outputs[d] for d in spec.inputs if d in outputs},
         "files": {name: sha for name, (_path, sha) in files.items()},
         "code": spec.code,
@@ -218,6 +233,14 @@ def _plan_one(spec: StageSpec, cfg: ConfigLike, base_dir: Path, run_dir: Path,
         else:
             p.reasons = _why(state, parts, p.file_paths)
     return p
+
+
+def _settings_of(spec: StageSpec, cfg: ConfigLike) -> Any:
+    if spec.reads is not None:
+        return settings_view(cfg, spec.reads)
+    if spec.settings is None:
+        raise TypeError(f"step {spec.name} declares neither reads nor settings")
+    return json.loads(json.dumps(spec.settings(cfg), default=str))
 
 
 def _output_of(p: StagePlan) -> str:
@@ -381,6 +404,8 @@ def _run_locked(cfg: ConfigLike, base_dir: Path, run_dir: Path, specs: list[Stag
         base = {"key": p.key, "parts": p.parts, "salt": p.parts["salt"], "started": started}
         _write_state(ctx.run_dir, spec.name, {**base, "status": "running"})
         ctx.stage, ctx.key, ctx.salt, ctx.code = spec.name, p.key, p.parts["salt"], spec.code
+        ctx.cfg = (cfg if spec.reads is None
+                   else ConfigView(cfg, (*spec.reads, *spec.uses), spec.name))
         ctx.parts, ctx.previous = p.parts, p.state
         t0 = time.perf_counter()
         try:

@@ -29,8 +29,11 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
+
+from kailin.config import StageConfig
 from kailin.errors import InputError
 from kailin.evaluate.pubmedqa import (
     LABELS,
@@ -324,3 +327,14 @@ def evaluate_model(
                  res["n"])
     result["seconds"] = round(time.perf_counter() - t0, 2)
     return result
+
+
+class PubMedQAConfig(StageConfig):
+    enabled: bool = True
+    settings: list[Literal["reasoning_required", "question_only"]] = Field(
+        default_factory=lambda: ["reasoning_required", "question_only"])
+    limit: int | None = Field(None, ge=1, description="N test PMIDs evenly spaced over the split "
+                                "(all 500 if unset)")
+    method: Literal["loglik", "generate"] = "loglik"
+    batch_size: int = Field(8, ge=1)
+    n_boot: int = Field(2000, ge=100, description="bootstrap resamples of the CIs")

@@ -18,11 +18,13 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import Field
 
+from kailin.config import StageConfig
 from kailin.engine.stage import Stage
 from kailin.errors import InputError
 from kailin.generate.extract import REJECT_REASONS, extract_question
@@ -356,3 +358,24 @@ def _check_input(out: Path, signature: dict[str, Any]) -> None:
 def accepted(table: pa.Table) -> pa.Table:
     """Only the rows with an accepted question."""
     return table.filter(pc.is_null(table.column("reject_reason")))
+
+
+class GenerationConfig(StageConfig):
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+    template: str | None = None
+    mode: Literal["auto", "raw", "chat"] = Field(
+        "auto", description="auto: chat for models with a chat template that kailin did not "
+        "fine-tune, raw for SFT/DPO-tuned generators; raw: the KAILIN prompt as text (what SFT "
+        "trains on); chat: the model's chat template")
+    response_prefix: str | None = Field(None, description="text the answer starts with "
+                                        "(default: 'Question:' in chat mode, none in raw mode)")
+    max_abstract_chars: int | None = Field(2000, ge=100)
+    threads: int | None = Field(None, ge=1, description="torch threads per worker")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights and activations of local (transformers) generators; "
+        "auto: bfloat16 on GPU, float32 on CPU. bfloat16 is ~2x faster on CPUs with AVX512-BF16 "
+        "or AMX (docs/llm.md), with greedy text that can differ from float32's")

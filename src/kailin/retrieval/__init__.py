@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
+
+from kailin.config import StageConfig
 from kailin.retrieval.base import Hit, Index, StaleIndexError, check_fresh, read_meta
 from kailin.retrieval.registry import KINDS, index_class
 
@@ -84,3 +87,10 @@ def load_index(
         if recorded and (Path(recorded) / "data").is_dir():
             check_fresh(root, meta, recorded, "warn")
     return index_class(meta.get("kind", ""))(root, meta)
+
+
+class IndexConfig(StageConfig):
+    kind: Literal["bm25", "dense", "hybrid"] = "bm25"
+    model: str | None = None
+    k: int = Field(4, ge=1)
+    leave_source_out: bool = True

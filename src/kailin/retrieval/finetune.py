@@ -525,3 +525,14 @@ def finetune(
     )
     write_json_atomic(meta_path, meta)
     return meta
+
+
+class RetrieverConfig(FinetuneConfig):
+    """Fine-tune the dense index's encoder on the run's own corpus before indexing it (the
+    ``retriever`` stage, ``kailin.retrieval.finetune``: the library call behind ``kailin index
+    finetune``, with its settings). Writes ``RUN_DIR/models/retriever``; the index
+    (``index.kind`` dense or hybrid, ``index.model`` unset) then uses it. The workset's held-out
+    abstracts and the PubMedQA test PMIDs are never trained on."""
+
+    enabled: bool = Field(False, description="run the retriever stage (needs index.kind dense "
+                          "or hybrid and index.model unset; rejected at load otherwise)")

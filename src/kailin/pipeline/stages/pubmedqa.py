@@ -1,0 +1,70 @@
+"""The ``pubmedqa`` step: the PQA-L test set, before and after downstream training, with
+paired bootstrap CIs of every contrast (``reports/pubmedqa.json``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from kailin.engine.run import RunContext, StageSpec
+from kailin.io import write_json_atomic
+from kailin.pipeline.stages.downstream import DOWNSTREAM_CONTROLS, control_arms, downstream_model
+
+#: the PubMedQA comparisons (a, b) reported as a - b with paired bootstrap CIs
+PUBMEDQA_CONTRASTS = (("after", "before"), ("after", "raw_abstracts"), ("after", "pre_dpo"),
+                      ("raw_abstracts", "before"), ("pre_dpo", "before"))
+
+
+
+def run(ctx: RunContext) -> dict:
+    from kailin.evaluate.pubmedqa import bootstrap_report, load_ground_truth, test_items
+    from kailin.evaluate.pubmedqa_model import evaluate_model
+
+    p, d = ctx.cfg.pubmedqa, ctx.cfg.downstream
+    models = {"before": d.model}
+    if d.enabled:
+        models["after"] = downstream_model(ctx)
+        for arm in control_arms(ctx.cfg):
+            models[arm] = str(ctx.path("models", f"downstream-{arm}", "model"))
+    report: dict[str, Any] = {"models": models, "limit": p.limit, "method": p.method}
+    for tag, model in models.items():
+        report[tag] = evaluate_model(model, settings=list(p.settings), method=p.method,
+                                     limit=p.limit, batch_size=p.batch_size,
+                                     predictions_dir=ctx.path("reports", f"pubmedqa_{tag}"),
+                                     progress=ctx.progress)
+    # bootstrap CIs of every model and paired CIs of the differences, per setting
+    gt_all = load_ground_truth()
+    gt = {it.pmid: gt_all[it.pmid] for it in test_items(p.limit)}
+    report["ci"] = {}
+    for s in p.settings:
+        preds = {tag: json.loads(Path(report[tag]["settings"][s]["predictions_file"]).read_text())
+                 for tag in models}
+        report["ci"][s] = bootstrap_report(gt, preds, PUBMEDQA_CONTRASTS, n_boot=p.n_boot,
+                                           seed=ctx.cfg.steering.seed)
+    # headline keys as `kailin evaluate pubmedqa --json` writes them: the final model in the
+    # first setting
+    final = report.get("after") or report["before"]
+    first = final["settings"][p.settings[0]]
+    report.update({"setting": p.settings[0], "accuracy": first["accuracy"],
+                   "macro_f1": first["macro_f1"], "n": first["n"]})
+    write_json_atomic(ctx.path("reports", "pubmedqa.json"), report)
+    steering = ctx.path("reports", "steering.json")
+    if steering.exists():  # the steering report carries the downstream result it could not see
+        rep = json.loads(steering.read_text())
+        rep["downstream"] = report
+        write_json_atomic(steering, rep)
+    return {f"{tag}.{s}.accuracy": round(report[tag]["settings"][s]["accuracy"], 4)
+            for tag in models for s in p.settings}
+
+
+
+def steps(cfg: Any) -> list[StageSpec]:
+    return [StageSpec("pubmedqa", run,
+                      reads=("pubmedqa", "downstream.enabled", "downstream.model",
+                             "downstream.sft_steps", "downstream.controls",
+                             "export.questions_from", "steering.seed"),
+                      inputs=["downstream"], enabled=lambda c: c.pubmedqa.enabled,
+                      outputs=["reports/pubmedqa_before", "reports/pubmedqa_after",
+                               *[f"reports/pubmedqa_{a}" for a in DOWNSTREAM_CONTROLS]],
+                      mode="resume", code="1")]
