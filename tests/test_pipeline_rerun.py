@@ -191,3 +191,43 @@ def test_changing_a_key_reruns_its_readers(light_run: Path, tmp_path: Path, sect
     assert ran == expect
     if changed_output:
         assert _outputs(tmp_path / "run", changed_output) != before
+
+
+@pytest.mark.slow
+def test_index_rebuilt_from_unchanged_inputs_reruns_nothing_after_it(light_run: Path,
+                                                                     tmp_path: Path) -> None:
+    """Early cutoff: the index rebuilt from the same corpus with the same settings writes the
+    same index, so score, signal, prefer and export keep their keys."""
+    import shutil
+
+    shutil.copytree(light_run / "run", tmp_path / "run")
+    ran, m = _run(tmp_path, LIGHT, force=["index"])
+    assert ran == {"index"}
+    assert m["stages"]["index"]["output"] == json.loads(
+        (light_run / "run" / "state" / "index.json").read_text())["output"]
+    ran, _ = _run(tmp_path, LIGHT)
+    assert ran == set()
+
+
+@pytest.mark.slow
+def test_copied_run_then_one_generator_changed(light_run: Path, tmp_path: Path) -> None:
+    """A finished run folder copied elsewhere re-runs nothing; then one generator's settings
+    change: of the per-generator work only that generator's question and score shards are
+    made again (prefer and export, which pool both, re-run as keyed)."""
+    import shutil
+
+    shutil.copytree(light_run / "run", tmp_path / "run")
+    ran, _ = _run(tmp_path, LIGHT)
+    assert ran == set()
+    cfg = json.loads(json.dumps(LIGHT))
+    cfg["generators"][1]["temperature"] = 0.9  # "sampled" only
+    marks = {g: {p.name: p.read_text() for p in (tmp_path / "run" / "questions" / g /
+                                                  "_done").glob("*.json")} for g in GENS}
+    ran, m = _run(tmp_path, cfg)
+    assert ran == {"questions", "score", "prefer", "export"}
+    shards = _shards_ok(tmp_path / "run" / "questions" / "sampled")
+    assert m["stages"]["questions"]["counts"]["shards_computed"] == shards
+    assert m["stages"]["score"]["counts"]["shards_computed"] == shards
+    after = {p.name: p.read_text() for p in (tmp_path / "run" / "questions" / "greedy" /
+                                              "_done").glob("*.json")}
+    assert after == marks["greedy"]  # the other generator's shards untouched

@@ -51,9 +51,8 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import duckdb
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
@@ -66,6 +65,9 @@ from kailin.io import (
     write_json_atomic,
     write_parquet_atomic,
 )
+
+if TYPE_CHECKING:
+    import duckdb
 
 REQUIRED_COLUMNS = ("pmid", "generator", "prompt", "question", "score")
 FILTERS = ("too_few_questions", "tau", "band", "nan_score", "tie", "margin", "same_question",
@@ -135,6 +137,8 @@ def build_preferences(
     ``scores`` may be a Parquet file or folder: DuckDB then reads it itself, and memory holds one
     row per PMID (the judged pairs), not every scored question."""
     s = settings or PreferConfig()
+    import duckdb  # (imported here: the CLI loads this module for its settings)
+
     con = duckdb.connect()
     if isinstance(scores, pa.Table):
         con.register("src", scores)

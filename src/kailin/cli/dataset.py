@@ -6,6 +6,10 @@ from pathlib import Path
 
 import typer
 
+from kailin.cli.derive import settings_command
+from kailin.cli.files import read_pmids, read_text
+from kailin.dataset.export import ExportConfig
+
 app = typer.Typer(help="Answer questions with a teacher LLM and export the AI-ready dataset.",
                   no_args_is_help=True)
 
@@ -57,65 +61,37 @@ def answers(
 
 
 @app.command("export")
+@settings_command(
+    ExportConfig, param="cfg", defaults=ExportConfig(n_contexts=4), section="export",
+    custom={"template": ("template_file", lambda p: read_text(p, "--template-file").strip()),
+            "exclude_pubmedqa_test": ("decontaminate", bool),
+            "formats": ("formats", lambda v: [f.strip() for f in v.split(",") if f.strip()]),
+            "extra_exclude_pmids": ("exclude_pmids", lambda p: read_pmids(p, "--exclude-pmids"))})
 def export(
     records: Path = typer.Argument(..., help="Scores or answers table (Parquet file/dir)."),
     out: Path = typer.Argument(..., help="Output directory of the dataset."),
     corpus: Path | None = typer.Option(None, "--corpus", help="Corpus dir for the texts."),
-    formats: str = typer.Option("cpt,sft,triples", "--formats",
-                                help="Comma-separated: cpt, sft, triples."),
+    formats: str | None = typer.Option(None, "--formats", help="Comma-separated: cpt, sft, "
+                                       "triples (default all three)."),
     template_file: Path | None = typer.Option(
         None, "--template-file", help="CPT template (default: the authors' format)."),
-    cpt_with_answer: bool = typer.Option(
-        False, "--cpt-with-answer", help="Append ' The answer is: {answer}' (m-KAILIN)."),
-    n_contexts: int = typer.Option(4, "--n-contexts"),
-    select: str = typer.Option("best", "--select",
-                               help="best: top-scoring question per PMID; all: every row."),
-    min_score: float | None = typer.Option(None, "--min-score"),
-    max_score: float | None = typer.Option(None, "--max-score"),
-    require_grounded: bool = typer.Option(False, "--require-grounded",
-                                          help="Keep only answers judged grounded."),
-    decontaminate: bool = typer.Option(True, "--decontaminate/--no-decontaminate",
-                                       help="Drop PubMedQA test PMIDs (default on)."),
+    decontaminate: bool | None = typer.Option(None, "--decontaminate/--no-decontaminate",
+                                              help="Drop PubMedQA test PMIDs (default on)."),
     exclude_pmids: Path | None = typer.Option(
         None, "--exclude-pmids", help="More PMIDs to exclude (one per line or a JSON list/dict)."),
     mesh_dir: Path | None = typer.Option(None, "--mesh-dir",
                                          help="MeSH build for category coverage."),
     plots: bool = typer.Option(True, "--plots/--no-plots"),
+    cfg: ExportConfig = None,  # type: ignore[assignment]  # derived: one option per field
 ) -> None:
     """Export CPT text, SFT chat records and triples (Parquet + JSONL) with a dataset card."""
-    import json
+    from kailin.dataset.export import export_dataset
 
-    from kailin.config import from_options
-    from kailin.dataset.export import ExportConfig, export_dataset
-    from kailin.errors import InputError
-
-    extra: list[int] = []
-    if exclude_pmids is not None:
-        if not exclude_pmids.is_file():
-            raise InputError(f"--exclude-pmids {exclude_pmids}: no such file")
-        txt = exclude_pmids.read_text(encoding="utf-8")
-        try:
-            obj = json.loads(txt)
-            extra = [int(x) for x in obj]
-        except (ValueError, TypeError):
-            try:
-                extra = [int(x) for x in txt.split()]
-            except ValueError:
-                raise InputError(f"--exclude-pmids {exclude_pmids}: not a list of PMIDs") from None
     mesh = None
     if mesh_dir is not None:
         from kailin.mesh import load_mesh
 
         mesh = load_mesh(mesh_dir)
-    cfg = from_options(
-        ExportConfig, n_contexts=n_contexts,
-        template=template_file.read_text(encoding="utf-8").strip() if template_file else None,
-        cpt_with_answer=cpt_with_answer, select=select, min_score=min_score,
-        max_score=max_score, require_grounded=require_grounded,
-        exclude_pubmedqa_test=decontaminate,
-        formats=[f.strip() for f in formats.split(",") if f.strip()],
-        extra_exclude_pmids=extra,
-    )
     stats = export_dataset(records, out, corpus_dir=corpus, config=cfg, mesh=mesh, plots=plots)
     dec = stats["decontamination"]
     typer.echo(f"exported {stats['records']} records to {out}: "

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import typer
 
+from kailin.cli.derive import settings_command
+from kailin.cli.files import read_pmids
+from kailin.retrieval.finetune import FinetuneConfig
+
 # third-party chatter at INFO/DEBUG (FAISS CPU-feature probing, bm25s internals)
 for _name in ("faiss.loader", "bm25s", "sentence_transformers.base.model"):
     logging.getLogger(_name).setLevel(logging.WARNING)
@@ -279,101 +283,24 @@ def embed_mesh(
 
 
 @app.command("finetune")
+@settings_command(FinetuneConfig, param="cfg", section="retriever",
+                  custom={"exclude_pmids": ("exclude_pmids",
+                                            lambda p: read_pmids(p, "--exclude-pmids")),
+                          "dtype": ("bf16", lambda bf16: "bfloat16" if bf16 else "float32")})
 def finetune_cmd(
     corpus_dir: Path = typer.Argument(..., help="Corpus directory (manifest.json + data/)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder of the fine-tuned model."),
-    base: str | None = typer.Option(
-        None, "--base", help="Encoder to start from: local path or hub id (default: MiniLM)."
-    ),
-    pairs: str = typer.Option(
-        "title", "--pairs", help="title (title -> abstract) or question (a run's questions)."
-    ),
-    questions: Path | None = typer.Option(
-        None, "--questions", help="--pairs question: questions Parquet file or folder of a run."
-    ),
-    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after N steps."),
-    epochs: float = typer.Option(1.0, "--epochs", help="Passes over the pairs."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Pairs per step (in-batch negatives)."),
-    loss: str = typer.Option("mnrl", "--loss", help="mnrl or cached (GradCache: big batches)."),
-    mini_batch_size: int = typer.Option(32, "--mini-batch-size", help="Cached loss chunk."),
-    learning_rate: float = typer.Option(2e-5, "--lr", help="Peak learning rate."),
-    max_seq_length: int = typer.Option(128, "--max-seq-length", help="Training token limit."),
-    filter_top_n: int = typer.Option(
-        10, "--filter-top-n", help="Keep pairs whose abstract the base ranks in its top N (0: all)."
-    ),
-    negatives: int = typer.Option(1, "--negatives", help="Hard negatives per pair (0: none)."),
-    neg_start: int = typer.Option(3, "--neg-start", help="First base rank used for negatives."),
-    neg_depth: int = typer.Option(30, "--neg-depth", help="Last base rank used for negatives."),
-    false_negative_overlap: float = typer.Option(
-        0.5,
-        "--false-negative-overlap",
-        help="Skip candidates sharing this fraction of the source's major MeSH topics.",
-    ),
-    base_index: Path | None = typer.Option(
-        None,
-        "--base-index",
-        help="Mine with this index of the corpus (any kind) instead of encoding the abstracts.",
-    ),
-    mine_max_seq_length: int = typer.Option(
-        128, "--mine-max-seq-length", help="Token limit when encoding the base index."
-    ),
-    max_records: int | None = typer.Option(
-        None, "--max-records", help="Train on a random sample of this many records."
-    ),
-    holdout: float = typer.Option(
-        0.0, "--holdout", help="Fraction of PMIDs (by hash) never used in training."
-    ),
     exclude_pmids: Path | None = typer.Option(
         None, "--exclude-pmids", help="File of PMIDs (one a line, or PubMedQA JSON) to leave out."
     ),
-    save_steps: int = typer.Option(100, "--save-steps", help="Checkpoint every N steps."),
-    device: str | None = typer.Option(None, "--device", help="cpu (default), cuda, mps."),
-    bf16: bool = typer.Option(False, "--bf16", help="bf16 mixed precision (GPU)."),
+    bf16: bool | None = typer.Option(None, "--bf16", help="bf16 mixed precision (GPU)."),
     no_resume: bool = typer.Option(False, "--no-resume", help="Mine again and start from step 0."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    cfg: FinetuneConfig = None,  # type: ignore[assignment]  # derived: one option per field
 ) -> None:
     """Fine-tune the dense encoder on CORPUS_DIR (title/question -> abstract, hard negatives)."""
-    from kailin.config import from_options
-    from kailin.errors import InputError
-    from kailin.retrieval.finetune import FinetuneConfig, finetune
+    from kailin.retrieval.finetune import finetune
 
-    excluded: list[int] = []
-    if exclude_pmids is not None:
-        if not exclude_pmids.is_file():
-            raise InputError(f"{exclude_pmids}: PMID file not found")
-        text = exclude_pmids.read_text(encoding="utf-8")
-        try:
-            data = json.loads(text) if text.lstrip()[:1] in ("{", "[") else None
-            raw = list(data) if data is not None else text.split()
-            excluded = sorted({int(x) for x in raw})
-        except (ValueError, TypeError):
-            raise InputError(f"{exclude_pmids}: expected PMIDs (integers)") from None
-    cfg = from_options(
-        FinetuneConfig,
-        base=base,
-        pairs=pairs,
-        questions=str(questions) if questions else None,
-        holdout=holdout,
-        exclude_pmids=excluded,
-        max_records=max_records,
-        base_index=str(base_index) if base_index else None,
-        mine_max_seq_length=mine_max_seq_length,
-        filter_top_n=filter_top_n,
-        negatives=negatives,
-        neg_start=neg_start,
-        neg_depth=neg_depth,
-        false_negative_overlap=false_negative_overlap,
-        loss=loss,
-        mini_batch_size=mini_batch_size,
-        batch_size=batch_size,
-        epochs=epochs,
-        max_steps=max_steps,
-        learning_rate=learning_rate,
-        max_seq_length=max_seq_length,
-        save_steps=save_steps,
-        device=device,
-        dtype="bfloat16" if bf16 else "float32",
-    )
     meta = finetune(corpus_dir, out, cfg, resume=not no_resume, progress=not quiet)
     m = meta["mining"]
     typer.echo(

@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
+
+from kailin.align.dpo import DPOConfig
+from kailin.align.sft import SFTConfig
+from kailin.cli.derive import settings_command
+
+#: option spellings of the trainers' settings that the commands have always had
+_NAMES = {"limit": "--max-examples"}
+
+
+def _no_lora(full: bool) -> bool:
+    """``--full``: full fine-tuning, i.e. ``lora`` false."""
+    return not full
+
 
 app = typer.Typer(help="Train question generators (SFT, DPO) and the evaluator agent.",
                   no_args_is_help=True)
@@ -19,7 +33,21 @@ def _summary(meta: dict) -> str:
             f"{loss:.4f}{resumed}")
 
 
+def _steps_replace_epochs(values: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``--max-steps N`` (N > 0) replaces the default epochs, the trainer's rule; ``-1`` (or 0)
+    keeps training by epochs."""
+    if "max_steps" in given:
+        if given["max_steps"] > 0:
+            if "epochs" not in given:
+                values["epochs"] = None
+        else:
+            values.pop("max_steps", None)
+    return values
+
+
 @app.command("sft")
+@settings_command(SFTConfig, defaults=SFTConfig.authors(), custom={"lora": ("full", _no_lora)},
+                  names=_NAMES)
 def sft(
     data: list[str] = typer.Argument(..., help="Training data: PubMedQA JSON (ori_pqal.json / "
                                      "ori_pqaa.json), PubMedQA JSONL (question+passage), BioASQ "
@@ -29,37 +57,23 @@ def sft(
                               "checkpoint, or a hub id."),
     question_type: str = typer.Option("any", "--question-type", help="yesno | general | any: "
                                       "the kind of questions this generator learns."),
-    full: bool = typer.Option(False, "--full", help="Full fine-tuning instead of LoRA."),
-    lora_r: int = typer.Option(16, "--lora-r"),
-    lora_alpha: int = typer.Option(32, "--lora-alpha"),
-    lr: float | None = typer.Option(None, "--lr", help="Default 1e-4 (LoRA) / 2e-5 (full)."),
-    epochs: float = typer.Option(6.0, "--epochs", help="Paper: 6."),
-    max_steps: int = typer.Option(-1, "--max-steps", help="Stop after N steps (overrides "
-                                  "epochs)."),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    grad_accum: int = typer.Option(1, "--grad-accum"),
-    max_length: int = typer.Option(1024, "--max-length", help="Tokens per example."),
-    save_steps: int = typer.Option(200, "--save-steps"),
-    max_examples: int | None = typer.Option(None, "--max-examples"),
+    full: bool | None = typer.Option(None, "--full", help="Full fine-tuning instead of LoRA "
+                                     "(default learning rate 2e-5 instead of 1e-4)."),
     include_test: bool = typer.Option(False, "--include-pubmedqa-test", help="Keep the PQA-L "
                                       "test PMIDs (excluded by default)."),
-    seed: int = typer.Option(0, "--seed"),
+    settings: SFTConfig = None,  # type: ignore[assignment]  # derived: one option per field
 ) -> None:
     """Supervised fine-tuning of a question generator (document -> question), resumable."""
-    from kailin.align.sft import SFTConfig, train_sft
-    from kailin.config import from_options
+    from kailin.align.sft import train_sft
 
-    # the options' defaults are SFTConfig.authors()
-    s = from_options(SFTConfig, lora=not full, lora_r=lora_r, lora_alpha=lora_alpha,
-                     learning_rate=lr, epochs=epochs, max_steps=max_steps,
-                     batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
-                     save_steps=save_steps, logging_steps=10, limit=max_examples, seed=seed)
-    meta = train_sft(data, out, s, exclude_test=not include_test, model=model,
+    meta = train_sft(data, out, settings, exclude_test=not include_test, model=model,
                      question_type=question_type)
     typer.echo(f"SFT -> {out}/model: {_summary(meta)}")
 
 
 @app.command("dpo")
+@settings_command(DPOConfig, defaults=DPOConfig.authors(), adjust=_steps_replace_epochs,
+                  section="dpo")
 def dpo(
     pairs: Path = typer.Argument(..., help="Preference pairs (`kailin prefer` output directory, "
                                  "or Parquet/JSON with prompt, chosen, rejected)."),
@@ -67,35 +81,12 @@ def dpo(
                              "model/)."),
     model: str = typer.Option("smollm2", "--model", help="The SFT-ed generator: a `kailin train "
                               "sft` output, a checkpoint, a hub id, or 'smollm2'."),
-    beta: float = typer.Option(0.1, "--beta"),
-    lr: float = typer.Option(5e-4, "--lr"),
-    warmup_steps: int = typer.Option(100, "--warmup-steps"),
-    weight_decay: float = typer.Option(0.05, "--weight-decay"),
-    lora_r: int = typer.Option(8, "--lora-r"),
-    lora_alpha: int = typer.Option(16, "--lora-alpha"),
-    epochs: float = typer.Option(3.0, "--epochs"),
-    max_steps: int = typer.Option(-1, "--max-steps"),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    grad_accum: int = typer.Option(4, "--grad-accum"),
-    max_length: int = typer.Option(1024, "--max-length"),
-    max_chars: int | None = typer.Option(None, "--max-chars", help="Drop pairs whose prompt + "
-                                         "answer exceed N characters (authors: 1024)."),
-    save_steps: int = typer.Option(50, "--save-steps"),
-    max_pairs: int | None = typer.Option(None, "--max-pairs"),
-    seed: int = typer.Option(0, "--seed"),
+    settings: DPOConfig = None,  # type: ignore[assignment]  # derived: one option per field
 ) -> None:
     """DPO of a question generator with LoRA (defaults: the authors' run), resumable."""
-    from kailin.align.dpo import DPOConfig, train_dpo
-    from kailin.config import from_options
+    from kailin.align.dpo import train_dpo
 
-    # --max-steps N > 0 replaces the epochs (the trainer's rule), else --epochs passes
-    steps = {"max_steps": max_steps, "epochs": None} if max_steps > 0 else {"epochs": epochs}
-    c = from_options(DPOConfig, beta=beta, learning_rate=lr, warmup_steps=warmup_steps,
-                     weight_decay=weight_decay, lora_r=lora_r, lora_alpha=lora_alpha,
-                     batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
-                     max_chars=max_chars, save_steps=save_steps, logging_steps=10,
-                     max_pairs=max_pairs, seed=seed, **steps)
-    meta = train_dpo(pairs, out, c, model=model)
+    meta = train_dpo(pairs, out, settings, model=model)
     typer.echo(f"DPO -> {out}/model: {_summary(meta)}")
 
 

@@ -24,14 +24,11 @@ records by abstract text), or Parquet/JSONL/JSON with ``pmid`` and ``question``.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
-import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from importlib import resources
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +36,11 @@ import numpy as np
 
 from kailin.align.score import CorpusMeshLookup
 from kailin.errors import InputError
+from kailin.evaluate.signal_questions import (
+    QuestionSet,
+    load_questions,
+)
+from kailin.evaluate.signal_report import _json_safe, format_markdown, write_report  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -117,137 +119,6 @@ def candidate_configs(
 
 
 # --- questions --------------------------------------------------------------------------------
-@dataclass
-class QuestionSet:
-    pmids: list[int]
-    questions: list[str]
-    info: dict[str, Any] = field(default_factory=dict)
-    #: MeSH names from the question file (PubMedQA's MESHES), used when the corpus has none
-    file_mesh: dict[int, list[str]] = field(default_factory=dict)
-
-
-def _pqal_split(split: str) -> set[str] | None:
-    if split == "all":
-        return None
-    p = resources.files("kailin") / "data" / "pubmedqa" / "pqal_official_split.json"
-    test = set(json.loads(p.read_text(encoding="utf-8"))["test"])
-    return test
-
-
-_LABEL = re.compile(r"(?:^|(?<=[.\s]))[A-Z][A-Z0-9 ,&/()-]{2,40}:\s")
-_CONTEXT = re.compile(r"Context \(\d+\):\s*")
-
-
-def _text_key(text: str, n: int = 64) -> str:
-    """A matching key for an abstract: its first ``n`` letters and digits, lower case, with
-    structured-abstract labels (BACKGROUND:) and PubMedQA's "Context (1):" removed."""
-    text = _CONTEXT.sub(" ", _LABEL.sub(" ", text or ""))
-    return re.sub(r"[^a-z0-9]", "", text.lower())[:n]
-
-
-def load_questions(path: str | Path, *, split: str = "all",
-                   corpus_dir: str | Path | None = None) -> QuestionSet:
-    """Trusted (pmid, question) pairs from ``path`` (see module doc). ``split`` (PubMedQA
-    PQA-L only): ``dev`` (outside the official test split), ``test`` or ``all``."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such questions file")
-    if split not in ("all", "dev", "test"):
-        raise InputError(f"unknown split {split!r}; choose all, dev or test")
-    suffix = path.suffix.lower()
-    rows: list[dict[str, Any]]
-    if suffix == ".parquet" or path.is_dir():
-        import pyarrow.parquet as pq
-
-        tab = pq.read_table(path)
-        missing = [c for c in ("pmid", "question") if c not in tab.column_names]
-        if missing:
-            raise InputError(f"{path}: missing column(s) {missing}; give pmid and question")
-        rows = tab.select(["pmid", "question"]).to_pylist()
-    elif suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: not valid JSON ({exc})") from None
-        if isinstance(data, dict):
-            test = _pqal_split(split)
-            rows = []
-            file_mesh: dict[int, list[str]] = {}
-            for key, item in data.items():
-                if not isinstance(item, dict) or "QUESTION" not in item:
-                    raise InputError(f"{path}: entry {key!r} has no QUESTION; expected "
-                                     "PubMedQA's format (PMID -> {QUESTION, ...})")
-                if test is not None and ((key in test) != (split == "test")):
-                    continue
-                rows.append({"pmid": key, "question": item["QUESTION"]})
-                if item.get("MESHES"):
-                    file_mesh[int(key)] = list(item["MESHES"])
-            qs = _to_set(rows, path)
-            qs.file_mesh = file_mesh
-            qs.info["format"] = "pubmedqa"
-            return qs
-        if not isinstance(data, list):
-            raise InputError(f"{path}: expected a list of {{pmid, question}} or PubMedQA JSON")
-        rows = data
-    elif suffix == ".jsonl":
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{n}: not valid JSON ({exc})") from None
-    else:
-        raise InputError(f"{path}: unknown question file type; give .json, .jsonl or .parquet")
-    if rows and "pmid" not in rows[0] and "passage" in rows[0]:
-        return _match_passages(rows, path, corpus_dir)
-    return _to_set(rows, path)
-
-
-def _to_set(rows: list[dict[str, Any]], path: Path) -> QuestionSet:
-    pmids, questions = [], []
-    for n, r in enumerate(rows, 1):
-        if not isinstance(r, dict) or "question" not in r or "pmid" not in r:
-            raise InputError(f"{path}: record {n} needs 'pmid' and 'question'")
-        try:
-            pmid = int(r["pmid"])
-        except (TypeError, ValueError):
-            raise InputError(f"{path}: record {n}: pmid {r['pmid']!r} is not a number") from None
-        q = str(r["question"] or "").strip()
-        if q:
-            pmids.append(pmid)
-            questions.append(q)
-    return QuestionSet(pmids, questions, {"file": str(path), "items_in_file": len(rows)})
-
-
-def _match_passages(rows: list[dict[str, Any]], path: Path,
-                    corpus_dir: str | Path | None) -> QuestionSet:
-    """PQA-A style rows (question + passage, no PMID): find each passage's record in the
-    corpus by the start of its abstract."""
-    if corpus_dir is None:
-        raise InputError(f"{path}: rows have no pmid; give the corpus to match passages")
-    from kailin.corpus.reader import open_corpus
-
-    want: dict[str, int] = {}
-    for i, r in enumerate(rows):
-        key = _text_key(str(r.get("passage", "")))
-        if len(key) >= 32:
-            want.setdefault(key, i)
-    found: dict[int, int] = {}
-    for batch in open_corpus(corpus_dir).iter_batches(columns=["pmid", "abstract"]):
-        for pmid, ab in zip(batch.column("pmid").to_pylist(), batch.column("abstract").to_pylist(),
-                            strict=True):
-            i = want.get(_text_key(ab or ""))
-            if i is not None:
-                found.setdefault(i, int(pmid))
-    matched = [{"pmid": found[i], "question": rows[i]["question"]} for i in sorted(found)]
-    qs = _to_set(matched, path)
-    qs.info.update(items_in_file=len(rows), matched_to_corpus=len(matched),
-                   unmatched=len(rows) - len(matched), format="passages")
-    log.info("%s: %d of %d passages matched to corpus records", path, len(matched), len(rows))
-    return qs
 
 
 # --- metrics ----------------------------------------------------------------------------------
@@ -531,57 +402,6 @@ def _row(cfg: SignalConfig, scores: dict[str, np.ndarray], n_generic: int, secs:
 
 
 # --- output -----------------------------------------------------------------------------------
-def _f(x: float, nd: int = 3) -> str:
-    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
-
-
-def format_markdown(report: dict[str, Any], limit: int | None = None) -> str:
-    """The configurations table (best first) as Markdown."""
-    q = report["questions"]
-    lines = [
-        f"Signal over {report['items']} questions ({q.get('file', '')}, split {q.get('split')}),"
-        f" corpus {report['corpus']}, index {report['index_kind']}; negatives: another item's "
-        f"question, {len(report['negatives']['generic'])} generic questions. Contexts: top "
-        f"k with MeSH (passed over {report['passed_over_mean']:.2f} MeSH-less hits per query on "
-        f"average, bound {report['max_passed_over']}). AUC: paired, 95% bootstrap CI.",
-        "",
-        "| configuration | AUC vs other [95% CI] | AUC vs generic [95% CI] | pooled AUC o/g | "
-        "NaN | std | ties | s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    rows = report["configs"] if limit is None else report["configs"][:limit]
-    for r in rows:
-        lo, hi = r["auc_other_ci"]
-        glo, ghi = r["auc_generic_ci"]
-        lines.append(
-            f"| {r['name']} | {_f(r['auc_other'])} [{_f(lo)}, {_f(hi)}] | "
-            f"{_f(r['auc_generic'])} [{_f(glo)}, {_f(ghi)}] | "
-            f"{_f(r['pooled_auc_other'])} / {_f(r['pooled_auc_generic'])} | "
-            f"{100 * r['nan_share']:.1f}% | {_f(r['std'])} | {100 * r['tie_share']:.1f}% | "
-            f"{r['seconds']:.2f} |")
-    return "\n".join(lines) + "\n"
-
-
-def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    """``signal.json`` and ``signal.md`` under ``out_dir`` (atomic writes)."""
-    from kailin.io import write_json_atomic, write_text_atomic
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    jp, mp = out / "signal.json", out / "signal.md"
-    write_json_atomic(jp, _json_safe(report))
-    write_text_atomic(mp, "# MeSH document signal\n\n" + format_markdown(report))
-    return jp, mp
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
 
 
 # --- the per-run self-check ---------------------------------------------------------------------

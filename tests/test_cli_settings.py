@@ -1,0 +1,163 @@
+"""The command line is derived from the settings classes: every field of a command's settings
+class is an option of that command (a new setting is one field in one file), the options that
+existed before keep their names, --config FILE reads the same settings from YAML, and the line
+wins over the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from kailin.align.dpo import DPOConfig
+from kailin.align.prefer import PreferConfig
+from kailin.align.score import ScoreConfig
+from kailin.align.sft import SFTConfig
+from kailin.cli.main import app
+from kailin.dataset.export import ExportConfig
+from kailin.dataset.train import DownstreamTrainConfig
+from kailin.errors import InputError
+from kailin.retrieval.finetune import FinetuneConfig
+
+#: every command whose settings are a library class, and that class
+COMMANDS = {
+    ("score",): ScoreConfig,
+    ("prefer",): PreferConfig,
+    ("train", "sft"): SFTConfig,
+    ("train", "dpo"): DPOConfig,
+    ("train", "cpt"): DownstreamTrainConfig,
+    ("train", "answers"): DownstreamTrainConfig,
+    ("index", "finetune"): FinetuneConfig,
+    ("dataset", "export"): ExportConfig,
+}
+#: options the commands had before they were derived, which must keep working
+KEPT = {
+    ("score",): ["--k", "-k", "--measure", "--faithful", "--aggregate", "--exclude",
+                 "--ic-power", "--major-weight", "--rank-weighting", "--max-passed-over",
+                 "--include-source", "--rows-per-shard", "--mesh", "--corpus"],
+    ("prefer",): ["--tau", "--band", "--min-margin", "--invalid-rejected", "--max-pairs",
+                  "--validity-share", "--labeller", "--evaluator"],
+    ("train", "sft"): ["--full", "--lora-r", "--lora-alpha", "--lr", "--epochs", "--max-steps",
+                       "--batch-size", "--grad-accum", "--max-length", "--save-steps",
+                       "--max-examples", "--include-pubmedqa-test", "--seed", "--model",
+                       "--question-type"],
+    ("train", "dpo"): ["--beta", "--lr", "--warmup-steps", "--weight-decay", "--lora-r",
+                       "--lora-alpha", "--epochs", "--max-steps", "--batch-size", "--grad-accum",
+                       "--max-length", "--max-chars", "--save-steps", "--max-pairs", "--seed"],
+    ("train", "cpt"): ["--model", "--full", "--lora-r", "--lora-alpha", "--lr", "--max-steps",
+                       "--epochs", "--batch-size", "--grad-accum", "--max-length", "--no-packing",
+                       "--save-steps", "--max-examples", "--seed"],
+    ("index", "finetune"): ["--base", "--pairs", "--questions", "--max-steps", "--epochs",
+                            "--batch-size", "--loss", "--mini-batch-size", "--lr",
+                            "--max-seq-length", "--filter-top-n", "--negatives", "--neg-start",
+                            "--neg-depth", "--false-negative-overlap", "--base-index",
+                            "--mine-max-seq-length", "--max-records", "--holdout",
+                            "--exclude-pmids", "--save-steps", "--device", "--bf16",
+                            "--no-resume", "--quiet"],
+    ("dataset", "export"): ["--corpus", "--formats", "--template-file", "--cpt-with-answer",
+                            "--n-contexts", "--select", "--min-score", "--max-score",
+                            "--require-grounded", "--decontaminate", "--no-decontaminate",
+                            "--exclude-pmids", "--mesh-dir", "--plots"],
+}
+
+
+def _callback(path: tuple[str, ...]) -> Any:
+    """The decorated function behind ``kailin PATH``."""
+    group: typer.Typer = app
+    for name in path[:-1]:
+        group = next(g.typer_instance for g in group.registered_groups if g.name == name)
+    return next(c.callback for c in group.registered_commands
+                if (c.name or c.callback.__name__) == path[-1])
+
+
+def _click_command(path: tuple[str, ...]) -> Any:
+    cmd = typer.main.get_command(app)
+    for name in path:
+        cmd = cmd.commands[name]
+    return cmd
+
+
+@pytest.mark.parametrize("path", sorted(COMMANDS))
+def test_every_setting_is_an_option(path: tuple[str, ...]) -> None:
+    fn, cls = _callback(path), COMMANDS[path]
+    assert fn.settings_class is cls
+    params = {p.name: p for p in _click_command(path).params}
+    missing = [f for f in cls.model_fields
+               if fn.settings_params.get(f) not in params and f not in fn.settings_skipped]
+    assert not missing, f"kailin {' '.join(path)}: no option for {missing}"
+    assert "config_file" in params and "--config" in params["config_file"].opts
+
+
+@pytest.mark.parametrize("path", sorted(KEPT))
+def test_options_that_existed_keep_their_names(path: tuple[str, ...]) -> None:
+    opts = {o for p in _click_command(path).params for o in (*p.opts, *p.secondary_opts)}
+    assert set(KEPT[path]) - opts == set()
+
+
+def _capture(monkeypatch: pytest.MonkeyPatch, target: str, attr: str) -> dict:
+    import importlib
+
+    seen: dict = {}
+
+    def fake(*args: Any, **kwargs: Any) -> dict:
+        seen["args"], seen["kwargs"] = args, kwargs
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(importlib.import_module(target), attr, fake)
+    return seen
+
+
+def test_config_file_then_the_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _capture(monkeypatch, "kailin.align.prefer", "prefer")
+    cfg = tmp_path / "prefer.yaml"
+    cfg.write_text("min_margin: 0.2\nmax_pairs: 7\n")
+    r = CliRunner().invoke(app, ["prefer", "s", "--out", "o", "--config", str(cfg),
+                                 "--max-pairs", "3", "--tau", "none"])
+    assert r.exit_code == 0, r.output
+    settings = seen["args"][2]
+    assert (settings.min_margin, settings.max_pairs, settings.tau) == (0.2, 3, None)
+    # a kailin run config: its section, the run's own keys left out
+    run = tmp_path / "run.yaml"
+    run.write_text("preferences:\n  min_margin: 0.3\ndpo:\n  beta: 0.2\n  generator: dom\n"
+                   "  max_steps: 4\n")
+    r = CliRunner().invoke(app, ["prefer", "s", "--out", "o", "--config", str(run)])
+    assert r.exit_code == 0, r.output
+    assert seen["args"][2].min_margin == 0.3
+    seen = _capture(monkeypatch, "kailin.align.dpo", "train_dpo")
+    r = CliRunner().invoke(app, ["train", "dpo", "p", "--out", "o", "--config", str(run)])
+    assert r.exit_code == 0, r.output
+    s = seen["args"][2]
+    assert (s.beta, s.max_steps, s.batch_size) == (0.2, 4, 16)  # the command's defaults kept
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("min_margn: 0.2\n")
+    r = CliRunner().invoke(app, ["prefer", "s", "--out", "o", "--config", str(bad)])
+    assert isinstance(r.exception, InputError)
+    assert "min_margn: not settings of PreferConfig" in str(r.exception)
+
+
+def test_defaults_and_spellings_are_the_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _capture(monkeypatch, "kailin.align.sft", "train_sft")
+    r = CliRunner().invoke(app, ["train", "sft", "pubmedqa", "--out", "o", "--full",
+                                 "--lr", "3e-5", "--max-examples", "5"])
+    assert r.exit_code == 0, r.output
+    s = seen["args"][2]
+    assert s == SFTConfig.authors(lora=False, learning_rate=3e-5, limit=5)
+    seen = _capture(monkeypatch, "kailin.align.dpo", "train_dpo")
+    r = CliRunner().invoke(app, ["train", "dpo", "p", "--out", "o", "--max-steps", "2"])
+    assert r.exit_code == 0, r.output
+    s = seen["args"][2]
+    assert (s.max_steps, s.epochs) == (2, None)  # --max-steps replaces the epochs
+    r = CliRunner().invoke(app, ["train", "dpo", "p", "--out", "o", "--max-steps", "-1"])
+    assert (seen["args"][2].epochs) == 3.0  # -1: by epochs, as before
+    r = CliRunner().invoke(app, ["train", "dpo", "p", "--out", "o", "--beta", "-1x"])
+    assert r.exit_code == 2  # not a number: click's usage error
+    seen = _capture(monkeypatch, "kailin.dataset.train", "train_cpt")
+    r = CliRunner().invoke(app, ["train", "cpt", "d", "--out", "o", "--no-packing"])
+    assert r.exit_code == 0, r.output
+    assert seen["args"][2] == DownstreamTrainConfig.authors(packing=False)
+    r = CliRunner().invoke(app, ["train", "sft", "pubmedqa", "--out", "o", "--lr", "-1"])
+    assert isinstance(r.exception, InputError)  # (kailin's main: `error: ...`, rc 2)
+    assert str(r.exception).startswith("--lr: ")
