@@ -48,6 +48,11 @@ def ingest_cmd(
     compact_max_small: int = typer.Option(
         8, "--compact-max-small", min=0,
         help="Merge the small shards once more than this many pile up."),
+    salvage: bool = typer.Option(
+        False, "--salvage",
+        help="A PubMed XML file that stops being UTF-8 (e.g. Latin-1 bytes): commit its records "
+        "before the bad byte and give up the rest (default: the file is an error, nothing of it "
+        "is committed)."),
 ) -> None:
     """Ingest PubMed/MEDLINE files into a columnar corpus (resumable; re-runs are no-ops).
 
@@ -66,6 +71,7 @@ def ingest_cmd(
         **({"rows_per_shard": rows_per_shard} if rows_per_shard else {}),
         compact_small_fraction=compact_small_fraction,
         compact_max_small=compact_max_small,
+        salvage=salvage,
     )
     _echo_json(report.summary())
 

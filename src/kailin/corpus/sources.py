@@ -68,12 +68,15 @@ def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def iter_source(
-    path: Path, resolver: MeshResolver | None, stats: ParseStats
+    path: Path, resolver: MeshResolver | None, stats: ParseStats, salvage: bool = False
 ) -> Iterator[tuple[str, Any]]:
-    """Items of one input file, whatever its format (see :mod:`kailin.corpus.pubmed_xml`)."""
+    """Items of one input file, whatever its format (see :mod:`kailin.corpus.pubmed_xml`).
+
+    ``salvage``: a PubMed XML file that stops being UTF-8 keeps its records before the bad
+    byte instead of failing."""
     fmt = detect_format(path)
     if fmt == "pubmed-xml":
-        yield from iter_pubmed_records(path, resolver, stats)
+        yield from iter_pubmed_records(path, resolver, stats, salvage=salvage)
     elif fmt == "jsonl":
         yield from iter_jsonl(path, resolver, stats)
     elif fmt == "parquet":

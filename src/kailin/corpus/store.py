@@ -109,6 +109,7 @@ class _Task:
     committed: frozenset[str]
     exclusions: frozenset[int]
     resolver: Any
+    salvage: bool = False
 
 
 def _report(n: int, local_cb: Any) -> None:
@@ -159,7 +160,7 @@ def _stage_file(task: _Task, local_cb: Any = None) -> dict:
         rows = []
 
     try:
-        for kind, item in iter_source(path, task.resolver, stats):
+        for kind, item in iter_source(path, task.resolver, stats, salvage=task.salvage):
             if kind == "record":
                 seq += 1
                 if item["pmid"] in task.exclusions:
@@ -207,6 +208,16 @@ def _stage_file(task: _Task, local_cb: Any = None) -> dict:
             sorted(stats.unresolved_names.items(), key=lambda kv: -kv[1])[:20]
         ),
         "books_skipped": stats.books_skipped,
+        **(
+            {
+                "salvaged": stats.salvaged,
+                "lost_from_byte": stats.lost_from_byte,
+                "salvage_note": f"not UTF-8 from byte {stats.lost_from_byte}: the "
+                f"{stats.salvaged} records before it were kept, the rest of the file was lost",
+            }
+            if stats.lost_from_byte is not None
+            else {}
+        ),
         "deletes": deletes,
         "parse_seconds": round(time.perf_counter() - t0, 3),
     }
@@ -671,9 +682,24 @@ class IngestReport:
                 f.get("unresolved_mesh", 0) for f in self.files if f["status"] == "committed"
             ),
             "live_records": self.records,
+            **self._salvage_summary(),
             **({"commit": self.commit} if self.commit else {}),
             "seconds": round(self.seconds, 2),
             "records_per_s": round(parsed / self.seconds, 1) if self.seconds else None,
+        }
+
+
+    def _salvage_summary(self) -> dict:
+        cut = [f for f in self.files if f["status"] == "committed" and "lost_from_byte" in f]
+        if not cut:
+            return {}
+        return {
+            "salvaged": sum(f["salvaged"] for f in cut),
+            "salvaged_files": [
+                {"file": f["name"], "records_kept": f["salvaged"],
+                 "lost_from_byte": f["lost_from_byte"], "rest_of_file": "lost"}
+                for f in cut
+            ],
         }
 
 
@@ -736,6 +762,7 @@ def ingest(
     rows_per_shard: int = ROWS_PER_SHARD,
     compact_small_fraction: float = 0.25,
     compact_max_small: int = 8,
+    salvage: bool = False,
 ) -> IngestReport:
     """Ingest PubMed XML (and pre-parsed) files into the corpus directory ``out``.
 
@@ -747,6 +774,10 @@ def ingest(
     (pmid, version) the new files replace or delete are rewritten, new keys go into new shards,
     and small shards are compacted when more than ``compact_max_small`` are below
     ``compact_small_fraction * rows_per_shard`` rows. ``incremental=False`` rewrites every shard.
+
+    A PubMed XML file that stops being UTF-8 (Latin-1 bytes in a file read as UTF-8) fails as a
+    whole; with ``salvage`` its records before the bad byte are committed and the report says
+    how many (``salvaged``) and from which byte the file was lost.
     """
     t0 = time.perf_counter()
     root = Path(out)
@@ -776,7 +807,8 @@ def ingest(
             e["sha256"] for e in manifest.get("files", []) if e.get("status") == "committed"
         )
         tasks = [
-            _Task(str(p), str(root / "staging"), committed, exclusions, resolver) for p in paths
+            _Task(str(p), str(root / "staging"), committed, exclusions, resolver, salvage)
+            for p in paths
         ]
         metas = _run_staging(tasks, workers, progress)
         seen: set[str] = set()
