@@ -29,7 +29,7 @@ from pydantic import Field
 from kailin.align.sft import RESUMABLE_CHANGES, SCHEDULE_FREE_CHANGES, fit_document
 from kailin.config import StageConfig
 from kailin.errors import InputError
-from kailin.io import read_parquet
+from kailin.io import read_parquet, read_text_strict
 from kailin.train.common import (
     LoraSettings,
     build_lora_config,
@@ -128,7 +128,7 @@ def load_pairs(path: str | os.PathLike[str]) -> pa.Table:
     chosen, rejected)."""
     p = Path(path)
     if p.is_file() and p.suffix in {".json", ".jsonl"}:
-        text = p.read_text(encoding="utf-8")
+        text = read_text_strict(p, "preference pairs file")
         rows = ([json.loads(x) for x in text.splitlines() if x.strip()] if p.suffix == ".jsonl"
                 else json.loads(text))
         t = pa.Table.from_pylist(rows)

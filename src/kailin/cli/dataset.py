@@ -88,12 +88,13 @@ def export(
     from kailin.config import from_options
     from kailin.dataset.export import ExportConfig, export_dataset
     from kailin.errors import InputError
+    from kailin.io import read_text_strict
 
     extra: list[int] = []
     if exclude_pmids is not None:
         if not exclude_pmids.is_file():
             raise InputError(f"--exclude-pmids {exclude_pmids}: no such file")
-        txt = exclude_pmids.read_text(encoding="utf-8")
+        txt = read_text_strict(exclude_pmids, "PMID exclusion list")
         try:
             obj = json.loads(txt)
             extra = [int(x) for x in obj]
@@ -109,7 +110,7 @@ def export(
         mesh = load_mesh(mesh_dir)
     cfg = from_options(
         ExportConfig, n_contexts=n_contexts,
-        template=template_file.read_text(encoding="utf-8").strip() if template_file else None,
+        template=read_text_strict(template_file, "template").strip() if template_file else None,
         cpt_with_answer=cpt_with_answer, select=select, min_score=min_score,
         max_score=max_score, require_grounded=require_grounded,
         exclude_pubmedqa_test=decontaminate,

@@ -335,13 +335,14 @@ def finetune_cmd(
     """Fine-tune the dense encoder on CORPUS_DIR (title/question -> abstract, hard negatives)."""
     from kailin.config import from_options
     from kailin.errors import InputError
+    from kailin.io import read_text_strict
     from kailin.retrieval.finetune import FinetuneConfig, finetune
 
     excluded: list[int] = []
     if exclude_pmids is not None:
         if not exclude_pmids.is_file():
             raise InputError(f"{exclude_pmids}: PMID file not found")
-        text = exclude_pmids.read_text(encoding="utf-8")
+        text = read_text_strict(exclude_pmids, "PMID exclusion list")
         try:
             data = json.loads(text) if text.lstrip()[:1] in ("{", "[") else None
             raw = list(data) if data is not None else text.split()

@@ -69,7 +69,11 @@ def similarity(
     if a is not None or b is not None:
         raise InputError("give either two descriptors or --pairs FILE, not both")
     ia, ib = [], []
-    with pairs.open(encoding="utf-8", newline="") as f:
+    import io
+
+    from kailin.io import read_text_strict
+
+    with io.StringIO(read_text_strict(pairs, "pairs file"), newline="") as f:
         for lineno, row in enumerate(csv.reader(f, delimiter="\t"), 1):
             if not row or not "".join(row).strip():
                 raise InputError(f"{pairs}:{lineno}: empty line (expected two tab-separated "

@@ -19,6 +19,7 @@ from kailin.corpus.preparsed import (
 )
 from kailin.corpus.pubmed_xml import MeshResolver, ParseStats, iter_pubmed_records
 from kailin.errors import InputError
+from kailin.io import read_text_strict
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +185,7 @@ def load_pmid_list(path: str | Path) -> set[int]:
     """PMIDs from a file: one per line (``#`` comments allowed; first token per line), or a JSON
     list / object keyed by PMID."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{p}: cannot read the PMID exclusion list ({exc})") from exc
+    text = read_text_strict(p, "PMID exclusion list")
     s = text.lstrip()
     if s.startswith(("[", "{")):
         try:

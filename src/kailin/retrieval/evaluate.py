@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from kailin.errors import InputError
+from kailin.io import read_text_strict
 from kailin.retrieval.base import Index
 
 DEFAULT_KS = (1, 4, 10)
@@ -50,7 +51,7 @@ def load_queries(path: str | Path) -> list[LabelledQuery]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: queries file not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_text_strict(path, "queries file")
     out: list[LabelledQuery] = []
     if path.suffix.lower() == ".json" or text.lstrip()[:1] in ("{", "["):
         try:
