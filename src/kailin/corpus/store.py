@@ -199,7 +199,7 @@ def _stage_file(task: _Task, local_cb: Any = None) -> dict:
         "status": "staged",
         "records": stats.records,
         "kept": stats.records - excluded,
-        "deleted": stats.deleted,
+        "deletions_requested": stats.deleted,
         "malformed": stats.malformed,
         "malformed_positions": stats.malformed_positions,
         "excluded": excluded,
@@ -606,6 +606,17 @@ def _merge(
         rows_written=sum(_num_rows(f) for f in written),
     )
 
+    # deletions: requested by this run's files vs applied (a key that was live, or came in with
+    # this commit, and is not live after it), each credited to the last file that deleted it
+    applied = _applied_deletions(
+        con, [staging / f"{e['sha256']}.parquet" for e in new_entries], live, out_files
+    )
+    for e in new_entries:
+        e["deletions_requested"] = len(_norm_deletes(e.get("deletes", [])))
+        e["deleted"] = applied.get(e["name"], 0)
+    stats["deletions_requested"] = sum(e["deletions_requested"] for e in new_entries)
+    stats["deleted"] = sum(applied.values())
+
     # tombstones: per (pmid, version) the one of the last file that deleted it
     live_tomb = duckdb_table(
         con.sql(
@@ -651,6 +662,43 @@ def _merge(
     return n_live
 
 
+def _applied_deletions(
+    con: Any, incoming: list[Path], before: list[Path], after: list[Path]
+) -> dict[str, int]:
+    """Per file name, the deletions of this commit (``ntombs_t``) that took effect: the key was
+    in a live shard (``before``) or an incoming staged file, and is in no shard of the next
+    generation (``after``). Shards are pruned by their PMID range (footer statistics)."""
+    import numpy as np
+
+    con.execute(
+        "CREATE TEMP TABLE nd AS SELECT t.pmid, t.version, arg_max(t.source_file, r.rank) AS file "
+        "FROM ntombs_t t JOIN ranks r ON r.name = t.source_file GROUP BY t.pmid, t.version"
+    )
+    pmids = np.sort(np.asarray(con.sql("SELECT DISTINCT pmid FROM nd").fetchnumpy()["pmid"]))
+    if len(pmids) == 0:
+        return {}
+
+    def holding(files: list[Path]) -> str:
+        keep = []
+        for f in files:
+            lo, hi = _pmid_range(f)
+            a = np.searchsorted(pmids, lo, "left") if np.isfinite(lo) else 0
+            b = np.searchsorted(pmids, hi, "right") if np.isfinite(hi) else len(pmids)
+            if b > a:
+                keep.append(f)
+        if not keep:
+            return "SELECT NULL::BIGINT AS pmid, NULL::INTEGER AS version WHERE false"
+        names = ", ".join(f"'{f.as_posix()}'" for f in keep)
+        return f"SELECT pmid, version FROM read_parquet([{names}])"
+
+    rows = con.execute(
+        f"SELECT file, count(*) FROM nd WHERE EXISTS (SELECT 1 FROM ({holding(before + incoming)})"
+        " b WHERE b.pmid = nd.pmid AND b.version = nd.version) AND NOT EXISTS (SELECT 1 FROM "
+        f"({holding(after)}) a WHERE a.pmid = nd.pmid AND a.version = nd.version) GROUP BY file"
+    ).fetchall()
+    return {str(f): int(n) for f, n in rows}
+
+
 # --------------------------------------------------------------------------- public API
 @dataclass
 class IngestReport:
@@ -674,6 +722,11 @@ class IngestReport:
             "files": by,
             "parsed_records": parsed,
             "deleted": sum(f.get("deleted", 0) for f in self.files if f["status"] == "committed"),
+            "deletions_requested": sum(
+                f.get("deletions_requested", f.get("deleted", 0))
+                for f in self.files
+                if f["status"] == "committed"
+            ),
             "malformed": sum(
                 f.get("malformed", 0) for f in self.files if f["status"] == "committed"
             ),
