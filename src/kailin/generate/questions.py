@@ -145,12 +145,15 @@ class QuestionGenerationStage(Stage):
         }
 
     def counters(self) -> dict[str, dict[str, int]]:
-        """Cache hits / misses / backend calls of this process, per generator."""
+        """Per generator, this process's requests answered from the cache (``cache_hits``) or
+        not (``cache_misses``), the prompts sent to the backend for the misses (``prompts_sent``,
+        distinct ones) and the batches they went in (``backend_batches``)."""
         out = {}
         for name, b in self._backends.items():
             if isinstance(b, CachedBackend):
                 out[name] = {"cache_hits": b.hits, "cache_misses": b.misses,
-                             "backend_calls": b.backend_calls}
+                             "prompts_sent": b.prompts_sent,
+                             "backend_batches": b.backend_batches}
         return out
 
     def process(self, batch: pa.Table) -> pa.Table:
