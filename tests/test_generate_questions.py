@@ -132,6 +132,7 @@ class ScriptedBackend(Backend):
 def scripted(monkeypatch):
     ScriptedBackend.instances = []
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # auto mode must not look org/x up on the hub
+    monkeypatch.setattr(qmod, "_real_build_backend", qmod.build_backend, raising=False)
     monkeypatch.setattr(qmod, "build_backend",
                         lambda spec, options: ScriptedBackend(spec.model))
     return ScriptedBackend
@@ -210,6 +211,37 @@ def test_cli_stats_count_prompts_sent_and_batches_coherently(scripted, tmp_path:
     assert run == {"cache_hits": 0, "cache_misses": 15, "prompts_sent": 15, "backend_batches": 4}
     assert sum(len(b.seen) for b in scripted.instances) == 15
     assert "misses 15 (15 prompts sent to the backend in 4 batches)" in res.output
+
+
+def test_a_failed_run_leaves_nothing_that_looks_finished(scripted, tmp_path: Path) -> None:
+    """Issue 28: `kailin generate questions` with a backend that cannot be reached exited with an
+    error but left OUT/ with _done/, _stage.json and _input.json: an empty result that looks
+    finished. Finished shards of a run that fails later are kept (they are resumed)."""
+    from kailin.cli.main import app
+    from kailin.errors import KailinError
+
+    corpus = make_corpus(tmp_path / "c", 6)
+    qmod.build_backend = qmod._real_build_backend  # the real one: an HTTP backend
+    out = tmp_path / "q"
+    res = CliRunner().invoke(app, ["generate", "questions", str(corpus), "-g",
+                                   "a=openai:http://127.0.0.1:9/v1#m", "--out", str(out),
+                                   "--max-retries", "0", "--timeout", "5", "--no-cache"])
+    assert isinstance(res.exception, KailinError) and "127.0.0.1:9" in str(res.exception)
+    assert not out.exists()
+
+    class FailsOnThird(ScriptedBackend):
+        def generate(self, requests, params):
+            if len(self.seen) >= 4:
+                raise KailinError("backend gone")
+            return super().generate(requests, params)
+
+    qmod.build_backend = lambda spec, options: FailsOnThird(spec.model)
+    with pytest.raises(KailinError, match="backend gone"):
+        qmod.generate_questions(corpus, ["g=org/g"], out, rows_per_shard=2, use_cache=False,
+                                progress=False)
+    assert sorted(p.name for p in (out / "_done").iterdir()) == ["00000.json", "00001.json"]
+    assert sorted(p.name for p in out.glob("part-*")) == ["part-00000.parquet",
+                                                          "part-00001.parquet"]
 
 
 # -- --mode auto ------------------------------------------------------------------------------

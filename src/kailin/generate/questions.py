@@ -273,6 +273,7 @@ def generate_questions(
     out = Path(out_dir)
     _check_input(out, {"corpus": corpus.manifest_hash(), "records": table.num_rows,
                        "rows_per_shard": rows_per_shard})
+    # a failure leaves no output folder that looks finished (LocalExecutor.run cleans up)
     run = LocalExecutor(rows_per_shard=rows_per_shard, progress=progress).run(stage, table, out)
     result = read_parquet(out) if run["rows_out"] else QUESTIONS_SCHEMA.empty_table()
     stats = question_stats(result)
