@@ -221,3 +221,25 @@ def test_cli_ingest_counts_deletions_applied_apart_from_requested(tmp_path: Path
     files = json.loads((out / "manifest.json").read_text())["files"]
     assert {f["name"]: (f["deleted"], f["deletions_requested"]) for f in files} == {
         "a_delete.xml": (0, 1), "b_records.xml": (0, 0), "c_delete.xml": (1, 2)}
+
+
+def test_cli_show_has_no_xml_indentation_in_the_abstract(tmp_path: Path) -> None:
+    """Issue 28: `kailin corpus show` kept the XML file's newline + tab indentation inside an
+    abstract section (pubmed-29768149.xml: "fast-acting β\\n\\t\\t\\t\\t\\t\\t2-agonist")."""
+    out = tmp_path / "c"
+    r = CliRunner()
+    res = r.invoke(_app(), ["ingest", str(XML / "pubmed-29768149.xml"), "--out", str(out),
+                            "--no-progress"])
+    assert res.exit_code == 0, res.output
+    ab = _json_out(r.invoke(_app(), ["corpus", "show", str(out), "29768149"]).stdout)["abstract"]
+    assert "fast-acting \u03b2 2-agonist may be an alternative" in ab and "\t" not in ab
+    assert [ln.split(":")[0] for ln in ab.split("\n")] == [
+        "BACKGROUND", "METHODS", "RESULTS", "CONCLUSIONS"]
+    # a corpus written before the parser took the layout out: tidied when shown
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps({"pmid": 1, "title": "T", "abstract": "BACKGROUND: a \u03b2\n\t\t\t"
+                               "2-agonist.\nMETHODS: b."}) + "\n")
+    res = r.invoke(_app(), ["ingest", str(old), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    shown = _json_out(r.invoke(_app(), ["corpus", "show", str(tmp_path / "o"), "1"]).stdout)
+    assert shown["abstract"] == "BACKGROUND: a \u03b2 2-agonist.\nMETHODS: b."

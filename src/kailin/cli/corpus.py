@@ -89,13 +89,18 @@ def show_cmd(
     corpus_dir: Path = typer.Argument(..., help="Corpus directory."),
     pmid: int = typer.Argument(..., help="PubMed ID."),
 ) -> None:
-    """Print the live record of PMID as JSON."""
+    """Print the live record of PMID as JSON (title and abstract without the source file's line
+    layout: see kailin.corpus.pubmed_xml.tidy_layout)."""
+    from kailin.corpus.pubmed_xml import tidy_layout
     from kailin.corpus.query import show
 
     rec = show(corpus_dir, pmid)
     if rec is None:
         typer.echo(f"PMID {pmid} is not in {corpus_dir}", err=True)
         raise typer.Exit(1)
+    for key in ("title", "abstract"):
+        if isinstance(rec.get(key), str):
+            rec[key] = tidy_layout(rec[key])
     _echo_json(rec)
 
 

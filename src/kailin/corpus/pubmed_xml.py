@@ -185,14 +185,32 @@ def _encoding_message(path: Path, where: tuple[int, int, bytes]) -> str:
 
 
 # --------------------------------------------------------------------------- field extraction
+_LAYOUT_RE = re.compile(r"\s*\n\s*")
+
+
+def tidy_layout(text: str) -> str:
+    """``text`` with the source file's line layout taken out: each run of whitespace that holds a
+    line break *and* other whitespace (a pretty-printed XML's newline plus indentation, as in
+    ``fast-acting &#946;\\n\\t\\t<sub>2</sub>``) becomes one space. A lone line break is
+    kept: it separates the labelled sections of a structured abstract. For text parsed before
+    the parser did this itself (``kailin corpus show`` applies it)."""
+    if "\n" not in text:
+        return text
+    return _LAYOUT_RE.sub(lambda m: "\n" if m.group(0) == "\n" else " ", text)
+
+
 # Single passes over child elements (no ElementPath, which runs in Python): this is the hot path.
 def _text(el: Any) -> str:
+    """The element's text, stripped; a whitespace run holding a line break (XML layout, never
+    content: PubMed's text has no line breaks of its own) becomes one space."""
     if el is None:
         return ""
     if len(el) == 0:
         t = el.text
-        return t.strip() if t else ""
-    return "".join(el.itertext()).strip()
+        t = t.strip() if t else ""
+    else:
+        t = "".join(el.itertext()).strip()
+    return _LAYOUT_RE.sub(" ", t) if "\n" in t else t
 
 
 def _year(pub_date: Any) -> int | None:
