@@ -48,6 +48,28 @@ def test_pipeline_defaults_and_the_steps_rule() -> None:
         DPOConfig(lora_dropout=0.1)
 
 
+def test_a_warmup_longer_than_the_run_is_cut_with_a_warning(caplog) -> None:
+    from types import SimpleNamespace
+
+    from kailin.train.common import training_args
+
+    assert _resolved(DPOConfig.authors(max_steps=2, epochs=None), "m", 10)["warmup_steps"] == 0
+    assert _resolved(DPOConfig.authors(max_steps=40, epochs=None), "m", 10)["warmup_steps"] == 4
+    assert _resolved(DPOConfig.authors(max_steps=150, epochs=None), "m", 10)["warmup_steps"] == 100
+    s = SimpleNamespace(epochs=1.0, max_steps=30, batch_size=1, grad_accum=1,
+                        lr_scheduler="cosine", weight_decay=0.0, max_length=64, save_steps=10,
+                        save_total_limit=1, logging_steps=1, seed=0)
+    with caplog.at_level("WARNING", logger="kailin.train.common"):
+        assert training_args(s, "ck", 1e-4, 100)["warmup_steps"] == 3
+    assert "warm-up of 100 steps is not shorter than the run (30 steps): using 3" in caplog.text
+    caplog.clear()
+    assert training_args(s, "ck", 1e-4, 0.03)["warmup_steps"] == 0.03  # a ratio: as given
+    assert training_args(s, "ck", 1e-4, 29)["warmup_steps"] == 29
+    assert training_args(SimpleNamespace(**{**vars(s), "max_steps": -1}), "ck", 1e-4,
+                         100)["warmup_steps"] == 100  # epochs: the length is the trainer's
+    assert caplog.text == ""
+
+
 def test_load_pairs_checks_columns(tmp_path: Path) -> None:
     p = tmp_path / "p.jsonl"
     p.write_text(json.dumps({"prompt": "a", "chosen": "b"}) + "\n")
@@ -103,8 +125,9 @@ def test_dpo_steps_checkpoint_resume_cli(prefs: Path, tmp_path: Path, one_thread
     ck = out / "checkpoints" / "checkpoint-1"
     assert (ck / "adapter_model.safetensors").is_file()
     args = torch.load(ck / "training_args.bin", weights_only=False)
+    # the 100 warm-up steps asked for would outlast the 2-step run: cut to a tenth of it
     assert (args.beta, args.learning_rate, args.weight_decay, args.warmup_steps) == (
-        0.1, 5e-4, 0.05, 100)
+        0.1, 5e-4, 0.05, 0)
     assert getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type) == "cosine"
     adapter_cfg = json.loads((ck / "adapter_config.json").read_text())
     assert (adapter_cfg["r"], adapter_cfg["lora_alpha"]) == (8, 16)
@@ -116,7 +139,10 @@ def test_dpo_steps_checkpoint_resume_cli(prefs: Path, tmp_path: Path, one_thread
                                    "--max-length", "128", "--save-steps", "1"])
     assert res.exit_code == 0, res.output
     assert "resumed from" in res.output and "checkpoint-1" in res.output
+    # issue 28: `--max-steps 2` kept the authors' 100 warm-up steps (loss 0.6931, rewards 0)
+    assert "warm-up of 100 steps is not shorter than the run (2 steps): using 0" in res.output
     meta = json.loads((out / "kailin_train.json").read_text())
+    assert meta["settings"]["warmup_steps"] == 0
     assert meta["global_step"] == 2 and meta["n_records"] == 10
     logged = [h for h in meta["log_history"] if "rewards/chosen" in h]
     assert logged, meta["log_history"]

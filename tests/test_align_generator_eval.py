@@ -127,3 +127,21 @@ def test_end_to_end_same_generator_gives_zero(tmp_path: Path) -> None:
     assert q.num_rows == 3
     s = pq.read_table(tmp_path / "work" / "scores_after")
     assert {"context_pmids", "score"} <= set(s.column_names)
+
+
+def test_cli_says_why_there_are_no_numbers(tmp_path: Path) -> None:
+    """Issue 28: generator.json showed n: 0 and nulls without a reason."""
+    from kailin.cli.main import app
+
+    nan = float("nan")
+    pq.write_table(scores([1, 2, 3], ["g"] * 3, [0.1, nan, 0.3]), tmp_path / "b.parquet")
+    pq.write_table(scores([1, 2, 3], ["g"] * 3, [nan, nan, nan]), tmp_path / "a.parquet")
+    res = CliRunner().invoke(app, ["evaluate", "generator", "--before-scores",
+                                   str(tmp_path / "b.parquet"), "--after-scores",
+                                   str(tmp_path / "a.parquet"), "--json", str(tmp_path / "r.json"),
+                                   "--n-boot", "100"])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["n"] == 0 and r["delta"] is None and r["n_dropped"] == 3
+    assert "1 of 3 'before' and 3 of 3 'after' scores are NaN" in r["reason"]
+    assert "why no numbers" in res.output and "3 of 3 'after'" in res.output

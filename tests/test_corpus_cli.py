@@ -192,3 +192,54 @@ def test_cli_ingest_update_rewrites_only_what_it_touches(tmp_path: Path) -> None
     assert inc["shards_new"] >= 1
     assert full["mode"] == "full" and full["shards_kept"] == 0 and full["shards_rewritten"] == 2
     assert live["incremental"] == live["full"] == 60
+
+
+def test_cli_ingest_counts_deletions_applied_apart_from_requested(tmp_path: Path) -> None:
+    """Issue 28: a deletion file that sorts before the file holding the record, given in the same
+    call, reported `deleted: 1` while the record stayed. Deletions apply in file-name order (a
+    later file brings a key back); `deleted` counts those that removed a record."""
+    rec = XML / "pubmed-29768149.xml"
+    head = rec.read_text("utf-8").split("<PubmedArticleSet>")[0]
+    dele = (head + '<PubmedArticleSet>\n<DeleteCitation><PMID Version="1">29768149</PMID>'
+            '</DeleteCitation>\n</PubmedArticleSet>\n')
+    (tmp_path / "a_delete.xml").write_text(dele, "utf-8")
+    (tmp_path / "b_records.xml").write_text(rec.read_text("utf-8"), "utf-8")
+    (tmp_path / "c_delete.xml").write_text(dele.replace("\n<DeleteCitation>", "\n<DeleteCitation>"
+                                                        "<PMID>11111111</PMID>"), "utf-8")
+    out = tmp_path / "c"
+    r = CliRunner()
+    res = r.invoke(_app(), ["ingest", str(tmp_path / "b_records.xml"),
+                            str(tmp_path / "a_delete.xml"), "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    s = _json_out(res.stdout)
+    assert (s["live_records"], s["deleted"], s["deletions_requested"]) == (1, 0, 1)
+    # a deletion that sorts after the record removes it; one of a PMID never held does nothing
+    res = r.invoke(_app(), ["ingest", str(tmp_path / "c_delete.xml"), "--out", str(out),
+                            "--no-progress"])
+    s = _json_out(res.stdout)
+    assert (s["live_records"], s["deleted"], s["deletions_requested"]) == (0, 1, 2)
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    assert {f["name"]: (f["deleted"], f["deletions_requested"]) for f in files} == {
+        "a_delete.xml": (0, 1), "b_records.xml": (0, 0), "c_delete.xml": (1, 2)}
+
+
+def test_cli_show_has_no_xml_indentation_in_the_abstract(tmp_path: Path) -> None:
+    """Issue 28: `kailin corpus show` kept the XML file's newline + tab indentation inside an
+    abstract section (pubmed-29768149.xml: "fast-acting β\\n\\t\\t\\t\\t\\t\\t2-agonist")."""
+    out = tmp_path / "c"
+    r = CliRunner()
+    res = r.invoke(_app(), ["ingest", str(XML / "pubmed-29768149.xml"), "--out", str(out),
+                            "--no-progress"])
+    assert res.exit_code == 0, res.output
+    ab = _json_out(r.invoke(_app(), ["corpus", "show", str(out), "29768149"]).stdout)["abstract"]
+    assert "fast-acting \u03b2 2-agonist may be an alternative" in ab and "\t" not in ab
+    assert [ln.split(":")[0] for ln in ab.split("\n")] == [
+        "BACKGROUND", "METHODS", "RESULTS", "CONCLUSIONS"]
+    # a corpus written before the parser took the layout out: tidied when shown
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps({"pmid": 1, "title": "T", "abstract": "BACKGROUND: a \u03b2\n\t\t\t"
+                               "2-agonist.\nMETHODS: b."}) + "\n")
+    res = r.invoke(_app(), ["ingest", str(old), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    shown = _json_out(r.invoke(_app(), ["corpus", "show", str(tmp_path / "o"), "1"]).stdout)
+    assert shown["abstract"] == "BACKGROUND: a \u03b2 2-agonist.\nMETHODS: b."

@@ -132,6 +132,7 @@ class ScriptedBackend(Backend):
 def scripted(monkeypatch):
     ScriptedBackend.instances = []
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # auto mode must not look org/x up on the hub
+    monkeypatch.setattr(qmod, "_real_build_backend", qmod.build_backend, raising=False)
     monkeypatch.setattr(qmod, "build_backend",
                         lambda spec, options: ScriptedBackend(spec.model))
     return ScriptedBackend
@@ -160,7 +161,8 @@ def test_stage_maps_batch_to_question_rows(scripted, tmp_path: Path) -> None:
                                      cache_path=tmp_path / "cache.sqlite")
     assert stage2(table).to_pylist() == rows
     assert all(len(b.seen) == 0 for b in scripted.instances[2:])
-    assert stage2.counters()["dom"] == {"cache_hits": 4, "cache_misses": 0, "backend_calls": 0}
+    assert stage2.counters()["dom"] == {"cache_hits": 4, "cache_misses": 0, "prompts_sent": 0,
+                                      "backend_batches": 0}
     # the fingerprint follows settings that change the output
     stage3 = QuestionGenerationStage(["dom=org/dom", "gen=org/gen"],
                                      params=SamplingParams(max_new_tokens=5))
@@ -192,6 +194,54 @@ def test_generate_questions_resumes_after_a_kill(scripted, tmp_path: Path) -> No
     assert stats["rows"] == 3 and stats["this_run"]["skipped_shards"] == 0
     assert sorted(read_parquet(out).column("pmid").to_pylist()) == sorted(
         pq.read_table(corpus / "data").column("pmid").to_pylist()[:3])
+
+
+def test_cli_stats_count_prompts_sent_and_batches_coherently(scripted, tmp_path: Path) -> None:
+    """Issue 28: stats.json said `backend_calls: 4` beside 15 cache misses (4 batches of 15
+    prompts). Now the prompts sent and the batches they went in are counted under names that
+    say so."""
+    from kailin.cli.main import app
+
+    corpus = make_corpus(tmp_path / "c", 15)
+    args = ["generate", "questions", str(corpus), "-g", "g=org/g", "--out", str(tmp_path / "q"),
+            "--rows-per-shard", "4", "--cache", str(tmp_path / "cache.sqlite"), "--mode", "raw"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    run = json.loads((tmp_path / "q" / "stats.json").read_text())["this_run"]["generators"]["g"]
+    assert run == {"cache_hits": 0, "cache_misses": 15, "prompts_sent": 15, "backend_batches": 4}
+    assert sum(len(b.seen) for b in scripted.instances) == 15
+    assert "misses 15 (15 prompts sent to the backend in 4 batches)" in res.output
+
+
+def test_a_failed_run_leaves_nothing_that_looks_finished(scripted, tmp_path: Path) -> None:
+    """Issue 28: `kailin generate questions` with a backend that cannot be reached exited with an
+    error but left OUT/ with _done/, _stage.json and _input.json: an empty result that looks
+    finished. Finished shards of a run that fails later are kept (they are resumed)."""
+    from kailin.cli.main import app
+    from kailin.errors import KailinError
+
+    corpus = make_corpus(tmp_path / "c", 6)
+    qmod.build_backend = qmod._real_build_backend  # the real one: an HTTP backend
+    out = tmp_path / "q"
+    res = CliRunner().invoke(app, ["generate", "questions", str(corpus), "-g",
+                                   "a=openai:http://127.0.0.1:9/v1#m", "--out", str(out),
+                                   "--max-retries", "0", "--timeout", "5", "--no-cache"])
+    assert isinstance(res.exception, KailinError) and "127.0.0.1:9" in str(res.exception)
+    assert not out.exists()
+
+    class FailsOnThird(ScriptedBackend):
+        def generate(self, requests, params):
+            if len(self.seen) >= 4:
+                raise KailinError("backend gone")
+            return super().generate(requests, params)
+
+    qmod.build_backend = lambda spec, options: FailsOnThird(spec.model)
+    with pytest.raises(KailinError, match="backend gone"):
+        qmod.generate_questions(corpus, ["g=org/g"], out, rows_per_shard=2, use_cache=False,
+                                progress=False)
+    assert sorted(p.name for p in (out / "_done").iterdir()) == ["00000.json", "00001.json"]
+    assert sorted(p.name for p in out.glob("part-*")) == ["part-00000.parquet",
+                                                          "part-00001.parquet"]
 
 
 # -- --mode auto ------------------------------------------------------------------------------
@@ -299,6 +349,6 @@ def _run_cli(tmp_path: Path, app, read_parquet) -> None:
     assert res.exit_code == 0, res.output
     stats2 = json.loads((tmp_path / "q2" / "stats.json").read_text())
     assert stats2["this_run"]["generators"]["smol"] == {"cache_hits": 3, "cache_misses": 0,
-                                                        "backend_calls": 0}
+                                                        "prompts_sent": 0, "backend_batches": 0}
     assert read_parquet(tmp_path / "q2").column("question").to_pylist() == \
         t.column("question").to_pylist()

@@ -123,7 +123,7 @@ def test_cache_second_run_makes_no_backend_call(tmp_path: Path) -> None:
     cb = CachedBackend(fake2, ResponseCache(db))
     second = cb.generate(reqs, params)
     assert fake2.calls == []  # a re-run pays nothing
-    assert cb.hits == 4 and cb.misses == 0 and cb.backend_calls == 0
+    assert cb.hits == 4 and cb.misses == 0 and cb.prompts_sent == cb.backend_batches == 0
     assert [c.text for c in second] == [c.text for c in first]
     assert all(c.cached for c in second)
     # different parameters are a different key

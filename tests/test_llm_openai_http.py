@@ -293,7 +293,8 @@ def test_stage_over_http_with_cache_and_cli(server, tmp_path: Path, monkeypatch)
     assert sum(server.paths.values()) == n_calls
     stats2 = json.loads((tmp_path / "q2" / "stats.json").read_text())
     assert stats2["this_run"]["generators"]["remote"] == {"cache_hits": 4, "cache_misses": 0,
-                                                          "backend_calls": 0}
+                                                          "prompts_sent": 0,
+                                                          "backend_batches": 0}
     # rerun into the same folder: finished shards are skipped
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0

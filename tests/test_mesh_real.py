@@ -151,7 +151,7 @@ def test_build_from_real_tsv_and_frequencies(tmp_path: Path, mesh) -> None:
     # the rebuilt folder scores like the packaged one
     res = runner.invoke(app, ["mesh", "similarity", "Heart", "Myocardium", "--mesh", str(out)])
     assert res.exit_code == 0
-    assert float(res.output) == pytest.approx(mesh.scorer().similarity("Heart", "Myocardium"),
+    assert float(res.stdout) == pytest.approx(mesh.scorer().similarity("Heart", "Myocardium"),
                                               abs=1e-6)
 
 
@@ -177,7 +177,7 @@ def test_build_from_corpus(tmp_path: Path) -> None:
 def test_cli_similarity_and_pairs(tmp_path: Path, mesh) -> None:
     res = runner.invoke(app, ["mesh", "similarity", "D006321", "Myocardium", "--faithful"])
     assert res.exit_code == 0
-    assert float(res.output) == pytest.approx(
+    assert float(res.stdout) == pytest.approx(
         mesh.scorer(faithful=True).similarity("D006321", "D009206"), abs=1e-6)
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("Heart\tMyocardium\nD009369\tLung Neoplasms\nNeoplasms/drug therapy\tD009369\n"
@@ -193,7 +193,24 @@ def test_cli_similarity_and_pairs(tmp_path: Path, mesh) -> None:
         res = runner.invoke(app, ["mesh", "similarity", "Heart", "Myocardium", "--measure",
                                   measure])
         assert res.exit_code == 0, (measure, res.output)
-        assert np.isfinite(float(res.output))
+        assert np.isfinite(float(res.stdout))
+
+
+def test_cli_similarity_says_which_measure_it_used(mesh) -> None:
+    """Issue 28: `kailin mesh similarity` defaults to another measure than `kailin score`
+    without saying so."""
+    from kailin.mesh.score import DEFAULT_SCORING
+
+    res = runner.invoke(app, ["mesh", "similarity", "Heart", "Myocardium"])
+    assert res.exit_code == 0, res.output
+    assert float(res.stdout) == pytest.approx(
+        mesh.scorer("kailin").similarity("Heart", "Myocardium"), abs=1e-6)
+    assert DEFAULT_SCORING["measure"] == "embedding"
+    assert res.stderr.strip() == ("measure: kailin; `kailin score` defaults to embedding: "
+                                  "--measure embedding to match it")
+    res = runner.invoke(app, ["mesh", "similarity", "--help"])
+    shown = " ".join(res.stdout.replace("│", " ").split())  # rich's help panel wraps
+    assert "Not `kailin score`'s default, which is embedding" in shown
 
 
 def test_cli_unknown_descriptor_is_a_clear_error(tmp_path: Path) -> None:

@@ -448,3 +448,32 @@ def test_results_page_renders_the_robustness_checks() -> None:
     assert "dpo - base: -0.0050 [-0.0250, 0.0150]" in text
     old, _ = render_results({k: v for k, v in rep.items() if k != "robustness"})
     assert "something else" not in old
+
+
+def test_results_page_goes_next_to_its_input_unless_out_says(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """Issue 28: `kailin results` wrote docs/results.md by default, overwriting the committed
+    page when run from the repository root."""
+    from typer.testing import CliRunner
+
+    from kailin.cli.main import app
+
+    repo = Path(__file__).resolve().parents[1]
+    root = tmp_path / "checkout"  # stands for the repository root the command is run from
+    (root / "docs").mkdir(parents=True)
+    committed = root / "docs" / "results.md"
+    committed.write_text("the committed page\n")
+    reports = tmp_path / "run" / "reports"
+    reports.mkdir(parents=True)
+    (reports / "steering.json").write_bytes((repo / "docs/results/steering.json").read_bytes())
+    monkeypatch.chdir(root)
+    res = CliRunner().invoke(app, ["results", str(reports / "steering.json")])
+    assert res.exit_code == 0, res.output
+    assert committed.read_text() == "the committed page\n"
+    assert not (root / "docs" / "results").exists()
+    assert res.output.strip() == str(reports / "results.md")
+    assert "| dpo_vs_base |" in (reports / "results.md").read_text()
+    assert (reports / "results" / "steering_scores.svg").read_text().startswith("<svg")
+    res = CliRunner().invoke(app, ["results", str(reports / "steering.json"),
+                                   "--out", "docs/results.md"])
+    assert res.exit_code == 0 and "| dpo_vs_base |" in committed.read_text()

@@ -18,6 +18,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kailin.errors import InputError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -38,6 +40,34 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def read_text_strict(path: str | os.PathLike[str], what: str) -> str:
+    """The text of the file ``path`` (a ``what``: "PMID exclusion list", "prompt template"...),
+    decoded as UTF-8 (a leading byte-order mark dropped).
+
+    Raises :class:`~kailin.errors.InputError` when the file cannot be read, or when it is not
+    UTF-8 (typically Latin-1 or cp1252 text): the message names the file, the line and byte offset
+    of the first byte that is not UTF-8, and asks to save it as UTF-8. Every text file kailin
+    reads from a user goes through here, so none of them ends in a UnicodeDecodeError traceback.
+    """
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read the {what} ({exc.strerror or exc})") from None
+    skip = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        at = skip + exc.start
+        line = data.count(b"\n", 0, at) + 1
+        col = at - (data.rfind(b"\n", 0, at) + 1) + 1
+        raise InputError(
+            f"{p}: the {what} is not UTF-8: line {line}, column {col} (byte {at}) is "
+            f"0x{data[at:skip + exc.end].hex()}, which looks like Latin-1/cp1252 text; save it "
+            "as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) and run again"
+        ) from None
 
 
 def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:

@@ -29,10 +29,11 @@ from pydantic import Field, model_validator
 from kailin.align.sft import RESUMABLE_CHANGES, SCHEDULE_FREE_CHANGES, fit_document
 from kailin.config import StageConfig
 from kailin.errors import InputError
-from kailin.io import read_parquet
+from kailin.io import read_parquet, read_text_strict
 from kailin.train.common import (
     LoraSettings,
     build_lora_config,
+    capped_warmup,
     data_digest,
     finished_run,
     last_checkpoint,
@@ -113,7 +114,7 @@ def _resolved(c: DPOConfig, model: str, n_pairs: int) -> dict[str, Any]:
     steps = c.steps(n_pairs)
     lora = LoraSettings(r=c.lora_r, alpha=c.lora_alpha or 2 * c.lora_r, dropout=LORA_DROPOUT)
     return {"model": model, "beta": c.beta, "learning_rate": c.learning_rate,
-            "lr_scheduler": LR_SCHEDULER, "warmup_steps": c.warmup(),
+            "lr_scheduler": LR_SCHEDULER, "warmup_steps": capped_warmup(c.warmup(), steps),
             "weight_decay": c.weight_decay, "lora": lora.to_dict(), "batch_size": c.batch_size,
             "grad_accum": c.grad_accum, "epochs": c.epochs or 1.0, "max_steps": steps,
             "max_length": c.max_length, "max_chars": c.max_chars,
@@ -128,7 +129,7 @@ def load_pairs(path: str | os.PathLike[str]) -> pa.Table:
     chosen, rejected)."""
     p = Path(path)
     if p.is_file() and p.suffix in {".json", ".jsonl"}:
-        text = p.read_text(encoding="utf-8")
+        text = read_text_strict(p, "preference pairs file")
         rows = ([json.loads(x) for x in text.splitlines() if x.strip()] if p.suffix == ".jsonl"
                 else json.loads(text))
         t = pa.Table.from_pylist(rows)
@@ -213,8 +214,9 @@ def train_dpo(
     records = _records(table, c, tok)
     if not records:
         raise InputError("no usable preference pairs (empty texts, or none fits max_length)")
+    # the warm-up asked for: training_args cuts it as _resolved did, and says so
     args = TrlDPOConfig(**training_args(SimpleNamespace(**run), ckpt_dir, c.learning_rate,
-                                        run["warmup_steps"], beta=c.beta))
+                                        c.warmup(), beta=c.beta))
     trainer = DPOTrainer(
         model=load_model(model),
         ref_model=None,

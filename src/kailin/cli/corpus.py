@@ -48,6 +48,11 @@ def ingest_cmd(
     compact_max_small: int = typer.Option(
         8, "--compact-max-small", min=0,
         help="Merge the small shards once more than this many pile up."),
+    salvage: bool = typer.Option(
+        False, "--salvage",
+        help="A PubMed XML file that stops being UTF-8 (e.g. Latin-1 bytes): commit its records "
+        "before the bad byte and give up the rest (default: the file is an error, nothing of it "
+        "is committed)."),
 ) -> None:
     """Ingest PubMed/MEDLINE files into a columnar corpus (resumable; re-runs are no-ops).
 
@@ -66,6 +71,7 @@ def ingest_cmd(
         **({"rows_per_shard": rows_per_shard} if rows_per_shard else {}),
         compact_small_fraction=compact_small_fraction,
         compact_max_small=compact_max_small,
+        salvage=salvage,
     )
     _echo_json(report.summary())
 
@@ -83,13 +89,18 @@ def show_cmd(
     corpus_dir: Path = typer.Argument(..., help="Corpus directory."),
     pmid: int = typer.Argument(..., help="PubMed ID."),
 ) -> None:
-    """Print the live record of PMID as JSON."""
+    """Print the live record of PMID as JSON (title and abstract without the source file's line
+    layout: see kailin.corpus.pubmed_xml.tidy_layout)."""
+    from kailin.corpus.pubmed_xml import tidy_layout
     from kailin.corpus.query import show
 
     rec = show(corpus_dir, pmid)
     if rec is None:
         typer.echo(f"PMID {pmid} is not in {corpus_dir}", err=True)
         raise typer.Exit(1)
+    for key in ("title", "abstract"):
+        if isinstance(rec.get(key), str):
+            rec[key] = tidy_layout(rec[key])
     _echo_json(rec)
 
 

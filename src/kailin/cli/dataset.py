@@ -63,7 +63,8 @@ def answers(
 @app.command("export")
 @settings_command(
     ExportConfig, param="cfg", defaults=ExportConfig(n_contexts=4), section="export",
-    custom={"template": ("template_file", lambda p: read_text(p, "--template-file").strip()),
+    custom={"template": ("template_file",
+                         lambda p: read_text(p, "--template-file", "template").strip()),
             "exclude_pubmedqa_test": ("decontaminate", bool),
             "formats": ("formats", lambda v: [f.strip() for f in v.split(",") if f.strip()]),
             "extra_exclude_pmids": ("exclude_pmids", lambda p: read_pmids(p, "--exclude-pmids"))})

@@ -178,11 +178,10 @@ def read_settings_file(path: Path, cls: type[BaseModel], section: str | None) ->
     import yaml
 
     from kailin.errors import InputError
+    from kailin.io import read_text_strict
 
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+        raw = yaml.safe_load(read_text_strict(path, "settings file")) or {}
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

@@ -98,7 +98,9 @@ def questions(
         typer.echo(f"{name}: prompt mode {pm.get('mode')} ({pm.get('why')})")
         typer.echo(f"{name}: {g['accepted']}/{g['rows']} questions accepted; rejected "
                    f"{json.dumps(reasons)}; {g['completion_tokens']} completion tokens; "
-                   f"cache hits {run.get('cache_hits', 0)}, misses {run.get('cache_misses', 0)}")
+                   f"cache hits {run.get('cache_hits', 0)}, misses {run.get('cache_misses', 0)} "
+                   f"({run.get('prompts_sent', 0)} prompts sent to the backend in "
+                   f"{run.get('backend_batches', 0)} batches)")
     typer.echo(f"{out}: {stats['rows']} rows; stats in {out / 'stats.json'}")
     for w in stats["warnings"]:
         typer.echo(f"warning: {w}", err=True)

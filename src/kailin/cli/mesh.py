@@ -14,8 +14,9 @@ from kailin.errors import InputError
 app = typer.Typer(help="MeSH vocabulary, hierarchy, information content and similarity.",
                   no_args_is_help=True)
 
-MEASURE_HELP = ("kailin (default: corrected KAILIN), lin, resnik, jiang, wu-palmer, path, "
-                "leacock-chodorow, embedding")
+MEASURE_HELP = ("kailin (default here: corrected KAILIN), lin, resnik, jiang, wu-palmer, path, "
+                "leacock-chodorow, embedding. Not `kailin score`'s default, which is embedding "
+                "(aggregated bma): pass --measure embedding to see the similarity it uses.")
 
 
 @app.command("build")
@@ -59,8 +60,18 @@ def similarity(
     pairs: Path | None = typer.Option(None, "--pairs", help="Tab-separated file of pairs (two UI"
                                       " or name columns, no header): one value per line."),
 ) -> None:
-    """Similarity of two descriptors, or of every pair in a file (--pairs)."""
+    """Similarity of two descriptors, or of every pair in a file (--pairs).
+
+    The default measure is the corrected KAILIN one (kailin), not the embedding measure that
+    `kailin score` defaults to; the measure used is named on stderr (stdout holds only the
+    values)."""
     mesh, scorer = _scorer(mesh_dir, measure, faithful)
+    from kailin.mesh.score import DEFAULT_SCORING
+
+    note = "" if measure == DEFAULT_SCORING["measure"] else (
+        f"; `kailin score` defaults to {DEFAULT_SCORING['measure']}: --measure "
+        f"{DEFAULT_SCORING['measure']} to match it")
+    typer.echo(f"measure: {measure}{' (faithful)' if faithful else ''}{note}", err=True)
     if pairs is None:
         if a is None or b is None:
             raise InputError("give two descriptors A B, or --pairs FILE")
@@ -69,7 +80,11 @@ def similarity(
     if a is not None or b is not None:
         raise InputError("give either two descriptors or --pairs FILE, not both")
     ia, ib = [], []
-    with pairs.open(encoding="utf-8", newline="") as f:
+    import io
+
+    from kailin.io import read_text_strict
+
+    with io.StringIO(read_text_strict(pairs, "pairs file"), newline="") as f:
         for lineno, row in enumerate(csv.reader(f, delimiter="\t"), 1):
             if not row or not "".join(row).strip():
                 raise InputError(f"{pairs}:{lineno}: empty line (expected two tab-separated "

@@ -25,10 +25,15 @@ def report(
 def results(
     steering_json: Path = typer.Argument(..., help="RUN_DIR/reports/steering.json (or the "
                                          "committed docs/results/steering.json)."),
-    out: Path = typer.Option(Path("docs/results.md"), "--out",
-                             help="Markdown page; its SVG plots go to results/ beside it."),
+    out: Path | None = typer.Option(
+        None, "--out",
+        help="Markdown page; its SVG plots go to results/ beside it [default: results.md next "
+        "to STEERING_JSON; the committed page is --out docs/results.md]."),
 ) -> None:
-    """The steering experiment's results page (tables and plots), generated from its JSON."""
+    """The steering experiment's results page (tables and plots), generated from its JSON.
+
+    Written next to its input unless --out says otherwise, so a run from the repository root
+    never overwrites the committed docs/results.md by accident."""
     from kailin.report.results import write_results
 
-    typer.echo(str(write_results(steering_json, out)))
+    typer.echo(str(write_results(steering_json, out or steering_json.parent / "results.md")))

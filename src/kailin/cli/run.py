@@ -90,16 +90,38 @@ def status(
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
     table = Table(title=str(run_dir))
-    for col in ("stage", "status", "seconds", "progress", "why / counts"):
-        table.add_column(col)
+    for col in ("stage", "status", "seconds", "progress"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("why / counts", overflow="fold")  # wrapped at words, never cut
     for r in rows:
         prog = (f"{r['shards_done']} shards, {r['rows_written']} rows" if "shards_done" in r
                 else "")
-        counts = ", ".join(f"{k}={v}" for k, v in (r.get("counts") or {}).items()
+        counts = ", ".join(f"{k}={_num(v)}" for k, v in (r.get("counts") or {}).items()
                            if not isinstance(v, dict | list))
-        why = "; ".join(r.get("reasons") or [])
+        reasons = list(r.get("reasons") or [])
+        if r.get("error"):  # the stored error of a failed run, not just "last run failed"
+            reasons = [f"{x}: {r['error']}" if x.startswith("last run") else x
+                       for x in reasons] or [f"error: {r['error']}"]
+        why = "; ".join(reasons)
         if r.get("status") == "done":
             why = counts
-        table.add_row(r["stage"], r.get("status", "?"), f"{r.get('seconds', '')}", prog,
-                      (why or r.get("error", "") or counts)[:160])
+        table.add_row(r["stage"], r.get("status", "?"), _num(r.get("seconds", "")), prog,
+                      _clip(why or counts))
     Console(width=max(140, Console().width)).print(table)
+
+
+def _num(v: object) -> str:
+    """A count or a timing for the table: floats with 4 significant digits (no 17-digit
+    noise), the rest as is."""
+    if isinstance(v, float):
+        return f"{v:.1f}" if abs(v) >= 100 else f"{v:.4g}"
+    return str(v)
+
+
+def _clip(text: str, limit: int = 600) -> str:
+    """``text`` whole, or cut at the last word boundary before ``limit`` characters with an
+    ellipsis (`kailin status --json` has everything)."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit)
+    return text[: cut if cut > limit // 2 else limit].rstrip(" ,;:") + " …"

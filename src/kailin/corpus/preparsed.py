@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from kailin.corpus.pubmed_xml import MeshResolver, ParseStats
 from kailin.errors import InputError
+from kailin.io import read_text_strict
 
 _UI_RE = re.compile(r"^[DCQ]\d{6,9}$")
 
@@ -195,8 +196,8 @@ def iter_pubmedqa(
     (PubMedQA derives it from the article title), abstract = the labelled contexts plus the
     conclusion (``LONG_ANSWER``) labelled ``CONCLUSIONS``."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        data = json.loads(read_text_strict(path, "PubMedQA JSON"))
+    except ValueError as exc:
         raise InputError(f"{path}: not readable JSON ({exc})") from exc
     if not is_pubmedqa_json(data):
         raise InputError(

@@ -15,7 +15,13 @@ Bad input:
   *salvage* mode, which cuts the byte stream at citation boundaries and parses each citation on
   its own, so only the broken citations are lost (again logged and counted);
 * a truncated or corrupt gzip stream, a file that ends inside a citation, or a file whose root
-  element is not a PubMed/MEDLINE set raises :class:`~kailin.errors.InputError`.
+  element is not a PubMed/MEDLINE set raises :class:`~kailin.errors.InputError`;
+* a file read as UTF-8 (declared so, or declaring no encoding) that holds a byte sequence that is
+  not UTF-8 (typically Latin-1 text) raises :class:`~kailin.errors.InputError` naming the byte
+  offset: the fault is the file's, not one citation's, so salvaging citation by citation would
+  silently drop every citation with an accented letter. With ``salvage=True`` the citations that
+  end before that byte are kept and the rest of the file is given up (``stats.salvaged``,
+  ``stats.lost_from_byte``).
 """
 
 from __future__ import annotations
@@ -57,6 +63,10 @@ class ParseStats:
     unresolved_mesh: int = 0
     unresolved_names: dict[str, int] = field(default_factory=dict)
     malformed_positions: list[str] = field(default_factory=list)
+    #: set when an encoding error cut the file short (``salvage=True``): the records kept
+    #: (those ending before the bad byte) and the byte offset from which the file was lost
+    salvaged: int | None = None
+    lost_from_byte: int | None = None
 
     def note_malformed(self, where: str, why: str) -> None:
         self.malformed += 1
@@ -118,15 +128,89 @@ def detect_root(path: Path) -> str:
     return name
 
 
+_ENCODING_RE = re.compile(rb"<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._\-]+)[\"']")
+
+
+def declared_encoding(path: Path) -> str | None:
+    """The ``encoding`` of the file's XML declaration (lower case), None when it declares none."""
+    with open_binary(path) as fh:
+        head = fh.read(1024)
+    m = _ENCODING_RE.match(head.lstrip(b"\xef\xbb\xbf"))
+    return m.group(1).decode("ascii").lower() if m else None
+
+
+def first_invalid_utf8(path: Path, chunk_size: int = 1 << 20) -> tuple[int, int, bytes] | None:
+    """``(byte offset, line, bad bytes)`` of the first byte sequence of ``path`` (un-gzipped)
+    that is not UTF-8, or None when the whole file decodes."""
+    import codecs
+
+    dec = codecs.getincrementaldecoder("utf-8")("strict")
+    offset = 0  # bytes of the stream fed to the decoder before ``chunk``
+    line = 1
+    with open_binary(path) as fh:
+        while True:
+            chunk = fh.read(chunk_size)
+            final = not chunk
+            try:
+                dec.decode(chunk, final=final)
+            except UnicodeDecodeError as exc:
+                # the decoder's buffer may hold the start of a sequence begun in the last chunk
+                pending = len(exc.object) - len(chunk)
+                at = offset - pending + exc.start
+                line += exc.object[: exc.start].count(b"\n")
+                return at, line, bytes(exc.object[exc.start : exc.end])
+            if final:
+                return None
+            offset += len(chunk)
+            line += chunk.count(b"\n")
+
+
+def encoding_error(path: Path) -> tuple[int, int, bytes] | None:
+    """Where ``path``, read as UTF-8 by the XML parser, stops being UTF-8 (None when it is UTF-8
+    throughout, or declares another encoding, which the parser then applies itself)."""
+    enc = declared_encoding(path)
+    if enc not in (None, "utf-8", "utf8"):
+        return None
+    return first_invalid_utf8(path)
+
+
+def _encoding_message(path: Path, where: tuple[int, int, bytes]) -> str:
+    at, line, bad = where
+    return (
+        f"{path}: byte {at} (line {line}) is 0x{bad.hex()}, which is not UTF-8, but the file is "
+        "read as UTF-8 (its XML declaration says so, or names no encoding); the file looks "
+        "Latin-1/cp1252 encoded. Nothing of it was ingested. Save it as UTF-8 (e.g. `iconv -f "
+        "latin1 -t utf-8`), or re-run with --salvage to keep the records before that byte."
+    )
+
+
 # --------------------------------------------------------------------------- field extraction
+_LAYOUT_RE = re.compile(r"\s*\n\s*")
+
+
+def tidy_layout(text: str) -> str:
+    """``text`` with the source file's line layout taken out: each run of whitespace that holds a
+    line break *and* other whitespace (a pretty-printed XML's newline plus indentation, as in
+    ``fast-acting &#946;\\n\\t\\t<sub>2</sub>``) becomes one space. A lone line break is
+    kept: it separates the labelled sections of a structured abstract. For text parsed before
+    the parser did this itself (``kailin corpus show`` applies it)."""
+    if "\n" not in text:
+        return text
+    return _LAYOUT_RE.sub(lambda m: "\n" if m.group(0) == "\n" else " ", text)
+
+
 # Single passes over child elements (no ElementPath, which runs in Python): this is the hot path.
 def _text(el: Any) -> str:
+    """The element's text, stripped; a whitespace run holding a line break (XML layout, never
+    content: PubMed's text has no line breaks of its own) becomes one space."""
     if el is None:
         return ""
     if len(el) == 0:
         t = el.text
-        return t.strip() if t else ""
-    return "".join(el.itertext()).strip()
+        t = t.strip() if t else ""
+    else:
+        t = "".join(el.itertext()).strip()
+    return _LAYOUT_RE.sub(" ", t) if "\n" in t else t
 
 
 def _year(pub_date: Any) -> int | None:
@@ -400,9 +484,13 @@ def iter_pubmed_xml_salvage(
     resolver: MeshResolver | None = None,
     stats: ParseStats | None = None,
     chunk_size: int = 1 << 20,
+    stop_at: int | None = None,
 ) -> Iterator[tuple[str, Any]]:
     """Cut the byte stream at citation boundaries and parse each citation on its own, so an
-    ill-formed citation loses only itself. Slower than the fast path; used only after it failed."""
+    ill-formed citation loses only itself. Slower than the fast path; used only after it failed.
+
+    ``stop_at``: read only the bytes before this offset (of the un-gzipped stream): the
+    citations that end before it; the rest of the file is ignored (an encoding error there)."""
     path = Path(path)
     stats = stats if stats is not None else ParseStats()
     root_name = detect_root(path)
@@ -417,6 +505,7 @@ def iter_pubmed_xml_salvage(
     line = 1  # line number of buf[0]
     eof = False
     saw_root_end = False
+    left = stop_at  # bytes still to read when cut short
     try:
         with open_binary(path) as fh:
             while True:
@@ -430,6 +519,8 @@ def iter_pubmed_xml_salvage(
                 if best is not None:
                     end_pos = buf.find(end_tags[best[1]], best[0])
                 if best is None or end_pos < 0:
+                    if eof and stop_at is not None:
+                        break  # cut short: a citation unfinished at the cut is lost with the rest
                     if eof:
                         if best is not None:
                             at = line + buf.count(b"\n", 0, best[0])
@@ -439,7 +530,9 @@ def iter_pubmed_xml_salvage(
                             )
                         saw_root_end = root_end in buf
                         break
-                    more = fh.read(chunk_size)
+                    more = fh.read(chunk_size if left is None else min(chunk_size, left))
+                    if left is not None:
+                        left -= len(more)
                     if not more:
                         eof = True
                     else:
@@ -489,7 +582,7 @@ def iter_pubmed_xml_salvage(
                     stats.books_skipped += 1
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
         raise _read_error(path, exc) from exc
-    if not saw_root_end:
+    if not saw_root_end and stop_at is None:
         raise InputError(
             f"{path}: no closing </{root_name}>: the file is truncated; nothing of it was "
             "ingested. Download it again and re-run."
@@ -500,12 +593,17 @@ def iter_pubmed_records(
     path: str | Path,
     resolver: MeshResolver | None = None,
     stats: ParseStats | None = None,
+    salvage: bool = False,
 ) -> Iterator[tuple[str, Any]]:
     """Fast path with automatic fallback to salvage mode on ill-formed XML.
 
     The fallback restarts the file from the beginning, so callers must treat a file's items as
     a unit: ingestion stages them and commits the file only when this iterator completes; on
     restart it receives a ``("restart", None)`` item and discards what it had buffered.
+
+    A file that is not UTF-8 where it is read as UTF-8 raises :class:`InputError` (byte offset
+    and line named); with ``salvage`` its citations before the bad byte are kept instead
+    (``stats.salvaged``, ``stats.lost_from_byte``).
     """
     path = Path(path)
     stats = stats if stats is not None else ParseStats()
@@ -513,9 +611,25 @@ def iter_pubmed_records(
         yield from iter_pubmed_xml(path, resolver, stats)
         return
     except etree.XMLSyntaxError as exc:
-        log.warning("%s: ill-formed XML (%s); re-reading it record by record", path, exc)
+        try:
+            bad = encoding_error(path)
+        except (OSError, EOFError, zlib.error) as exc2:
+            raise _read_error(path, exc2) from exc2
+        if bad is not None and not salvage:
+            raise InputError(_encoding_message(path, bad)) from None
+        if bad is None:
+            log.warning("%s: ill-formed XML (%s); re-reading it record by record", path, exc)
     # the fast path's partial counts are discarded along with its items
     for k, v in vars(ParseStats()).items():
         setattr(stats, k, v)
     yield "restart", None
-    yield from iter_pubmed_xml_salvage(path, resolver, stats)
+    if bad is None:
+        yield from iter_pubmed_xml_salvage(path, resolver, stats)
+        return
+    log.warning(
+        "%s: not UTF-8 at byte %d (line %d); --salvage: keeping the records before it, the "
+        "rest of the file is lost", path, bad[0], bad[1],
+    )
+    yield from iter_pubmed_xml_salvage(path, resolver, stats, stop_at=bad[0])
+    stats.salvaged = stats.records
+    stats.lost_from_byte = bad[0]

@@ -68,6 +68,9 @@ def stats(corpus_dir: str | Path) -> dict:
         "ingested_files": len(files),
         "parsed_records": sum(f.get("records", 0) for f in files),
         "deleted": sum(f.get("deleted", 0) for f in files),
+        "deletions_requested": sum(
+            f.get("deletions_requested", f.get("deleted", 0)) for f in files
+        ),
         "malformed": sum(f.get("malformed", 0) for f in files),
         "excluded": sum(f.get("excluded", 0) for f in files),
         "unresolved_mesh": sum(f.get("unresolved_mesh", 0) for f in files),

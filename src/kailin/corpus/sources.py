@@ -19,6 +19,7 @@ from kailin.corpus.preparsed import (
 )
 from kailin.corpus.pubmed_xml import MeshResolver, ParseStats, iter_pubmed_records
 from kailin.errors import InputError
+from kailin.io import read_text_strict
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,15 @@ def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def iter_source(
-    path: Path, resolver: MeshResolver | None, stats: ParseStats
+    path: Path, resolver: MeshResolver | None, stats: ParseStats, salvage: bool = False
 ) -> Iterator[tuple[str, Any]]:
-    """Items of one input file, whatever its format (see :mod:`kailin.corpus.pubmed_xml`)."""
+    """Items of one input file, whatever its format (see :mod:`kailin.corpus.pubmed_xml`).
+
+    ``salvage``: a PubMed XML file that stops being UTF-8 keeps its records before the bad
+    byte instead of failing."""
     fmt = detect_format(path)
     if fmt == "pubmed-xml":
-        yield from iter_pubmed_records(path, resolver, stats)
+        yield from iter_pubmed_records(path, resolver, stats, salvage=salvage)
     elif fmt == "jsonl":
         yield from iter_jsonl(path, resolver, stats)
     elif fmt == "parquet":
@@ -181,10 +185,7 @@ def load_pmid_list(path: str | Path) -> set[int]:
     """PMIDs from a file: one per line (``#`` comments allowed; first token per line), or a JSON
     list / object keyed by PMID."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{p}: cannot read the PMID exclusion list ({exc})") from exc
+    text = read_text_strict(p, "PMID exclusion list")
     s = text.lstrip()
     if s.startswith(("[", "{")):
         try:

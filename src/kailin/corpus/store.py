@@ -109,6 +109,7 @@ class _Task:
     committed: frozenset[str]
     exclusions: frozenset[int]
     resolver: Any
+    salvage: bool = False
 
 
 def _report(n: int, local_cb: Any) -> None:
@@ -159,7 +160,7 @@ def _stage_file(task: _Task, local_cb: Any = None) -> dict:
         rows = []
 
     try:
-        for kind, item in iter_source(path, task.resolver, stats):
+        for kind, item in iter_source(path, task.resolver, stats, salvage=task.salvage):
             if kind == "record":
                 seq += 1
                 if item["pmid"] in task.exclusions:
@@ -198,7 +199,7 @@ def _stage_file(task: _Task, local_cb: Any = None) -> dict:
         "status": "staged",
         "records": stats.records,
         "kept": stats.records - excluded,
-        "deleted": stats.deleted,
+        "deletions_requested": stats.deleted,
         "malformed": stats.malformed,
         "malformed_positions": stats.malformed_positions,
         "excluded": excluded,
@@ -207,6 +208,16 @@ def _stage_file(task: _Task, local_cb: Any = None) -> dict:
             sorted(stats.unresolved_names.items(), key=lambda kv: -kv[1])[:20]
         ),
         "books_skipped": stats.books_skipped,
+        **(
+            {
+                "salvaged": stats.salvaged,
+                "lost_from_byte": stats.lost_from_byte,
+                "salvage_note": f"not UTF-8 from byte {stats.lost_from_byte}: the "
+                f"{stats.salvaged} records before it were kept, the rest of the file was lost",
+            }
+            if stats.lost_from_byte is not None
+            else {}
+        ),
         "deletes": deletes,
         "parse_seconds": round(time.perf_counter() - t0, 3),
     }
@@ -595,6 +606,17 @@ def _merge(
         rows_written=sum(_num_rows(f) for f in written),
     )
 
+    # deletions: requested by this run's files vs applied (a key that was live, or came in with
+    # this commit, and is not live after it), each credited to the last file that deleted it
+    applied = _applied_deletions(
+        con, [staging / f"{e['sha256']}.parquet" for e in new_entries], live, out_files
+    )
+    for e in new_entries:
+        e["deletions_requested"] = len(_norm_deletes(e.get("deletes", [])))
+        e["deleted"] = applied.get(e["name"], 0)
+    stats["deletions_requested"] = sum(e["deletions_requested"] for e in new_entries)
+    stats["deleted"] = sum(applied.values())
+
     # tombstones: per (pmid, version) the one of the last file that deleted it
     live_tomb = duckdb_table(
         con.sql(
@@ -640,6 +662,43 @@ def _merge(
     return n_live
 
 
+def _applied_deletions(
+    con: Any, incoming: list[Path], before: list[Path], after: list[Path]
+) -> dict[str, int]:
+    """Per file name, the deletions of this commit (``ntombs_t``) that took effect: the key was
+    in a live shard (``before``) or an incoming staged file, and is in no shard of the next
+    generation (``after``). Shards are pruned by their PMID range (footer statistics)."""
+    import numpy as np
+
+    con.execute(
+        "CREATE TEMP TABLE nd AS SELECT t.pmid, t.version, arg_max(t.source_file, r.rank) AS file "
+        "FROM ntombs_t t JOIN ranks r ON r.name = t.source_file GROUP BY t.pmid, t.version"
+    )
+    pmids = np.sort(np.asarray(con.sql("SELECT DISTINCT pmid FROM nd").fetchnumpy()["pmid"]))
+    if len(pmids) == 0:
+        return {}
+
+    def holding(files: list[Path]) -> str:
+        keep = []
+        for f in files:
+            lo, hi = _pmid_range(f)
+            a = np.searchsorted(pmids, lo, "left") if np.isfinite(lo) else 0
+            b = np.searchsorted(pmids, hi, "right") if np.isfinite(hi) else len(pmids)
+            if b > a:
+                keep.append(f)
+        if not keep:
+            return "SELECT NULL::BIGINT AS pmid, NULL::INTEGER AS version WHERE false"
+        names = ", ".join(f"'{f.as_posix()}'" for f in keep)
+        return f"SELECT pmid, version FROM read_parquet([{names}])"
+
+    rows = con.execute(
+        f"SELECT file, count(*) FROM nd WHERE EXISTS (SELECT 1 FROM ({holding(before + incoming)})"
+        " b WHERE b.pmid = nd.pmid AND b.version = nd.version) AND NOT EXISTS (SELECT 1 FROM "
+        f"({holding(after)}) a WHERE a.pmid = nd.pmid AND a.version = nd.version) GROUP BY file"
+    ).fetchall()
+    return {str(f): int(n) for f, n in rows}
+
+
 # --------------------------------------------------------------------------- public API
 @dataclass
 class IngestReport:
@@ -663,6 +722,11 @@ class IngestReport:
             "files": by,
             "parsed_records": parsed,
             "deleted": sum(f.get("deleted", 0) for f in self.files if f["status"] == "committed"),
+            "deletions_requested": sum(
+                f.get("deletions_requested", f.get("deleted", 0))
+                for f in self.files
+                if f["status"] == "committed"
+            ),
             "malformed": sum(
                 f.get("malformed", 0) for f in self.files if f["status"] == "committed"
             ),
@@ -671,9 +735,24 @@ class IngestReport:
                 f.get("unresolved_mesh", 0) for f in self.files if f["status"] == "committed"
             ),
             "live_records": self.records,
+            **self._salvage_summary(),
             **({"commit": self.commit} if self.commit else {}),
             "seconds": round(self.seconds, 2),
             "records_per_s": round(parsed / self.seconds, 1) if self.seconds else None,
+        }
+
+
+    def _salvage_summary(self) -> dict:
+        cut = [f for f in self.files if f["status"] == "committed" and "lost_from_byte" in f]
+        if not cut:
+            return {}
+        return {
+            "salvaged": sum(f["salvaged"] for f in cut),
+            "salvaged_files": [
+                {"file": f["name"], "records_kept": f["salvaged"],
+                 "lost_from_byte": f["lost_from_byte"], "rest_of_file": "lost"}
+                for f in cut
+            ],
         }
 
 
@@ -736,6 +815,7 @@ def ingest(
     rows_per_shard: int = ROWS_PER_SHARD,
     compact_small_fraction: float = 0.25,
     compact_max_small: int = 8,
+    salvage: bool = False,
 ) -> IngestReport:
     """Ingest PubMed XML (and pre-parsed) files into the corpus directory ``out``.
 
@@ -747,6 +827,10 @@ def ingest(
     (pmid, version) the new files replace or delete are rewritten, new keys go into new shards,
     and small shards are compacted when more than ``compact_max_small`` are below
     ``compact_small_fraction * rows_per_shard`` rows. ``incremental=False`` rewrites every shard.
+
+    A PubMed XML file that stops being UTF-8 (Latin-1 bytes in a file read as UTF-8) fails as a
+    whole; with ``salvage`` its records before the bad byte are committed and the report says
+    how many (``salvaged``) and from which byte the file was lost.
     """
     t0 = time.perf_counter()
     root = Path(out)
@@ -776,7 +860,8 @@ def ingest(
             e["sha256"] for e in manifest.get("files", []) if e.get("status") == "committed"
         )
         tasks = [
-            _Task(str(p), str(root / "staging"), committed, exclusions, resolver) for p in paths
+            _Task(str(p), str(root / "staging"), committed, exclusions, resolver, salvage)
+            for p in paths
         ]
         metas = _run_staging(tasks, workers, progress)
         seen: set[str] = set()

@@ -1,7 +1,7 @@
 """Export the AI-ready dataset: CPT text, SFT chat records and QA triples, as Hugging Face
 datasets (Parquet and JSONL), with a dataset card and plots.
 
-Input: the scores table (``kailin align score``) or the answers table (``kailin dataset
+Input: the scores table (``kailin score``) or the answers table (``kailin dataset
 answers``, a superset with the teacher's answers), plus a corpus directory for the texts
 (see :mod:`kailin.dataset.records`).
 

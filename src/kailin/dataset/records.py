@@ -79,7 +79,7 @@ def attach_texts(
     need_contexts = "contexts" not in table.column_names
     if need_contexts and "context_pmids" not in table.column_names:
         raise InputError("input table has neither 'contexts' nor 'context_pmids'; give the "
-                         "scores table written by `kailin align score`")
+                         "scores table written by `kailin score` (or the answers table of `kailin dataset answers`)")
     if not need_source and not need_contexts:
         return table
     if corpus_dir is None:

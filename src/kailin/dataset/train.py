@@ -28,6 +28,7 @@ from pydantic import Field
 
 from kailin.config import StageConfig
 from kailin.errors import InputError
+from kailin.io import read_text_strict
 from kailin.train.common import (
     LoraSettings,
     build_lora_config,
@@ -128,7 +129,7 @@ def _read_rows(path: str | os.PathLike[str], config: str, column: str) -> list[d
         raise InputError(f"{path}: no such file or directory")
     if p.suffix == ".jsonl":
         rows = []
-        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        for i, line in enumerate(read_text_strict(p, "training data").splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))

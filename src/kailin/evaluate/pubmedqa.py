@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from kailin.errors import InputError
+from kailin.io import read_text_strict
 
 LABELS: tuple[str, ...] = ("yes", "no", "maybe")
 
@@ -57,7 +58,7 @@ def _load_json(path: str | Path, what: str) -> Any:
     if not p.is_file():
         raise InputError(f"{p}: {what} file not found")
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(read_text_strict(p, f"{what} file"))
     except json.JSONDecodeError as exc:
         raise InputError(f"{p}: not valid JSON ({exc}); expected {what}") from None
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kailin.errors import InputError
+from kailin.io import read_text_strict
 
 log = logging.getLogger("kailin.evaluate.signal")
 
@@ -67,7 +68,7 @@ def load_questions(path: str | Path, *, split: str = "all",
         rows = tab.select(["pmid", "question"]).to_pylist()
     elif suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text_strict(path, "questions file"))
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}: not valid JSON ({exc})") from None
         if isinstance(data, dict):
@@ -92,14 +93,13 @@ def load_questions(path: str | Path, *, split: str = "all",
         rows = data
     elif suffix == ".jsonl":
         rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{n}: not valid JSON ({exc})") from None
+        for n, line in enumerate(read_text_strict(path, "questions file").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{n}: not valid JSON ({exc})") from None
     else:
         raise InputError(f"{path}: unknown question file type; give .json, .jsonl or .parquet")
     if rows and "pmid" not in rows[0] and "passage" in rows[0]:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from kailin.errors import InputError
+from kailin.io import read_text_strict
 from kailin.llm.base import Request
 
 KAILIN_TEMPLATE = (
@@ -50,7 +51,7 @@ def load_template(value: str) -> str:
     off)."""
     p = Path(value).expanduser()
     if len(value) < 4096 and "{" not in value and p.is_file():
-        text = p.read_text(encoding="utf-8")
+        text = read_text_strict(p, "prompt template")
         return text[:-1] if text.endswith("\n") and not text.endswith("\n\n") else text
     if "{" not in value and (value.endswith((".txt", ".tmpl", ".j2")) or "/" in value):
         raise InputError(f"{value}: no such template file")

@@ -147,12 +147,15 @@ class QuestionGenerationStage(Stage):
         }
 
     def counters(self) -> dict[str, dict[str, int]]:
-        """Cache hits / misses / backend calls of this process, per generator."""
+        """Per generator, this process's requests answered from the cache (``cache_hits``) or
+        not (``cache_misses``), the prompts sent to the backend for the misses (``prompts_sent``,
+        distinct ones) and the batches they went in (``backend_batches``)."""
         out = {}
         for name, b in self._backends.items():
             if isinstance(b, CachedBackend):
                 out[name] = {"cache_hits": b.hits, "cache_misses": b.misses,
-                             "backend_calls": b.backend_calls}
+                             "prompts_sent": b.prompts_sent,
+                             "backend_batches": b.backend_batches}
         return out
 
     def process(self, batch: pa.Table) -> pa.Table:
@@ -272,6 +275,7 @@ def generate_questions(
     out = Path(out_dir)
     _check_input(out, {"corpus": corpus.manifest_hash(), "records": table.num_rows,
                        "rows_per_shard": rows_per_shard})
+    # a failure leaves no output folder that looks finished (LocalExecutor.run cleans up)
     run = LocalExecutor(rows_per_shard=rows_per_shard, progress=progress).run(stage, table, out)
     result = read_parquet(out) if run["rows_out"] else QUESTIONS_SCHEMA.empty_table()
     stats = question_stats(result)

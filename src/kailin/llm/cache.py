@@ -107,8 +107,11 @@ class ResponseCache:
 class CachedBackend(Backend):
     """Wraps a backend: answers from the cache, sends only the misses to the backend.
 
-    ``hits``, ``misses`` and ``backend_calls`` count this object's work (``backend_calls`` is the
-    number of ``generate`` calls forwarded to the wrapped backend). Each new completion is
+    Counters of this object's work, per request: ``hits`` (answered from the cache) and
+    ``misses`` (not in the cache); per prompt sent: ``prompts_sent`` (the distinct missing
+    requests handed to the wrapped backend; a request repeated within one batch is sent once, so
+    ``prompts_sent`` <= ``misses``); per batch: ``backend_batches`` (``generate`` calls forwarded
+    to the wrapped backend, each holding one or more prompts). Each new completion is
     written to the cache the moment the backend reports it (:meth:`Backend.generate_each`), in
     its own committed SQLite transaction (WAL), so a killed run keeps every answer it received.
     """
@@ -119,7 +122,8 @@ class CachedBackend(Backend):
         self.kind = backend.kind  # type: ignore[misc]
         self.hits = 0
         self.misses = 0
-        self.backend_calls = 0
+        self.prompts_sent = 0
+        self.backend_batches = 0
         #: completions written to the cache by this object (each right after it arrived)
         self.stored = 0
 
@@ -141,7 +145,8 @@ class CachedBackend(Backend):
         self.hits += len(requests) - sum(1 for k in keys if k not in found)
         self.misses += sum(1 for k in keys if k not in found)
         if missing:
-            self.backend_calls += 1
+            self.backend_batches += 1
+            self.prompts_sent += len(missing)
             miss_keys = list(missing)
             backend_name, model = ident["backend"], str(ident.get("model"))
 

@@ -9,12 +9,14 @@ skipped and counted.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from kailin.errors import InputError
+from kailin.io import read_text_strict
 
 RATING_COLUMNS = ("score", "mean", "physician", "physicians", "coder", "coders")
 
@@ -29,7 +31,7 @@ class RatedPairs:
 
 def read_rated_pairs(path: str | Path) -> RatedPairs:
     path = Path(path)
-    with path.open(encoding="utf-8", newline="") as f:
+    with io.StringIO(read_text_strict(path, "rated pairs file"), newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
         raise InputError(f"{path}: no rows")

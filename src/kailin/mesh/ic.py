@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from kailin.errors import InputError
+from kailin.io import read_text_strict
 from kailin.mesh.hierarchy import MeshHierarchy
 
 
@@ -108,7 +110,7 @@ def read_frequency_table(path: str | Path, vocab) -> tuple[np.ndarray, dict]:
         raise InputError(f"{path}: no such frequency file")
     df = np.zeros(len(vocab), dtype=np.float64)
     stats = {"rows": 0, "resolved": 0, "unresolved": 0, "skipped_type": 0}
-    with path.open(encoding="utf-8", newline="") as f:
+    with io.StringIO(read_text_strict(path, "frequency file"), newline="") as f:
         reader = csv.DictReader(f, delimiter="\t")
         cols = reader.fieldnames or []
         ui_col = next((c for c in ("descriptor_ui", "descriptor_ui_mesh2024", "ui", "UI")

@@ -30,6 +30,7 @@ from kailin.engine.executors.config import ExecutorConfig
 from kailin.errors import InputError
 from kailin.evaluate.pubmedqa_model import PubMedQAConfig
 from kailin.generate.questions import GenerationConfig
+from kailin.io import read_text_strict
 from kailin.retrieval import IndexConfig
 from kailin.retrieval.finetune import RetrieverConfig
 
@@ -131,7 +132,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()
     if not path.exists():
         raise InputError(f"{path}: no such config file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(read_text_strict(path, "config file")) or {}
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

@@ -7,7 +7,9 @@ finding it is the task.
 
 recall@k = mean over queries of |relevant ∩ top-k| / |relevant| (with one relevant document per
 query: the fraction of queries whose document is in the top k). MRR = mean of 1/rank of the first
-relevant document within the top ``depth`` (100), 0 when it is not there.
+relevant document within the top ``depth`` (100), 0 when it is not there. Both are over the
+queries whose relevant document is in the index; the others are counted apart
+(``not_in_corpus``): no retriever can find a document that was never indexed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from kailin.errors import InputError
+from kailin.io import read_text_strict
 from kailin.retrieval.base import Index
 
 DEFAULT_KS = (1, 4, 10)
@@ -50,7 +53,7 @@ def load_queries(path: str | Path) -> list[LabelledQuery]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: queries file not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_text_strict(path, "queries file")
     out: list[LabelledQuery] = []
     if path.suffix.lower() == ".json" or text.lstrip()[:1] in ("{", "["):
         try:
@@ -104,18 +107,31 @@ def evaluate(
     years: tuple[int | None, int | None] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """recall@k for each k in ``ks`` and MRR (cut at ``depth``) of ``index`` on ``queries``."""
+    """recall@k for each k in ``ks`` and MRR (cut at ``depth``) of ``index`` on ``queries``.
+
+    A query none of whose relevant PMIDs is in the index cannot be answered by any retriever:
+    it is counted in ``not_in_corpus`` and left out of the metrics, which are over the ``n``
+    queries whose relevant document is indexed (their relevant sets cut to the indexed PMIDs).
+    ``n_queries`` is every query given; with ``n`` = 0 the metrics are None."""
     from tqdm.auto import tqdm
 
     if not queries:
         raise InputError("no queries to evaluate")
     depth = max(depth, *ks)
-    recalls = {k: np.zeros(len(queries)) for k in ks}
-    rr = np.zeros(len(queries))
+    indexed = np.unique(index.docstore.pmids)
+    answerable: list[LabelledQuery] = []
+    for q in queries:
+        rel = np.fromiter(q.relevant, dtype=np.int64, count=len(q.relevant))
+        here = rel[np.isin(rel, indexed)]
+        if len(here):
+            answerable.append(LabelledQuery(q.query, frozenset(int(p) for p in here)))
+    n = len(answerable)
+    recalls = {k: np.zeros(n) for k in ks}
+    rr = np.zeros(n)
     t0 = time.perf_counter()
-    bar = tqdm(total=len(queries), desc="evaluate", unit="q", disable=not progress)
-    for start in range(0, len(queries), batch_size):
-        chunk = queries[start : start + batch_size]
+    bar = tqdm(total=n, desc="evaluate", unit="q", disable=not progress)
+    for start in range(0, n, batch_size):
+        chunk = answerable[start : start + batch_size]
         hits = index.search([q.query for q in chunk], k=depth, years=years)
         for j, (q, hs) in enumerate(zip(chunk, hits, strict=True)):
             ranked = [h.pmid for h in hs]
@@ -128,11 +144,16 @@ def evaluate(
         bar.update(len(chunk))
     bar.close()
     elapsed = time.perf_counter() - t0
-    result: dict[str, Any] = {f"recall@{k}": float(recalls[k].mean()) for k in ks}
-    result["mrr"] = float(rr.mean())
-    result["n"] = len(queries)
+    result: dict[str, Any] = {
+        f"recall@{k}": float(recalls[k].mean()) if n else None for k in ks
+    }
+    result["mrr"] = float(rr.mean()) if n else None
+    result["n"] = n
+    result["not_in_corpus"] = len(queries) - n
+    result["n_queries"] = len(queries)
+    result["metrics_over"] = "queries whose relevant PMID is in the index (not_in_corpus left out)"
     result["kind"] = index.kind
     result["documents"] = len(index)
     result["mrr_depth"] = depth
-    result["queries_per_s"] = len(queries) / elapsed if elapsed > 0 else None
+    result["queries_per_s"] = n / elapsed if elapsed > 0 and n else None
     return result

@@ -111,6 +111,32 @@ def remove_extra_shards(out: Path, n_shards: int) -> int:
     return removed
 
 
+#: what kailin writes into an output folder before its first shard
+BOOKKEEPING = ("_stage.json", "_input.json")
+
+
+def discard_unfinished(out: str | Path) -> bool:
+    """After a failed run: when ``out`` holds no finished shard (no marker in ``_done/``),
+    remove the bookkeeping written before the failure (``_done/``, ``_stage.json``,
+    ``_input.json``) and ``out`` itself when that leaves it empty, so nothing there looks
+    like a finished (empty) result. Finished shards of an earlier run, and files kailin did not
+    write, are kept. True when ``out`` was removed."""
+    out = Path(out)
+    done = out / "_done"
+    if not out.is_dir() or (done.is_dir() and any(done.iterdir())):
+        return False
+    if any(out.glob("part-*.parquet")):
+        return False
+    for name in BOOKKEEPING:
+        (out / name).unlink(missing_ok=True)
+    if done.is_dir():
+        done.rmdir()
+    if not any(out.iterdir()):
+        out.rmdir()
+        return True
+    return False
+
+
 class LocalExecutor:
     """Runs a stage over shards of its input in the current process."""
 
@@ -130,19 +156,24 @@ class LocalExecutor:
         stats = {"stage": stage.name, "shards": 0, "skipped": 0, "rows_in": 0,
                  "rows_out": 0, "seconds": 0.0}
         bar = _progress(None, stage.name, self.progress)
-        for i, shard in enumerate(iter_input_shards(src, self.rows_per_shard, columns)):
-            stats["shards"] += 1
-            expected = shard_key(stage, key, shard)
-            m = valid_marker(done_dir / f"{i:05d}.json", expected)
-            if m is not None:
-                stats["skipped"] += 1
-            else:
-                m = write_shard(stage, shard, out, i, expected)
-                stats["seconds"] += m["seconds"]
-            stats["rows_in"] += m["rows_in"]
-            stats["rows_out"] += m["rows_out"]
-            bar.update(1)
-        bar.close()
+        try:
+            for i, shard in enumerate(iter_input_shards(src, self.rows_per_shard, columns)):
+                stats["shards"] += 1
+                expected = shard_key(stage, key, shard)
+                m = valid_marker(done_dir / f"{i:05d}.json", expected)
+                if m is not None:
+                    stats["skipped"] += 1
+                else:
+                    m = write_shard(stage, shard, out, i, expected)
+                    stats["seconds"] += m["seconds"]
+                stats["rows_in"] += m["rows_in"]
+                stats["rows_out"] += m["rows_out"]
+                bar.update(1)
+        except BaseException:
+            discard_unfinished(out)
+            raise
+        finally:
+            bar.close()
         stats["removed"] = remove_extra_shards(out, stats["shards"])
         stats["computed"] = stats["shards"] - stats["skipped"]
         return stats
