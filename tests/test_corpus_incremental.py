@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+import kailin.corpus.layout as layout
 import kailin.corpus.store as store
 from kailin.corpus import open_corpus
 from kailin.corpus.sources import DictMesh
@@ -233,10 +234,10 @@ def test_failed_update_leaves_the_store_consistent(
             raise Crash
 
     kw = {"compact_max_small": 0, "compact_small_fraction": 0.9}  # compacts the 2 small shards
-    monkeypatch.setattr(store, "_checkpoint", cp)
+    monkeypatch.setattr(layout, "checkpoint", cp)
     with pytest.raises(Crash):
         _ingest([upd], base, **kw)
-    monkeypatch.setattr(store, "_checkpoint", lambda name: None)
+    monkeypatch.setattr(layout, "checkpoint", lambda name: None)
     if point in ("rewritten", "compacted", "merged", "commit-marker"):
         assert _rows(base) == old_rows  # before the swap: readers see the old generation
     elif point in ("after-swap", "after-manifest"):

@@ -10,6 +10,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+import kailin.corpus.layout as layout
+import kailin.corpus.staging as staging
 import kailin.corpus.store as store
 from kailin.corpus import CORPUS_SCHEMA, open_corpus
 from kailin.corpus.query import select, show, sql, stats
@@ -134,7 +136,7 @@ def test_crash_anywhere_resumes_without_loss_or_duplicates(
     class Crash(Exception):
         pass
 
-    real_stage = store._stage_file
+    real_stage = staging._stage_file
     calls = {"n": 0}
 
     def stage_then_crash(task, cb=None):
@@ -147,12 +149,12 @@ def test_crash_anywhere_resumes_without_loss_or_duplicates(
         if name == point:
             raise Crash
 
-    monkeypatch.setattr(store, "_stage_file", stage_then_crash)
-    monkeypatch.setattr(store, "_checkpoint", cp)
+    monkeypatch.setattr(staging, "_stage_file", stage_then_crash)
+    monkeypatch.setattr(layout, "checkpoint", cp)
     with pytest.raises(Crash):
         _ingest(files, out)
-    monkeypatch.setattr(store, "_checkpoint", lambda name: None)
-    monkeypatch.setattr(store, "_stage_file", real_stage)
+    monkeypatch.setattr(layout, "checkpoint", lambda name: None)
+    monkeypatch.setattr(staging, "_stage_file", real_stage)
     _ingest(files, out)
     live = _live(out)
     extra = live.pop((29768149, 1))

@@ -15,6 +15,9 @@ class CorpusConfig(StageConfig):
     corpus_dir: str | None = Field(None, description="an existing corpus folder to use as is")
     exclude_pmids: str | None = None
     workers: int = Field(1, ge=1)
+    salvage: bool = Field(False, description="a PubMed XML file that is not UTF-8 from some byte "
+                          "on: keep its records before that byte (counted in the corpus "
+                          "manifest) instead of stopping the run")
     select_mesh: list[str] = Field(default_factory=list)
     select_years: str | None = None
     limit: int | None = Field(None, ge=1, description="abstracts to distil (first N by pmid "

@@ -37,6 +37,7 @@ def run(ctx: RunContext) -> dict:
         drop_corpus_of_removed_inputs(ctx, full)
         ingest(input_paths(ctx.cfg, ctx.base_dir), full,
                exclude_pmids=ctx.resolve(c.exclude_pmids), workers=c.workers,
+               salvage=c.salvage,
                progress=ctx.progress)  # PubMedQA test PMIDs are excluded by default
     else:
         from kailin.errors import InputError
@@ -98,7 +99,8 @@ def input_paths(cfg: RunConfig, base: Path) -> list[Path]:
 
 
 #: the corpus settings that choose what is ingested and selected (not the working set)
-READS = ("corpus.demo", "corpus.inputs", "corpus.exclude_pmids", *CORPUS_DIR_READS)
+READS = ("corpus.demo", "corpus.inputs", "corpus.exclude_pmids", "corpus.salvage",
+         *CORPUS_DIR_READS)
 
 
 def steps(cfg: Any) -> list[StageSpec]:
