@@ -24,16 +24,26 @@ def run(
     overrides: list[str] = typer.Option([], "--set", help="Override a config key, KEY=VALUE "
                                         "(repeatable; dotted keys, YAML values): --set "
                                         "steering.rounds=1 --set index.kind=dense."),
+    check: bool = typer.Option(False, "--check", help="Only check the config (every path, "
+                               "model spec and input file of every enabled stage) and exit."),
 ) -> None:
     """Run the pipeline: stages whose key (settings, inputs, code) is unchanged are skipped, the
-    others re-run, with everything downstream; a killed run resumes. One run per run folder."""
+    others re-run, with everything downstream; a killed run resumes. One run per run folder.
+    The whole config is checked first, and every problem reported at once."""
+    from kailin.pipeline.check import require_valid
     from kailin.pipeline.config import load_config
-    from kailin.pipeline.stages import run_config
+    from kailin.pipeline.stages import pipeline_stages, run_config
     from kailin.report import stage_is_off
 
     cfg, base = load_config(config, overrides)
     if executor:
         cfg.executor.kind = executor  # type: ignore[assignment]
+    require_valid(cfg, base, str(config))
+    if check:
+        steps = [s.name for s in pipeline_stages(cfg) if s.enabled(cfg)]
+        typer.echo(f"{config}: no problem found; {len(steps)} stages would run as needed: "
+                   + ", ".join(steps))
+        return
     manifest = run_config(cfg, base, run_dir=out.resolve() if out else None,
                           only=list(only) or None, progress=not no_progress,
                           force=list(force) or None, from_stage=from_stage)
@@ -79,7 +89,10 @@ def status(
 
     manifest = run_dir / "manifest.json"
     if config is not None:
+        from kailin.pipeline.check import require_valid
+
         cfg, base = load_config(config, overrides)
+        require_valid(cfg, base, str(config))
     elif manifest.is_file():
         m = json.loads(manifest.read_text())
         cfg, base = RunConfig.model_validate(m["config"]), Path(m.get("base_dir") or run_dir)
