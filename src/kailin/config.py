@@ -8,6 +8,7 @@ object. Pure pydantic: loading a config imports no torch.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer, model_validator
@@ -77,3 +78,23 @@ def from_options(cls: type[C], **options: Any) -> C:
             opt = f"{OPTION_NAMES.get(loc) or '--' + loc.replace('_', '-')}: " if loc else ""
             lines.append(f"{opt}{err['msg'].removeprefix('Value error, ')}")
         raise InputError("; ".join(lines)) from None
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file that holds a mapping (a run config, a settings file), read with the safe
+    loader; an :class:`InputError` naming the file for a missing file, a bad encoding, bad YAML
+    or another shape."""
+    import yaml
+
+    from kailin.io import read_text_strict
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such {what}")
+    try:
+        raw = yaml.safe_load(read_text_strict(path, what)) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: the {what} must be a mapping of keys to values")
+    return raw

@@ -175,17 +175,10 @@ def settings_command(cls: type[BaseModel], *, param: str = "settings",
 
 def read_settings_file(path: Path, cls: type[BaseModel], section: str | None) -> dict[str, Any]:
     """The settings in a YAML file (safe loader): the file itself, or its ``section``."""
-    import yaml
-
+    from kailin.config import read_yaml_mapping
     from kailin.errors import InputError
-    from kailin.io import read_text_strict
 
-    try:
-        raw = yaml.safe_load(read_text_strict(path, "settings file")) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"{path}: the settings must be a mapping of keys to values")
+    raw = read_yaml_mapping(path, "settings file")
     known = set(cls.model_fields) | set(getattr(cls, "renamed", {}).values())
     if section and isinstance(raw.get(section), dict) and section not in cls.model_fields:
         # a kailin run config: its section may hold keys of the run alone (enabled, generator)

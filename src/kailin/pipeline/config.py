@@ -21,7 +21,7 @@ from kailin.align.prefer import PreferConfig
 from kailin.align.score import MeshConfig
 from kailin.align.sft import GeneratorConfig
 from kailin.align.steering import SteeringConfig
-from kailin.config import StageConfig
+from kailin.config import StageConfig, read_yaml_mapping
 from kailin.corpus.config import CorpusConfig
 from kailin.dataset.answers import AnswerConfig
 from kailin.dataset.export import ExportStageConfig
@@ -30,7 +30,6 @@ from kailin.engine.executors.config import ExecutorConfig
 from kailin.errors import InputError
 from kailin.evaluate.pubmedqa_model import PubMedQAConfig
 from kailin.generate.questions import GenerationConfig
-from kailin.io import read_text_strict
 from kailin.retrieval import IndexConfig
 from kailin.retrieval.finetune import RetrieverConfig
 
@@ -129,14 +128,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()
     """Parse and validate a config file (safe YAML loader), with ``KEY=VALUE`` overrides
     (:func:`apply_overrides`); returns it and its folder."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such config file")
-    try:
-        raw = yaml.safe_load(read_text_strict(path, "config file")) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"{path}: the config must be a mapping of sections")
+    raw = read_yaml_mapping(path, "config file")
     apply_overrides(raw, overrides)
     try:
         cfg = RunConfig.model_validate(raw)
