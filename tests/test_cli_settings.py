@@ -161,3 +161,20 @@ def test_defaults_and_spellings_are_the_commands(monkeypatch: pytest.MonkeyPatch
     r = CliRunner().invoke(app, ["train", "sft", "pubmedqa", "--out", "o", "--lr", "-1"])
     assert isinstance(r.exception, InputError)  # (kailin's main: `error: ...`, rc 2)
     assert str(r.exception).startswith("--lr: ")
+
+
+def test_step_names_as_aliases(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One name per step where the contracts allow: the YAML takes `score:` and `prefer:` for
+    the `mesh` and `preferences` sections, `kailin train cpt` takes --cpt-steps (the downstream
+    section's name) for --max-steps."""
+    from kailin.pipeline.config import RunConfig
+
+    cfg = RunConfig.model_validate({"score": {"aggregate": "mean"},
+                                    "prefer": {"min_margin": 0.1}})
+    assert (cfg.mesh.aggregate, cfg.preferences.min_margin) == ("mean", 0.1)
+    with pytest.raises(ValueError, match="score and mesh name one section"):
+        RunConfig.model_validate({"score": {}, "mesh": {}})
+    seen = _capture(monkeypatch, "kailin.dataset.train", "train_cpt")
+    r = CliRunner().invoke(app, ["train", "cpt", "d", "--out", "o", "--cpt-steps", "7"])
+    assert r.exit_code == 0, r.output
+    assert seen["args"][2].max_steps == 7

@@ -86,6 +86,7 @@ def _help(f: Any, default: Any) -> str:
 def settings_command(cls: type[BaseModel], *, param: str = "settings",
                      defaults: BaseModel | None = None, names: dict[str, str] | None = None,
                      short: dict[str, str] | None = None, skip: tuple[str, ...] = (),
+                     aliases: dict[str, tuple[str, ...]] | None = None,
                      custom: dict[str, tuple[str, Callable[[Any], Any]]] | None = None,
                      adjust: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None
                      = None, section: str | None = None) -> Callable[[Callable], Callable]:
@@ -94,6 +95,7 @@ def settings_command(cls: type[BaseModel], *, param: str = "settings",
 
     ``defaults``: the command's defaults (an instance of ``cls``; default: the class's own).
     ``names``: option spellings that differ from the field's. ``short``: short flags.
+    ``aliases``: more spellings of a field's option (``--cpt-steps`` for ``--max-steps``).
     ``skip``: fields the command sets itself. ``custom``: fields set through one of the
     command's own parameters, with its own spelling or parsing: ``{field: (parameter,
     to_field)}`` (``lora``: ``("full", ...)`` for ``--full``), called when the parameter was
@@ -122,6 +124,7 @@ def settings_command(cls: type[BaseModel], *, param: str = "settings",
             decls = [option_name(name, names)]
             if short and name in short:
                 decls.append(short[name])
+            decls += list((aliases or {}).get(name, ()))
             inner, _ = _unwrap_optional(f.annotation)
             if inner is bool:
                 decls = [f"{decls[0]}/--no-{decls[0][2:]}", *decls[1:]]

@@ -11,6 +11,7 @@ file's folder unless absolute.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, ClassVar
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -55,6 +56,22 @@ class RunConfig(StageConfig):
     export: ExportStageConfig = Field(default_factory=ExportStageConfig)
     downstream: DownstreamConfig = Field(default_factory=DownstreamConfig)
     pubmedqa: PubMedQAConfig = Field(default_factory=PubMedQAConfig)
+
+    #: section names that are the step's name (``score``, ``prefer``) for the sections whose
+    #: YAML key stays as committed configs spell it (``mesh``, ``preferences``)
+    SECTION_ALIASES: ClassVar[dict[str, str]] = {"score": "mesh", "prefer": "preferences"}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _section_aliases(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            for alias, key in cls.SECTION_ALIASES.items():
+                if alias in data:
+                    if key in data:
+                        raise ValueError(f"{alias} and {key} name one section: give one")
+                    data[key] = data.pop(alias)
+        return data
 
     @field_validator("generators")
     @classmethod
