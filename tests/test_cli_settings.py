@@ -163,7 +163,7 @@ def test_defaults_and_spellings_are_the_commands(monkeypatch: pytest.MonkeyPatch
     assert str(r.exception).startswith("--lr: ")
 
 
-def test_step_names_as_aliases(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_step_names_as_aliases(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """One name per step where the contracts allow: the YAML takes `score:` and `prefer:` for
     the `mesh` and `preferences` sections, `kailin train cpt` takes --cpt-steps (the downstream
     section's name) for --max-steps."""
@@ -178,3 +178,8 @@ def test_step_names_as_aliases(monkeypatch: pytest.MonkeyPatch) -> None:
     r = CliRunner().invoke(app, ["train", "cpt", "d", "--out", "o", "--cpt-steps", "7"])
     assert r.exit_code == 0, r.output
     assert seen["args"][2].max_steps == 7
+    run = tmp_path / "run.yaml"  # the downstream section of a run config: cpt_steps
+    run.write_text("downstream:\n  cpt_steps: 9\n  controls: true\n")
+    r = CliRunner().invoke(app, ["train", "cpt", "d", "--out", "o", "--config", str(run)])
+    assert r.exit_code == 0, r.output
+    assert seen["args"][2].max_steps == 9

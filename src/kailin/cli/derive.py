@@ -89,7 +89,9 @@ def settings_command(cls: type[BaseModel], *, param: str = "settings",
                      aliases: dict[str, tuple[str, ...]] | None = None,
                      custom: dict[str, tuple[str, Callable[[Any], Any]]] | None = None,
                      adjust: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None
-                     = None, section: str | None = None) -> Callable[[Callable], Callable]:
+                     = None, section: str | None = None,
+                     section_renamed: dict[str, str] | None = None
+                     ) -> Callable[[Callable], Callable]:
     """Give the decorated command an option per field of ``cls`` and ``--config FILE``; it
     receives the validated settings object as ``param``.
 
@@ -102,7 +104,8 @@ def settings_command(cls: type[BaseModel], *, param: str = "settings",
     given (not None): its result is the field's value. ``adjust(values, given)``: a last say over the
     values, knowing which options were given (``--max-steps`` given replaces the default
     epochs). ``section``: in a ``kailin run`` YAML given to --config, the section to read (the
-    file may also be the section alone)."""
+    file may also be the section alone); ``section_renamed``: keys that section spells
+    otherwise (``cpt_steps`` for ``max_steps``)."""
     custom = custom or {}
 
     def decorate(fn: Callable) -> Callable:
@@ -152,7 +155,7 @@ def settings_command(cls: type[BaseModel], *, param: str = "settings",
             if base is not None:
                 values.update(base.model_dump(exclude_unset=False))
             if cfg_file is not None:
-                values.update(read_settings_file(cfg_file, cls, section))
+                values.update(read_settings_file(cfg_file, cls, section, section_renamed))
             explicit = {k: v for k, v in given.items() if v is not None}
             for name, (own_param, conv) in custom.items():
                 if kwargs.get(own_param) is not None:  # given on the line
@@ -176,8 +179,10 @@ def settings_command(cls: type[BaseModel], *, param: str = "settings",
     return decorate
 
 
-def read_settings_file(path: Path, cls: type[BaseModel], section: str | None) -> dict[str, Any]:
-    """The settings in a YAML file (safe loader): the file itself, or its ``section``."""
+def read_settings_file(path: Path, cls: type[BaseModel], section: str | None,
+                       renamed: dict[str, str] | None = None) -> dict[str, Any]:
+    """The settings in a YAML file (safe loader): the file itself, or its ``section`` (whose
+    keys ``renamed`` translates)."""
     from kailin.config import read_yaml_mapping
     from kailin.errors import InputError
 
@@ -185,7 +190,7 @@ def read_settings_file(path: Path, cls: type[BaseModel], section: str | None) ->
     known = set(cls.model_fields) | set(getattr(cls, "renamed", {}).values())
     if section and isinstance(raw.get(section), dict) and section not in cls.model_fields:
         # a kailin run config: its section may hold keys of the run alone (enabled, generator)
-        sec = raw[section]
+        sec = {(renamed or {}).get(k, k): v for k, v in raw[section].items()}
         dropped = sorted(set(sec) - known)
         if dropped:
             log.info("%s: %s section: %s are run settings, not %s's; left out", path, section,

@@ -28,7 +28,8 @@ _DATA_HELP = "A `kailin dataset export` directory, or a Parquet/JSONL file."
 @app.command("cpt")
 @settings_command(DownstreamTrainConfig, defaults=DownstreamTrainConfig.authors(),
                   custom={"lora": ("full", _no_lora), "packing": ("no_packing", _no_packing)},
-                  names=_NAMES, section="downstream")
+                  names=_NAMES, aliases={"max_steps": ("--cpt-steps",)}, section="downstream",
+                  section_renamed={"cpt_steps": "max_steps"})
 def cpt(
     data: Path = typer.Argument(..., help=_DATA_HELP + " Uses the cpt config (`text`)."),
     out: Path = typer.Option(..., "--out", help="Output directory (checkpoints/, model/)."),
