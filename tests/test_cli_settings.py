@@ -19,6 +19,7 @@ from kailin.align.sft import SFTConfig
 from kailin.cli.main import app
 from kailin.dataset.export import ExportConfig
 from kailin.dataset.train import DownstreamTrainConfig
+from kailin.generate.questions import GenerationConfig
 from kailin.errors import InputError
 from kailin.retrieval.finetune import FinetuneConfig
 
@@ -32,6 +33,7 @@ COMMANDS = {
     ("train", "answers"): DownstreamTrainConfig,
     ("index", "finetune"): FinetuneConfig,
     ("dataset", "export"): ExportConfig,
+    ("generate", "questions"): GenerationConfig,
 }
 #: options the commands had before they were derived, which must keep working
 KEPT = {
@@ -57,6 +59,13 @@ KEPT = {
                             "--mine-max-seq-length", "--max-records", "--holdout",
                             "--exclude-pmids", "--save-steps", "--device", "--bf16",
                             "--no-resume", "--quiet"],
+    ("generate", "questions"): ["--generator", "-g", "--out", "--mode", "--template",
+                                "--response-prefix", "--system", "--max-abstract-chars",
+                                "--max-new-tokens", "--temperature", "--top-p", "--seed",
+                                "--repetition-penalty", "--batch-size", "--device", "--dtype",
+                                "--threads", "--api-key-env", "--concurrency", "--timeout",
+                                "--max-retries", "--cache", "--no-cache", "--rows-per-shard",
+                                "--limit"],
     ("dataset", "export"): ["--corpus", "--formats", "--template-file", "--cpt-with-answer",
                             "--n-contexts", "--select", "--min-score", "--max-score",
                             "--require-grounded", "--decontaminate", "--no-decontaminate",

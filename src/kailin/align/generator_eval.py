@@ -225,10 +225,12 @@ def evaluate_generators(
     """
     from kailin.align.score import score_questions
     from kailin.engine.executors.local import LocalExecutor
-    from kailin.generate.prompts import PromptTemplate
-    from kailin.generate.questions import QuestionGenerationStage, question_stats
-    from kailin.llm.base import SamplingParams
-    from kailin.llm.spec import BackendOptions, parse_spec
+    from kailin.generate.questions import (
+        GenerationConfig,
+        QuestionGenerationStage,
+        question_stats,
+    )
+    from kailin.llm.spec import parse_spec
     from kailin.mesh.score import DEFAULT_SCORE_K
 
     work = Path(work_dir)
@@ -237,12 +239,10 @@ def evaluate_generators(
     gen_stats: dict[str, Any] = {}
     for tag, spec in (("before", before_spec), ("after", after_spec)):
         g = parse_spec(_generation_spec(spec), name=tag)
-        stage = QuestionGenerationStage(
-            [g], template=PromptTemplate(mode=mode),
-            params=SamplingParams(max_new_tokens=max_new_tokens),
-            options=BackendOptions(device=device, batch_size=batch_size),
-            cache_path=work / "llm_cache.sqlite",
-        )
+        stage = QuestionGenerationStage.from_config(
+            [g], GenerationConfig(mode=mode, max_new_tokens=max_new_tokens, device=device,
+                                  batch_size=batch_size, max_abstract_chars=None),
+            cache_path=work / "llm_cache.sqlite")
         qdir = work / f"questions_{tag}"
         LocalExecutor(rows_per_shard=64, progress=progress).run(stage, held, qdir)
         q = read_parquet(qdir)

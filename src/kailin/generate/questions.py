@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -111,6 +111,19 @@ class QuestionGenerationStage(Stage):
         self._templates: dict[str, PromptTemplate] = {}
         #: generator name -> (mode, why), filled on setup
         self.modes: dict[str, tuple[str, str]] = {}
+
+    @classmethod
+    def from_config(cls, generators: Sequence[GeneratorSpec | str], config: GenerationConfig,
+                    *, temperature: float | None = None, seed: int | None = None,
+                    max_new_tokens: int | None = None, **kwargs: Any
+                    ) -> QuestionGenerationStage:
+        """The stage with the settings of a :class:`GenerationConfig` (what ``kailin generate
+        questions``, the pipeline's questions step and the generator evaluation build);
+        ``temperature``/``seed``/``max_new_tokens`` override its decoding (a generator's own,
+        a policy's samples)."""
+        return cls(list(generators), template=config.template_obj(),
+                   params=config.sampling(temperature, seed, max_new_tokens),
+                   options=config.backend_options(), **kwargs)
 
     def template_for(self, name: str) -> PromptTemplate:
         """The concrete (raw or chat) template of generator ``name``."""
@@ -365,6 +378,14 @@ def accepted(table: pa.Table) -> pa.Table:
 
 
 class GenerationConfig(StageConfig):
+    """How the generators write questions (prompt, decoding, backend options): the
+    ``generation`` section of ``kailin run`` and the options of ``kailin generate questions``;
+    :meth:`QuestionGenerationStage.from_config` builds the question stage from it."""
+
+    added_fields: ClassVar[tuple[str, ...]] = (
+        "system", "repetition_penalty", "device", "api_key_env", "concurrency", "timeout",
+        "max_retries")
+
     max_new_tokens: int = Field(48, ge=1)
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -383,3 +404,30 @@ class GenerationConfig(StageConfig):
         "auto", description="weights and activations of local (transformers) generators; "
         "auto: bfloat16 on GPU, float32 on CPU. bfloat16 is ~2x faster on CPUs with AVX512-BF16 "
         "or AMX (docs/llm.md), with greedy text that can differ from float32's")
+    system: str | None = Field(None, description="system message (chat mode)")
+    repetition_penalty: float = Field(1.0, gt=0, description="1.0 = none")
+    device: str = Field("auto", description="local generators: auto, cpu, cuda, cuda:N")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the "
+                             "API key of openai: generators")
+    concurrency: int = Field(8, ge=1, description="openai: HTTP requests in flight")
+    timeout: float = Field(120.0, gt=0, description="openai: seconds per HTTP request")
+    max_retries: int = Field(5, ge=0, description="openai: retries on 429/5xx/timeouts")
+
+    def template_obj(self) -> PromptTemplate:
+        return PromptTemplate(**({"template": self.template} if self.template else {}),
+                              mode=self.mode, system=self.system,
+                              response_prefix=self.response_prefix,
+                              max_abstract_chars=self.max_abstract_chars)
+
+    def sampling(self, temperature: float | None = None, seed: int | None = None,
+                 max_new_tokens: int | None = None) -> SamplingParams:
+        return SamplingParams(max_new_tokens=max_new_tokens or self.max_new_tokens,
+                              temperature=self.temperature if temperature is None else temperature,
+                              top_p=self.top_p, seed=self.seed if seed is None else seed,
+                              repetition_penalty=self.repetition_penalty)
+
+    def backend_options(self) -> BackendOptions:
+        return BackendOptions(device=self.device, dtype=self.dtype, batch_size=self.batch_size,
+                              threads=self.threads, api_key_env=self.api_key_env,
+                              concurrency=self.concurrency, timeout=self.timeout,
+                              max_retries=self.max_retries)

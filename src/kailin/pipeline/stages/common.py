@@ -116,26 +116,17 @@ def question_stage(ctx: RunContext, gen_name: str, model: str, label: str | None
     has its own actor pool on Ray and its own decoding settings). ``label`` names the rows'
     ``generator`` (default: the generator's name); ``temperature``/``seed``/``max_new_tokens``
     override its decoding (the steering rounds sample from a policy)."""
-    from kailin.generate.prompts import PromptTemplate
     from kailin.generate.questions import QuestionGenerationStage
-    from kailin.llm.base import SamplingParams
-    from kailin.llm.spec import BackendOptions
 
     gcfg = ctx.cfg.generation
     g = next(g for g in ctx.cfg.generators if g.name == gen_name)
-    tmpl = PromptTemplate(**({"template": gcfg.template} if gcfg.template else {}),
-                          mode=gcfg.mode, response_prefix=gcfg.response_prefix,
-                          max_abstract_chars=gcfg.max_abstract_chars)
     if temperature is None:
-        temperature = gcfg.temperature if g.temperature is None else g.temperature
+        temperature = g.temperature  # None: generation.temperature
     if seed is None:
-        seed = gcfg.seed if g.seed is None else g.seed
-    params = SamplingParams(max_new_tokens=max_new_tokens or gcfg.max_new_tokens,
-                            temperature=temperature,
-                            top_p=gcfg.top_p, seed=seed)
-    opts = BackendOptions(batch_size=gcfg.batch_size, threads=gcfg.threads, dtype=gcfg.dtype)
-    return QuestionGenerationStage([f"{label or gen_name}={model}"], template=tmpl, params=params,
-                                   options=opts, cache_path=ctx.path("cache", "llm.sqlite"))
+        seed = g.seed
+    return QuestionGenerationStage.from_config(
+        [f"{label or gen_name}={model}"], gcfg, temperature=temperature, seed=seed,
+        max_new_tokens=max_new_tokens, cache_path=ctx.path("cache", "llm.sqlite"))
 
 
 def question_key(ctx: RunContext, gen_name: str, model_stage: str | None = None) -> str:
