@@ -172,6 +172,7 @@ def check_page(doc: str) -> None:
     assert "Breast Neoplasms" in ptext and "Lung Neoplasms" in ptext and "Humans" in ptext
     assert f'<mark><span title="{NEOPLASMS}">Neoplasms</span></mark>' in pairs
     assert f'<mark><span title="{BREAST}">' not in pairs  # not the source's: not shared
+    assert f'<mark><span title="{HUMANS}">' not in pairs  # the source's, in no context
     assert "MeSH (1 of 2 shared): Neoplasms, Breast Neoplasms" in ptext
     assert "MeSH: " + "," not in ptext and "MeSH (0 of 0 shared)" not in ptext
     # the other sections

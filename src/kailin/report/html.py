@@ -97,7 +97,8 @@ def _cut(text: Any, n: int) -> str:
 def _table(elem_id: str, head: list[str], rows: list[list[str]]) -> str:
     """``rows`` are cells of HTML already escaped."""
     ident = f' id="{elem_id}"' if elem_id else ""
-    return (f"<table{ident}><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"
+    header = ("<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>") if any(head) else ""
+    return (f"<table{ident}>{header}"
             + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
             + "</table>")
 
@@ -320,6 +321,9 @@ def _pairs(run: RunFolder, n: int, seed: int) -> str:
         src = docs.get(int(r["pmid"]), {})
         src_uis = list(src.get("mesh_uis") or [])
         src_mesh = set(src_uis)
+        in_contexts = {u for role in ("chosen", "rejected")
+                       for cp in ctx.get((int(r["pmid"]), r[role]), {}).get("context_pmids") or []
+                       for u in (docs.get(int(cp)) or {}).get("mesh_uis") or []}
         sides = []
         for role in ("chosen", "rejected"):
             q = r[role]
@@ -340,14 +344,16 @@ def _pairs(run: RunFolder, n: int, seed: int) -> str:
                 + ("".join(lines) or '<div class="note">contexts not available</div>') + "</div>")
         out.append(f'<div class="pair"><div class="abs"><b>PMID {_e(r["pmid"])}</b> '
                    f"{_e(src.get('title'))}<br>{_e(_cut(src.get('abstract'), 1200))}<br>"
-                   f'<span class="mesh">MeSH: {_mesh_line(src_uis, names, src_mesh)}</span></div>'
+                   f'<span class="mesh">MeSH: {_mesh_line(src_uis, names, in_contexts)}</span>'
+                   "</div>"
                    + "".join(sides) + "</div>")
     return (_read("each box is one abstract (top) with the two questions the preference stage "
                   "compared: the chosen one (green, higher document score) and the rejected "
                   "one (red). Under each question are the abstracts the retriever returned for "
                   "it, with their MeSH descriptors; the highlighted descriptors are the ones "
-                  "they share with the source abstract. The question whose contexts share more "
-                  "(and more specific) descriptors with the source wins.")
+                  "they share with the source abstract (in the source's list: those found in "
+                  "any context). The question whose contexts share more (and more specific) "
+                  "descriptors with the source wins.")
             + f'<div id="pairs">{"".join(out)}</div>')
 
 

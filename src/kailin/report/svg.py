@@ -182,6 +182,6 @@ def interval_svg(rows: Sequence[tuple[str, float | None, float | None, float | N
             out.append(f'<line x1="{x(a):.1f}" x2="{x(b):.1f}" y1="{cy:.1f}" y2="{cy:.1f}" '
                        'stroke="#1f77b4" stroke-width="2"/>')
         out.append(f'<circle cx="{x(v):.1f}" cy="{cy:.1f}" r="4" fill="#1f77b4"/>')
-    out += _axes(left, top_pad, pw, ph, nice_ticks(lo, hi, 6), x, [], lambda t: t, xlabel, "")
+    out += _axes(left, top_pad, pw, ph, nice_ticks(lo, hi, 7), x, [], lambda t: t, xlabel, "")
     out.append("</svg>")
     return "".join(out)
