@@ -233,31 +233,39 @@ def _answers(run: RunFolder) -> str:
 
 
 # --- questions --------------------------------------------------------------------------------
+def _question_tally(path: Path) -> list[tuple[str, str | None, int, int, str | None]] | None:
+    """(generator, reject_reason, questions, the generator's questions, an example raw text of
+    a rejected one) from a questions folder, tallied by DuckDB (bounded memory)."""
+    import duckdb
+
+    from kailin.io import register_parquet
+
+    con = duckdb.connect()
+    try:
+        cols = register_parquet(con, "q", path)
+    except FileNotFoundError:
+        return None
+    if "reject_reason" not in cols:
+        return None
+    gen = "cast(generator as varchar)" if "generator" in cols else "'?'"
+    raw = "raw" if "raw" in cols else "null"
+    return con.sql(
+        f"select g, reject_reason, n, sum(n) over (partition by g), example from ("
+        f"select {gen} as g, reject_reason, count(*) as n, "
+        f"min({raw}) filter (where reject_reason is not null and {raw} <> '') as example "
+        "from q group by all) order by g, reject_reason is not null, n desc, "
+        "reject_reason").fetchall()
+
+
 def _questions(run: RunFolder) -> str:
-    parts = []
-    for rel, label in (("questions", None), ("policy/questions", "policy")):
-        t = run.table(rel, ["generator", "reject_reason", "raw", "pmid"])
-        if t is not None and "reject_reason" in t.column_names:
-            parts.append((label, t))
-    if not parts:
-        return _note(off_note(run, "questions", "questions/"))
     rows = []
-    for _, t in parts:
-        gens = [str(g) for g in (t["generator"].to_pylist() if "generator" in t.column_names
-                                 else ["?"] * t.num_rows)]
-        raws = t["raw"].to_pylist() if "raw" in t.column_names else [None] * t.num_rows
-        per_gen = Counter(gens)
-        seen: dict[tuple[str, str | None], list[Any]] = {}
-        for g, r, raw in zip(gens, t["reject_reason"].to_pylist(), raws, strict=True):
-            n_ex = seen.setdefault((g, r), [0, None])
-            n_ex[0] += 1
-            if r is not None and n_ex[1] is None and raw:
-                n_ex[1] = raw
-        for (g, r), (n, ex) in sorted(seen.items(),
-                                      key=lambda x: (x[0][0], x[0][1] is not None, -x[1][0])):
+    for rel in ("questions", "policy/questions"):
+        for g, r, n, total, ex in _question_tally(run.root / rel) or []:
             rows.append([_e(g), "<b>accepted</b>" if r is None else _e(r), _fmt(n),
-                         f"{num(100 * n / per_gen[g], 0)}%",
+                         f"{num(100 * n / total, 0)}%" if total else "–",
                          "" if ex is None else _e(_cut(ex, 220))])
+    if not rows:
+        return _note(off_note(run, "questions", "questions/"))
     return (_table("questions_table", ["generator", "verdict", "questions", "share",
                                        "example of the model's raw text"], rows)
             + _read("one row per generator and extractor verdict: <i>accepted</i> questions go on "
