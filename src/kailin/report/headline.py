@@ -152,9 +152,14 @@ def pubmedqa_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
     no ``ci``), n and the predicted label counts."""
     models = list(rep.get("models") or [t for t in ("before", "after") if rep.get(t)])
     cis = rep.get("ci") or {}
+    settings = list(dict.fromkeys(s for tag in models
+                                  for s in ((rep.get(tag) or {}).get("settings") or {})))
     rows = []
-    for tag in models:
-        for s, v in ((rep.get(tag) or {}).get("settings") or {}).items():
+    for s in settings:  # grouped by setting, the models in the report's order
+        for tag in models:
+            v = ((rep.get(tag) or {}).get("settings") or {}).get(s)
+            if v is None:
+                continue
             c = ((cis.get(s) or {}).get("models") or {}).get(tag) or {}
             acc, f1 = c.get("accuracy") or {}, c.get("macro_f1") or {}
             rows.append({"setting": s, "model": tag, "n": v.get("n"),
