@@ -203,7 +203,7 @@ def test_report_is_self_contained_and_has_every_section(tmp_path: Path) -> None:
                  'id="pubmedqa_table"', 'id="pairs"', 'id="headline"', 'id="raw"'):
         assert elem in doc
     check_page(doc)
-    assert doc.count('class="pair"') == 20
+    assert doc.count('class="pair"') == 20 and 'href="export/README.md"' in doc
     assert "&lt;b&gt;" in doc and "<b>100</b>" not in doc  # texts are escaped
     assert not re.search(r"(src|href)=[\"']?(https?:)?//", doc)  # nothing fetched: offline
     assert "<script" not in doc
@@ -212,6 +212,7 @@ def test_report_is_self_contained_and_has_every_section(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     lines = res.output.strip().splitlines()
     assert lines[-1] == f"report: {tmp_path / 'r.html'}"
+    assert 'href="run/export/README.md"' in (tmp_path / "r.html").read_text()  # from --out
     out = " ".join(lines)
     assert f"{pqa_ci('reasoning_required', 'before')} → {pqa_ci('reasoning_required', 'after')}" \
         in out and "AUC 0.71 [0.66, 0.76]" in out and "3 records" in out

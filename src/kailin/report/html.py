@@ -123,7 +123,7 @@ def _headline_html(run: RunFolder, items: list[Headline]) -> str:
 
 
 # --- dataset ----------------------------------------------------------------------------------
-def _dataset(run: RunFolder, seed: int, n: int = 5) -> str:
+def _dataset(run: RunFolder, seed: int, card_href: str, n: int = 5) -> str:
     exp = run.json("export/export.json")
     if not exp or (run.manifest and run.stage_off("export")):
         return _note(off_note(run, "export", "export/export.json"))
@@ -145,7 +145,7 @@ def _dataset(run: RunFolder, seed: int, n: int = 5) -> str:
         if exp.get(k):
             rows.append([k, _e(", ".join(f"{a}: {b}" for a, b in exp[k].items()))])
     out = [f'<p>The dataset is in <code>{_e(run.root / "export")}</code>; its card: '
-           '<a href="export/README.md">export/README.md</a>.</p>',
+           f'<a href="{_e(card_href)}">export/README.md</a>.</p>',
            _table("dataset_counts", ["", ""], rows)]
     tri = run.table("export/triples")
     if tri is not None and tri.num_rows:
@@ -581,8 +581,11 @@ def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
 
     run = RunFolder(Path(run_dir))
     items = items if items is not None else headline(run)
+    path = Path(out) if out is not None else run.root / REPORT_NAME
+    card = Path(os.path.relpath(run.root.resolve() / "export" / "README.md",
+                                path.resolve().parent)).as_posix()
     sections = [
-        ("dataset", "The dataset", _dataset(run, seed)),
+        ("dataset", "The dataset", _dataset(run, seed, card)),
         ("answers", "Answers and their grounding", _answers(run)),
         ("questions", "Questions: accepted and rejected", _questions(run)),
         ("preferences", "Preference pairs", _pairs_section(run, n_pairs, seed)),
@@ -598,7 +601,6 @@ def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | 
            f"{_e(run.root.name)}: what it produced and whether it is any good</h1>"
            f"{_headline_html(run, items)}<nav>{nav}</nav>{body}"
            f"<h2>Raw report files</h2>{_raw_dump(run)}</body></html>")
-    path = Path(out) if out is not None else run.root / REPORT_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, doc)
     return path
