@@ -236,6 +236,11 @@ def test_report_of_an_empty_run_says_what_is_missing(tmp_path: Path) -> None:
                 "reports/signal_selfcheck.json", "reports/steering.json"):
         assert f"not run in this config (no {rel} in the run folder)" in text
     assert histogram_svg([], []) == '<p class="note">no scores</p>'
+    # a run still going (kailin run writes its manifest with status running first)
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps({"status": "running",
+                                                                "stages": {}}))
+    text = text_of(build_report(tmp_path / "run").read_text())
+    assert "not run yet: the run is still going (no reports/pubmedqa.json so far)" in text
 
 
 def test_report_says_which_stages_this_config_turned_off(tmp_path: Path) -> None:

@@ -56,8 +56,12 @@ VERDICT_WORDS = {"good": "CI above 0", "bad": "CI below 0", "neutral": "CI spans
 
 
 def off_note(run: RunFolder, stage: str, rel: str) -> str:
+    """Why a part of the report is empty: the stage is off, the run has not got there yet, or
+    its file is missing."""
     if run.stage_off(stage):
         return f"not run in this config (the {stage} stage is off)"
+    if (run.manifest or {}).get("status") == "running" and run.stage_status(stage) != "done":
+        return f"not run yet: the run is still going (no {rel} so far)"
     return f"not run in this config (no {rel} in the run folder)"
 
 
