@@ -33,6 +33,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from kailin.report.headline import (
     DOWNSTREAM_ARMS,
     VERDICT_WORDS,
@@ -103,6 +105,12 @@ def _table(elem_id: str, head: list[str], rows: list[list[str]]) -> str:
             + "</table>")
 
 
+def _sample(t: pa.Table, n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` random rows of ``t`` (seeded), in table order; only they become Python objects."""
+    idx = sorted(random.Random(seed).sample(range(t.num_rows), min(n, t.num_rows)))
+    return t.take(pa.array(idx, pa.int64())).to_pylist()
+
+
 # --- headline ---------------------------------------------------------------------------------
 def _headline_html(run: RunFolder, items: list[Headline]) -> str:
     m = run.manifest or {}
@@ -149,10 +157,9 @@ def _dataset(run: RunFolder, seed: int, card_href: str, n: int = 5) -> str:
            _table("dataset_counts", ["", ""], rows)]
     tri = run.table("export/triples")
     if tri is not None and tri.num_rows:
-        recs = tri.to_pylist()
-        pick = random.Random(seed).sample(recs, min(n, len(recs)))
+        pick = _sample(tri, n, seed)
         src = run.records([r["pmid"] for r in pick], ["title"])
-        out.append(f"<h3>{len(pick)} random records of {len(recs)} (QA triples)</h3>")
+        out.append(f"<h3>{len(pick)} random records of {tri.num_rows} (QA triples)</h3>")
         for r in pick:
             g = r.get("grounded")
             gv = ('<span class="ok">grounded</span>' if g else '<span class="ko">not grounded'
@@ -171,9 +178,8 @@ def _dataset(run: RunFolder, seed: int, card_href: str, n: int = 5) -> str:
         return "".join(out)
     cpt = run.table("export/cpt")
     if cpt is not None and cpt.num_rows:
-        recs = cpt.to_pylist()
-        pick = random.Random(seed).sample(recs, min(n, len(recs)))
-        out.append(f"<h3>{len(pick)} random records of {len(recs)} (CPT text; no answers in "
+        pick = _sample(cpt, n, seed)
+        out.append(f"<h3>{len(pick)} random records of {cpt.num_rows} (CPT text; no answers in "
                    "this config)</h3>")
         out += [f'<div class="record"><b>PMID {_e(r["pmid"])}</b><br>{_e(_cut(r["text"], 1500))}'
                 "</div>" for r in pick]
@@ -307,13 +313,11 @@ def _pairs(run: RunFolder, n: int, seed: int) -> str:
     prefs = run.table("preferences/data/train.parquet")
     if prefs is None or prefs.num_rows == 0:
         return _note("no preference pairs")
-    rows = prefs.to_pylist()
-    pick = random.Random(seed).sample(rows, min(n, len(rows)))
+    pick = _sample(prefs, n, seed)
     pmids = {int(r["pmid"]) for r in pick}
     ctx: dict[tuple[int, str], dict] = {}
     scores = run.table("scores", ["pmid", "question", "context_pmids", "context_titles"])
     if scores is not None and "context_pmids" in scores.column_names:
-        import pyarrow as pa
         import pyarrow.compute as pc
 
         sub = scores.filter(pc.is_in(scores["pmid"].cast(pa.int64()),
