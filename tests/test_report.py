@@ -173,8 +173,10 @@ def check_page(doc: str) -> None:
     assert f'<mark><span title="{NEOPLASMS}">Neoplasms</span></mark>' in pairs
     assert f'<mark><span title="{BREAST}">' not in pairs  # not the source's: not shared
     assert f'<mark><span title="{HUMANS}">' not in pairs  # the source's, in no context
-    assert "MeSH (1 of 2 shared): Neoplasms, Breast Neoplasms" in ptext
-    assert "MeSH: " + "," not in ptext and "MeSH (0 of 0 shared)" not in ptext
+    assert "MeSH (1 of 2 shared): Neoplasms; Breast Neoplasms" in ptext
+    # no empty MeSH line (the source's or a context's)
+    assert not re.search(r"MeSH: (chosen|rejected|PMID|$)", ptext)
+    assert "MeSH (0 of 0 shared)" not in ptext
     # the other sections
     assert "It works in most patients." in text_of(element(doc, "sec-dataset"))
     q = text_of(element(doc, "questions_table"))

@@ -306,7 +306,7 @@ def _mesh_line(uis: list[str], names: dict[str, str], shared: set[str]) -> str:
         text = f'<span title="{_e(u)}">{_e(names.get(u, u))}</span>'
         return f"<mark>{text}</mark>" if u in shared else text
 
-    return ", ".join(one(u) for u in uis) or '<span class="note">none in the corpus</span>'
+    return "; ".join(one(u) for u in uis) or '<span class="note">none in the corpus</span>'
 
 
 def _pairs(run: RunFolder, n: int, seed: int) -> str:
@@ -388,7 +388,8 @@ def _pairs_section(run: RunFolder, n: int, seed: int) -> str:
             + _read("how many abstracts survive each filter of the preference stage (ties, "
                     "margins, bands) before becoming a chosen/rejected pair.")
             + "<h3>Scores</h3>" + hist
-            + f"<h3>{min(n, prefs.num_rows if prefs is not None else 0)} random pairs</h3>"
+            + f"<h3>Random pairs ({min(n, prefs.num_rows if prefs is not None else 0)} of "
+              f"{prefs.num_rows if prefs is not None else 0})</h3>"
             + _pairs(run, n, seed))
 
 
