@@ -165,7 +165,7 @@ def check_page(doc: str) -> None:
     c = STEERING["contrasts"]["dpo_vs_base"]
     assert f"{c['delta']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]" in head
     assert "AUC 0.71 [0.66, 0.76]" in head and "-0.0001 [-0.0022, +0.0022]" in head
-    assert "3 records" in head and "2 of 3" in head
+    assert "3 records" in head and "2 of 3" in head and "30 pairs" in head
     # the pairs: contexts' MeSH by name, looked up in the corpus; the shared ones highlighted
     pairs = element(doc, "pairs")
     ptext = text_of(pairs)
@@ -235,6 +235,7 @@ def test_report_of_an_empty_run_says_what_is_missing(tmp_path: Path) -> None:
     text = text_of(doc)
     assert "no manifest.json" in doc and "no preference pairs" in doc
     for rel in ("export/export.json", "answers/", "questions/", "reports/pubmedqa.json",
+                "preferences/prefer_stats.json",
                 "reports/signal_selfcheck.json", "reports/steering.json"):
         assert f"not run in this config (no {rel} in the run folder)" in text
     assert histogram_svg([], []) == '<p class="note">no scores</p>'

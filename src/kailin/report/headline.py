@@ -100,6 +100,18 @@ def _answers(run: RunFolder) -> list[Headline]:
                      f"({g.get('method')})", "good" if rate and rate >= 0.5 else "bad")]
 
 
+def _pairs(run: RunFolder) -> list[Headline]:
+    st = run.json("preferences/prefer_stats.json")
+    if not st or run.stage_off("prefer"):
+        return [Headline("pairs", "Preference pairs", "none",
+                         off_note(run, "prefer", "preferences/prefer_stats.json"), "off")]
+    kept = st.get("kept") or 0
+    return [Headline("pairs", "Preference pairs", f"{kept} pairs",
+                     f"chosen vs rejected question for {kept} of {st.get('pmids', '–')} "
+                     f"abstracts with questions, in {run.root / 'preferences'}",
+                     "neutral" if kept else "bad")]
+
+
 def _signal(run: RunFolder) -> list[Headline]:
     s = run.report("signal_selfcheck.json")
     if not s:
@@ -210,7 +222,8 @@ def _pubmedqa(run: RunFolder) -> list[Headline]:
 
 def headline(run: RunFolder) -> list[Headline]:
     """The headline numbers of a run, in reading order."""
-    return [*_dataset(run), *_answers(run), *_signal(run), *_steering(run), *_pubmedqa(run)]
+    return [*_dataset(run), *_answers(run), *_pairs(run), *_signal(run), *_steering(run),
+            *_pubmedqa(run)]
 
 
 def headline_text(run: RunFolder, items: list[Headline] | None = None) -> str:
