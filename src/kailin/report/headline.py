@@ -106,7 +106,7 @@ def _pairs(run: RunFolder) -> list[Headline]:
         return [Headline("pairs", "Preference pairs", "none",
                          off_note(run, "prefer", "preferences/prefer_stats.json"), "off")]
     kept = st.get("kept") or 0
-    return [Headline("pairs", "Preference pairs", f"{kept} pairs",
+    return [Headline("pairs", "Preference pairs", f"{kept} pair{'' if kept == 1 else 's'}",
                      f"chosen vs rejected question for {kept} of {st.get('pmids', '–')} "
                      f"abstracts with questions, in {run.root / 'preferences'}",
                      "neutral" if kept else "bad")]
