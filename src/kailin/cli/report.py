@@ -13,13 +13,20 @@ def report(
     pairs: int = typer.Option(20, "--pairs", help="Random preference pairs to show."),
     seed: int = typer.Option(0, "--seed", help="Seed of the pair sample."),
 ) -> None:
-    """Stage table, preference funnel, score distributions, self-check, pairs, reports."""
+    """The headline (what the run produced, is it any good) to the terminal, and the HTML
+    report: headline, dataset, answers, questions, pairs, steering, signal, PubMedQA, stages."""
     from kailin.errors import InputError
+    from kailin.report.headline import headline, headline_text
     from kailin.report.html import build_report
+    from kailin.report.run_folder import RunFolder
 
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: no such run folder")
-    typer.echo(str(build_report(run_dir, out, n_pairs=pairs, seed=seed)))
+    run = RunFolder(run_dir)
+    items = headline(run)
+    path = build_report(run_dir, out, n_pairs=pairs, seed=seed, items=items)
+    typer.echo(headline_text(run, items))
+    typer.echo(f"report: {path}")
 
 
 def results(

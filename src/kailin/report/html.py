@@ -1,24 +1,55 @@
 """One self-contained, offline HTML report of a run directory (no CDN, no script, inline SVG).
 
-Sections, each skipped with a note when its inputs are absent: the stage table
-(``manifest.json``), the preference funnel (``preferences/prefer_stats.json``), chosen vs rejected
-score distributions (``preferences/data/train.parquet``), the signal self-check
-(``reports/signal_selfcheck.json``), ``n_pairs`` random pairs side by side (abstract, both
-questions, their retrieved contexts with the MeSH descriptors they share with the source
-highlighted, scores), and the PubMedQA and generator reports with their confidence intervals.
+The first screen is the headline (:mod:`kailin.report.headline`): what the run produced, how
+much and where, whether the document score is informative on this corpus, whether steering
+moved it, and PubMedQA before and after, each with its 95% CI. Then one section per part of the
+run, each saying "not run in this config" when its stage is off or its file missing:
+
+* the dataset (``export/export.json``, a sample of records: question, contexts, answer and its
+  grounding);
+* the answers and their grounding (``answers/``), with the grounding-score distribution;
+* the questions, accepted and rejected by reason (``questions/``, ``policy/questions``);
+* the preference pairs: the funnel (``preferences/prefer_stats.json``), chosen vs rejected
+  scores, and ``n_pairs`` random pairs side by side with both questions and their retrieved
+  contexts, each context's MeSH descriptors by name (looked up in the run's corpus and the
+  MeSH vocabulary) and those it shares with the source abstract highlighted;
+* the generator before vs after DPO (``reports/generator.json``) and the steering experiment
+  (``reports/steering.json``);
+* the signal self-check (``reports/signal_selfcheck.json``);
+* PubMedQA (``reports/pubmedqa.json``: every model and setting with bootstrap CIs, the paired
+  contrasts);
+* the stage table (``manifest.json``), and at the end every report file flattened, folded.
+
+Every plot has labelled axes and a sentence on how to read it.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from kailin.report import stage_is_off
+import pyarrow as pa
+
+from kailin.report.headline import (
+    DOWNSTREAM_ARMS,
+    VERDICT_WORDS,
+    Headline,
+    ci_verdict,
+    headline,
+    num,
+    off_note,
+    pubmedqa_rows,
+    with_ci,
+)
+from kailin.report.run_folder import RunFolder
+from kailin.report.svg import histogram_svg, interval_svg
+
+__all__ = ["REPORT_NAME", "build_report", "histogram_svg", "interval_svg"]
 
 REPORT_NAME = "report.html"
 
@@ -26,22 +57,24 @@ _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
 text-align:left;vertical-align:top;font-size:13px}th{background:#f3f3f3}
+.headline{display:grid;grid-template-columns:repeat(auto-fill,minmax(270px,1fr));gap:.7em}
+.card{border:1px solid #ccc;border-left:6px solid #999;padding:.5em .7em;border-radius:4px}
+.card.good{border-left-color:#2a9d2a}.card.bad{border-left-color:#c83232}
+.card.neutral{border-left-color:#d0a020}.card.off{border-left-color:#bbb;color:#777}
+.card .label{font-size:12px;text-transform:uppercase;color:#555}
+.card .value{font-size:20px;font-weight:600;margin:.15em 0}.card .detail{font-size:12px}
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:1em;border:1px solid #ddd;padding:.8em;
 margin:1em 0}.abs{grid-column:1/3;font-size:13px;color:#333}.chosen{background:#eef8ee}
 .rejected{background:#fbeeee}.side{padding:.5em}mark{background:#ffe28a}.note{color:#888}
-.ctx{font-size:12px;margin:.2em 0}
+.ctx{font-size:12px;margin:.3em 0}.mesh{color:#444}.read{font-size:13px;color:#444;
+max-width:900px}.record{border:1px solid #ddd;padding:.6em;margin:.8em 0;font-size:13px}
+.ok{color:#2a9d2a;font-weight:600}.ko{color:#c83232;font-weight:600}
+nav a{margin-right:1em;font-size:13px}details{margin:1em 0}summary{cursor:pointer}
 """
 
 
 def _e(x: Any) -> str:
     return html.escape("" if x is None else str(x))
-
-
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _fmt(v: Any) -> str:
@@ -50,38 +83,216 @@ def _fmt(v: Any) -> str:
     return _e(v)
 
 
-def _stage_table(manifest: dict | None) -> str:
-    if not manifest or not manifest.get("stages"):
-        return '<p class="note">no manifest.json with stages</p>'
+def _note(text: str) -> str:
+    return f'<p class="note">{_e(text)}</p>'
+
+
+def _read(text: str) -> str:
+    return f'<p class="read"><b>How to read:</b> {text}</p>'
+
+
+def _cut(text: Any, n: int) -> str:
+    s = "" if text is None else str(text)
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _table(elem_id: str, head: list[str], rows: list[list[str]]) -> str:
+    """``rows`` are cells of HTML already escaped."""
+    ident = f' id="{elem_id}"' if elem_id else ""
+    header = ("<tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>") if any(head) else ""
+    return (f"<table{ident}>{header}"
+            + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+            + "</table>")
+
+
+def _sample(t: pa.Table, n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` random rows of ``t`` (seeded), in table order; only they become Python objects."""
+    idx = sorted(random.Random(seed).sample(range(t.num_rows), min(n, t.num_rows)))
+    return t.take(pa.array(idx, pa.int64())).to_pylist()
+
+
+# --- headline ---------------------------------------------------------------------------------
+def _headline_html(run: RunFolder, items: list[Headline]) -> str:
+    m = run.manifest or {}
+    status = m.get("status", "no manifest.json")
+    when = m.get("finished") or m.get("started") or ""
+    secs = f", {num(m.get('seconds'), 0)} s" if m.get("seconds") is not None else ""
+    cards = "".join(
+        f'<div class="card {_e(h.verdict)}" data-key="{_e(h.key)}"><div class="label">'
+        f'{_e(h.label)}</div><div class="value">{_e(h.value)}</div><div class="detail">'
+        f"{_e(h.detail)}</div></div>" for h in items)
+    return (f'<p>Run <code>{_e(run.root)}</code>: <b>{_e(status)}</b> {_e(when)}{_e(secs)}.</p>'
+            f'<div id="headline" class="headline">{cards}</div>'
+            + _read("each card is one number the run measured, with its 95% confidence interval "
+                    "in brackets. Green: the check passed or the interval lies above zero; red: "
+                    "it failed or lies below zero; amber: measured, but the interval spans zero "
+                    "(no detectable effect at this sample size); grey: not run in this config. "
+                    "The sections below hold the detail behind each card."))
+
+
+# --- dataset ----------------------------------------------------------------------------------
+def _dataset(run: RunFolder, seed: int, card_href: str, n: int = 5) -> str:
+    exp = run.json("export/export.json")
+    if not exp or (run.manifest and run.stage_off("export")):
+        return _note(off_note(run, "export", "export/export.json"))
+    splits = exp.get("splits") or {}
+    dec = exp.get("decontamination") or {}
+    rows = [["records", _fmt(exp.get("records"))],
+            ["input rows (scored questions or answers)", _fmt(exp.get("input_rows"))],
+            ["source abstracts", _fmt(exp.get("distinct_source_pmids"))],
+            ["context abstracts", _fmt(exp.get("distinct_context_pmids"))]]
+    rows += [[f"{_e(k)} rows", f"{_fmt(v.get('rows'))} (<code>export/{_e(k)}/train.parquet"
+              "</code>, <code>.jsonl</code>)"] for k, v in splits.items()]
+    rows += [[_e(k.replace("_", " ")), _fmt(v)] for k, v in exp.items()
+             if k.startswith("dropped_") and v]
+    if dec.get("enabled"):
+        rows.append(["PubMedQA test rows excluded (source / context PMID)",
+                     f"{_fmt(dec.get('rows_excluded_source_pmid'))} / "
+                     f"{_fmt(dec.get('rows_excluded_context_pmid'))}"])
+    for k in ("generators", "teachers", "decisions"):
+        if exp.get(k):
+            rows.append([k, _e(", ".join(f"{a}: {b}" for a, b in exp[k].items()))])
+    out = [f'<p>The dataset is in <code>{_e(run.root / "export")}</code>; its card: '
+           f'<a href="{_e(card_href)}">export/README.md</a>.</p>',
+           _table("dataset_counts", ["", ""], rows)]
+    tri = run.table("export/triples")
+    if tri is not None and tri.num_rows:
+        pick = _sample(tri, n, seed)
+        src = run.records([r["pmid"] for r in pick], ["title"])
+        out.append(f"<h3>{len(pick)} random records of {tri.num_rows} (QA triples)</h3>")
+        for r in pick:
+            g = r.get("grounded")
+            gv = ('<span class="ok">grounded</span>' if g else '<span class="ko">not grounded'
+                  "</span>" if g is False else "not judged")
+            ctxs = "".join(
+                f'<div class="ctx">[{i + 1}] PMID {_e(p)}: {_e(_cut(c, 300))}</div>'
+                for i, (c, p) in enumerate(zip(r.get("contexts") or [],
+                                               r.get("context_pmids") or [], strict=False)))
+            out.append(
+                f'<div class="record"><b>PMID {_e(r["pmid"])}</b> '
+                f"{_e((src.get(r['pmid']) or {}).get('title'))}<br><b>Question</b> (score "
+                f"{num(r.get('score'), 3)}): {_e(r.get('question'))}<br><b>Contexts</b>{ctxs}"
+                f"<b>Answer</b>: {_e(_cut(r.get('answer'), 1200))}"
+                + (f" <i>(decision: {_e(r['decision'])})</i>" if r.get("decision") else "")
+                + f"<br><b>Grounding</b>: {gv} (score {num(r.get('grounding_score'), 3)})</div>")
+        return "".join(out)
+    cpt = run.table("export/cpt")
+    if cpt is not None and cpt.num_rows:
+        pick = _sample(cpt, n, seed)
+        out.append(f"<h3>{len(pick)} random records of {cpt.num_rows} (CPT text; no answers in "
+                   "this config)</h3>")
+        out += [f'<div class="record"><b>PMID {_e(r["pmid"])}</b><br>{_e(_cut(r["text"], 1500))}'
+                "</div>" for r in pick]
+    return "".join(out)
+
+
+# --- answers ----------------------------------------------------------------------------------
+def _answers(run: RunFolder) -> str:
+    if run.stage_off("answers"):
+        return _note(off_note(run, "answers", "answers/"))
+    t = run.table("answers", ["pmid", "question", "answer", "grounded", "grounding_score",
+                              "grounding_method", "decision", "is_yes_no", "teacher"])
+    if t is None:
+        return _note(off_note(run, "answers", "answers/"))
+    from kailin.dataset.answers import DEFAULT_THRESHOLDS, grounding_rates
+
+    g = grounding_rates(t)
+    cols = t.column_names
+    answered = sum(bool((a or "").strip()) for a in t["answer"].to_pylist()) if (
+        "answer" in cols) else 0
+    method = g.get("method") or "none"
+    thr = (run.config.get("answers") or {}).get("grounding_threshold") or DEFAULT_THRESHOLDS.get(
+        method)
+    rows = [["answers", _fmt(t.num_rows)], ["with a non-empty answer", _fmt(answered)],
+            ["grounding check", _e(method) + (f" (threshold {num(thr, 2)})" if thr else "")]]
+    if g.get("judged"):
+        rows.append(["grounded / judged", f"{g['grounded']} / {g['judged']} "
+                     f"({num(100 * g['grounded_rate'], 0)}%)"])
+    if "teacher" in cols:
+        rows.append(["teacher", _e(", ".join(sorted({str(x) for x in t["teacher"].to_pylist()
+                                                     if x})))])
+    if "decision" in cols:
+        d = Counter(x for x in t["decision"].to_pylist() if x)
+        yn = sum(bool(x) for x in t["is_yes_no"].to_pylist()) if "is_yes_no" in cols else None
+        rows.append(["yes/no questions; decisions", f"{_fmt(yn)}; " + _e(
+            ", ".join(f"{k}: {v}" for k, v in d.most_common()) or "none")])
+    out = [_table("answers_counts", ["", ""], rows)]
+    gs = t["grounding_score"].to_pylist() if "grounding_score" in cols else []
+    if any(v is not None for v in gs):
+        out.append(histogram_svg(gs, None, labels=("answers", ""), xlabel=f"grounding score "
+                                 f"({method})", ylabel="answers", elem_id="grounding_svg",
+                                 title="Grounding scores of the teacher's answers",
+                                 marker=thr, marker_label="threshold"))
+        out.append(_read("each bar counts the answers whose grounding score falls in its range "
+                         "(how much of the answer the contexts support, by the method named on "
+                         "the x axis). Answers right of the dashed threshold count as grounded; "
+                         "a heap near zero means the teacher answers from its own knowledge, "
+                         "not from the retrieved contexts."))
+        worst = sorted((r for r in t.to_pylist() if r.get("grounding_score") is not None),
+                       key=lambda r: r["grounding_score"])[:2]
+        if worst:
+            out.append("<h3>The least grounded answers</h3>" + "".join(
+                f'<div class="record"><b>PMID {_e(r["pmid"])}</b> (grounding '
+                f"{num(r['grounding_score'], 3)}) <b>Q</b>: {_e(r.get('question'))}<br><b>A</b>: "
+                f"{_e(_cut(r.get('answer'), 600))}</div>" for r in worst))
+    return "".join(out)
+
+
+# --- questions --------------------------------------------------------------------------------
+def _question_tally(path: Path) -> list[tuple[str, str | None, int, int, str | None]] | None:
+    """(generator, reject_reason, questions, the generator's questions, an example raw text of
+    a rejected one) from a questions folder, tallied by DuckDB (bounded memory)."""
+    import duckdb
+
+    from kailin.io import register_parquet
+
+    con = duckdb.connect()
+    try:
+        cols = register_parquet(con, "q", path)
+    except FileNotFoundError:
+        return None
+    if "reject_reason" not in cols:
+        return None
+    gen = "cast(generator as varchar)" if "generator" in cols else "'?'"
+    raw = "raw" if "raw" in cols else "null"
+    return con.sql(
+        f"select g, reject_reason, n, sum(n) over (partition by g), example from ("
+        f"select {gen} as g, reject_reason, count(*) as n, "
+        f"min({raw}) filter (where reject_reason is not null and {raw} <> '') as example "
+        "from q group by all) order by g, reject_reason is not null, n desc, "
+        "reject_reason").fetchall()
+
+
+def _questions(run: RunFolder) -> str:
     rows = []
-    for name, st in manifest["stages"].items():
-        st = st or {}
-        counts = st.get("counts") if isinstance(st.get("counts"), dict) else {
-            k: v for k, v in st.items()
-            if isinstance(v, (int, float)) and k not in ("seconds",) and not isinstance(v, bool)}
-        cnt = ", ".join(f"{_e(k)}={_fmt(v)}" for k, v in list(counts.items())[:8])
-        status = st.get("status", "")
-        if st.get("skipped"):
-            status = f"{status} (up to date)"
-        rows.append(f"<tr><td>{_e(name)}</td><td>{_e(status)}</td>"
-                    f"<td><code>{_e(str(st.get('key', ''))[:12])}</code></td><td>{cnt}</td>"
-                    f"<td>{_fmt(st.get('seconds', ''))}</td></tr>")
-    return ('<table id="stages"><tr><th>stage</th><th>status</th><th>key</th><th>counts</th>'
-            "<th>seconds</th></tr>" + "".join(rows) + "</table>")
+    for rel in ("questions", "policy/questions"):
+        for g, r, n, total, ex in _question_tally(run.root / rel) or []:
+            rows.append([_e(g), "<b>accepted</b>" if r is None else _e(r), _fmt(n),
+                         f"{num(100 * n / total, 0)}%" if total else "–",
+                         "" if ex is None else _e(_cut(ex, 220))])
+    if not rows:
+        return _note(off_note(run, "questions", "questions/"))
+    return (_table("questions_table", ["generator", "verdict", "questions", "share",
+                                       "example of the model's raw text"], rows)
+            + _read("one row per generator and extractor verdict: <i>accepted</i> questions go on "
+                    "to retrieval and scoring; the others were rejected by the question "
+                    "extractor for the reason given (<i>no_question</i>: no sentence ending in "
+                    "'?', often cut off by max_new_tokens; <i>too_short</i> / <i>too_long</i>: "
+                    "outside the word limits; <i>copies_prompt</i>: repeats the instruction). "
+                    "A generator with a large rejected share wastes its samples."))
 
 
+# --- preference pairs -------------------------------------------------------------------------
 def _funnel(stats: dict | None) -> str:
     if not stats:
-        return '<p class="note">no preferences/prefer_stats.json</p>'
+        return _note("no preferences/prefer_stats.json: the prefer stage has not run")
     left = stats.get("pmids", 0)
-    rows = [f"<tr><td>PMIDs with questions</td><td>{left}</td><td>{_bar(left, left)}</td></tr>"]
+    rows = [["PMIDs with questions", _fmt(left), _bar(left, left)]]
     for f, n in (stats.get("dropped") or {}).items():
         left -= n
-        rows.append(f"<tr><td>after {_e(f)} (-{n})</td><td>{left}</td>"
-                    f"<td>{_bar(left, stats.get('pmids', 0))}</td></tr>")
-    rows.append(f"<tr><th>kept pairs</th><th>{stats.get('kept', 0)}</th><td></td></tr>")
-    return '<table id="funnel"><tr><th>step</th><th>PMIDs</th><th></th></tr>' + "".join(
-        rows) + "</table>"
+        rows.append([f"after {_e(f)} (−{_fmt(n)})", _fmt(left), _bar(left, stats.get("pmids", 0))])
+    rows.append(["<b>kept pairs</b>", f"<b>{_fmt(stats.get('kept', 0))}</b>", ""])
+    return _table("funnel", ["step", "PMIDs", ""], rows)
 
 
 def _bar(n: int, total: int, width: int = 300) -> str:
@@ -90,46 +301,242 @@ def _bar(n: int, total: int, width: int = 300) -> str:
             'fill="#6a9ad4"/></svg>')
 
 
-def histogram_svg(a: list[float], b: list[float], labels: tuple[str, str] = ("chosen",
-                  "rejected"), bins: int = 20, width: int = 520, height: int = 180) -> str:
-    """Two overlaid histograms as an inline SVG (shared bins)."""
-    vals = [v for v in a + b if v is not None and not math.isnan(v)]
-    if not vals:
-        return '<p class="note">no scores</p>'
-    lo, hi = min(vals), max(vals)
-    if hi == lo:
-        hi = lo + 1e-9
-    step = (hi - lo) / bins
+def _mesh_line(uis: list[str], names: dict[str, str], shared: set[str]) -> str:
+    def one(u: str) -> str:
+        text = f'<span title="{_e(u)}">{_e(names.get(u, u))}</span>'
+        return f"<mark>{text}</mark>" if u in shared else text
 
-    def counts(xs: list[float]) -> list[int]:
-        c = [0] * bins
-        for v in xs:
-            if v is not None and not math.isnan(v):
-                c[min(bins - 1, int((v - lo) / step))] += 1
-        return c
-
-    ca, cb = counts(a), counts(b)
-    top = max(ca + cb) or 1
-    bw = (width - 40) / bins
-    parts = [f'<svg id="scores_svg" width="{width}" height="{height + 40}" '
-             'xmlns="http://www.w3.org/2000/svg">']
-    for c, color in ((ca, "#3a3"), (cb, "#c33")):
-        for i, n in enumerate(c):
-            h = height * n / top
-            parts.append(f'<rect x="{30 + i * bw:.1f}" y="{height - h + 10:.1f}" '
-                         f'width="{bw - 1:.1f}" height="{h:.1f}" fill="{color}" '
-                         'fill-opacity="0.5"/>')
-    parts.append(f'<text x="30" y="{height + 28}" font-size="11">{lo:.3g}</text>')
-    parts.append(f'<text x="{width - 50}" y="{height + 28}" font-size="11">{hi:.3g}</text>')
-    parts.append(f'<text x="{width / 2 - 60}" y="{height + 28}" font-size="11" fill="#3a3">'
-                 f'{_e(labels[0])} (n={len(a)})</text>')
-    parts.append(f'<text x="{width / 2 + 40}" y="{height + 28}" font-size="11" fill="#c33">'
-                 f'{_e(labels[1])} (n={len(b)})</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+    return "; ".join(one(u) for u in uis) or '<span class="note">none in the corpus</span>'
 
 
-def _json_block(obj: Any, elem_id: str) -> str:
+def _pairs(run: RunFolder, n: int, seed: int) -> str:
+    prefs = run.table("preferences/data/train.parquet")
+    if prefs is None or prefs.num_rows == 0:
+        return _note("no preference pairs")
+    pick = _sample(prefs, n, seed)
+    pmids = {int(r["pmid"]) for r in pick}
+    ctx: dict[tuple[int, str], dict] = {}
+    scores = run.table("scores", ["pmid", "question", "context_pmids", "context_titles"])
+    if scores is not None and "context_pmids" in scores.column_names:
+        import pyarrow.compute as pc
+
+        sub = scores.filter(pc.is_in(scores["pmid"].cast(pa.int64()),
+                                     value_set=pa.array(sorted(pmids), pa.int64())))
+        for s in sub.to_pylist():
+            ctx[(int(s["pmid"]), s.get("question"))] = s
+    cpmids = {int(p) for c in ctx.values() for p in c.get("context_pmids") or []}
+    docs = run.records(pmids | cpmids, ["title", "abstract", "mesh_uis", "mesh"])
+    names = run.mesh_names(sorted({u for d in docs.values() for u in d.get("mesh_uis") or []}),
+                           docs.values())
+    out = []
+    for r in pick:
+        src = docs.get(int(r["pmid"]), {})
+        src_uis = list(src.get("mesh_uis") or [])
+        src_mesh = set(src_uis)
+        in_contexts = {u for role in ("chosen", "rejected")
+                       for cp in ctx.get((int(r["pmid"]), r[role]), {}).get("context_pmids") or []
+                       for u in (docs.get(int(cp)) or {}).get("mesh_uis") or []}
+        sides = []
+        for role in ("chosen", "rejected"):
+            q = r[role]
+            c = ctx.get((int(r["pmid"]), q), {})
+            lines, n_shared = [], 0
+            for cp, ct in zip(c.get("context_pmids") or [], c.get("context_titles") or [],
+                              strict=False):
+                cm = list((docs.get(int(cp)) or {}).get("mesh_uis") or [])
+                sh = src_mesh.intersection(cm)
+                n_shared += len(sh)
+                lines.append(f'<div class="ctx">PMID {_e(cp)}: {_e(ct)}<br><span class="mesh">'
+                             f"MeSH ({len(sh)} of {len(cm)} shared): "
+                             f"{_mesh_line(cm, names, src_mesh)}</span></div>")
+            sides.append(
+                f'<div class="side {role}"><b>{role}</b> ({_e(r.get(role + "_generator"))}, '
+                f"score {num(r.get(role + '_score'), 4)}; {n_shared} shared descriptors in its "
+                f"contexts)<p>{_e(q)}</p>"
+                + ("".join(lines) or '<div class="note">contexts not available</div>') + "</div>")
+        out.append(f'<div class="pair"><div class="abs"><b>PMID {_e(r["pmid"])}</b> '
+                   f"{_e(src.get('title'))}<br>{_e(_cut(src.get('abstract'), 1200))}<br>"
+                   f'<span class="mesh">MeSH: {_mesh_line(src_uis, names, in_contexts)}</span>'
+                   "</div>"
+                   + "".join(sides) + "</div>")
+    return (_read("each box is one abstract (top) with the two questions the preference stage "
+                  "compared: the chosen one (green, higher document score) and the rejected "
+                  "one (red). Under each question are the abstracts the retriever returned for "
+                  "it, with their MeSH descriptors; the highlighted descriptors are the ones "
+                  "they share with the source abstract (in the source's list: those found in "
+                  "any context). The question whose contexts share more (and more specific) "
+                  "descriptors with the source wins.")
+            + f'<div id="pairs">{"".join(out)}</div>')
+
+
+def _pairs_section(run: RunFolder, n: int, seed: int) -> str:
+    if run.stage_off("prefer"):
+        return _note(off_note(run, "prefer", "preferences/"))
+    prefs = run.table("preferences/data/train.parquet", ["chosen_score", "rejected_score"])
+    hist = _note("no preference pairs")
+    if prefs is not None and {"chosen_score", "rejected_score"} <= set(prefs.column_names):
+        hist = histogram_svg(prefs["chosen_score"].to_pylist(),
+                             prefs["rejected_score"].to_pylist(),
+                             xlabel="document score (MeSH similarity of a question's retrieved "
+                                    "contexts to its source)", ylabel="pairs",
+                             title="Scores of the chosen and rejected questions")
+        hist += _read("green bars count the chosen questions by their document score, red bars "
+                      "the rejected ones, on the same bins. The further the green mass lies "
+                      "right of the red, the clearer the preference signal DPO learns from; "
+                      "heavily overlapping distributions mean near-ties.")
+    return ("<h3>Funnel</h3>" + _funnel(run.json("preferences/prefer_stats.json"))
+            + _read("how many abstracts survive each filter of the preference stage (ties, "
+                    "margins, bands) before becoming a chosen/rejected pair.")
+            + "<h3>Scores</h3>" + hist
+            + f"<h3>Random pairs ({min(n, prefs.num_rows if prefs is not None else 0)} of "
+              f"{prefs.num_rows if prefs is not None else 0})</h3>"
+            + _pairs(run, n, seed))
+
+
+# --- generator / steering ---------------------------------------------------------------------
+def _steering(run: RunFolder) -> str:
+    out = []
+    g = run.report("generator.json")
+    if g:
+        v = ci_verdict(g.get("ci_low"), g.get("ci_high"))
+        out.append("<h3>Before vs after DPO (reports/generator.json)</h3>" + _table(
+            "generator", ["held-out abstracts", "before mean", "after mean",
+                          "after − before [95% CI]", "verdict"],
+            [[_fmt(g.get("n")), num(g.get("before_mean"), 4), num(g.get("after_mean"), 4),
+              with_ci(g.get("delta"), g.get("ci_low"), g.get("ci_high"), 4, sign=True),
+              VERDICT_WORDS[v]]]))
+    else:
+        out.append("<h3>Before vs after DPO</h3>"
+                   + _note(off_note(run, "generator_eval", "reports/generator.json")))
+    st = run.report("steering.json")
+    if not st:
+        out.append("<h3>Steering experiment</h3>"
+                   + _note(off_note(run, "steering", "reports/steering.json")))
+        return "".join(out)
+    out.append(f"<h3>Steering experiment (reports/steering.json): {_fmt(st.get('rounds'))} "
+               f"round(s), {_fmt(st.get('heldout'))} held-out abstracts, {_fmt(st.get('pairs'))}"
+               " pairs</h3>")
+    arms = [[_e(a), num(v.get("mean"), 4), _fmt(v.get("n")), _fmt(v.get("nan")),
+             num((v.get("quantiles") or [None] * 5)[2], 4)]
+            for a, v in (st.get("arms") or {}).items()]
+    out.append(_table("steering_arms", ["arm", "mean score", "n", "NaN", "median"], arms))
+    for label, cs in (("run's scorer", st.get("contrasts") or {}),
+                      ("second scorer", (st.get("second_scorer") or {}).get("contrasts") or {})):
+        if not cs:
+            continue
+        out.append(_table("", [f"contrast ({label})", "delta [95% CI]", "n", "verdict"], [
+            [_e(k.replace("_vs_", " − ")),
+             with_ci(c.get("delta"), c.get("ci_low"), c.get("ci_high"), 4, sign=True),
+             _fmt(c.get("n")), VERDICT_WORDS[ci_verdict(c.get("ci_low"), c.get("ci_high"))]]
+            for k, c in cs.items()]))
+        out.append(interval_svg(
+            [(k.replace("_vs_", " − "), c.get("delta"), c.get("ci_low"), c.get("ci_high"))
+             for k, c in cs.items()],
+            xlabel=f"difference in mean held-out document score ({label})", reference=0.0,
+            reference_label="no difference", title=f"Contrasts, {label}",
+            elem_id="steering_svg" if label == "run's scorer" else "steering2_svg"))
+    out.append(_read("each row is a paired difference between two generators' questions on the "
+                     "same held-out abstracts: the dot is the mean difference, the bar its 95% "
+                     "bootstrap CI. A bar entirely right of the dashed zero line means the first "
+                     "arm's questions retrieve contexts closer to their source; the second "
+                     "scorer (another retriever and measure, never used for labels) checks that "
+                     "the gain is not an artefact of the labelling scorer."))
+    return "".join(out)
+
+
+# --- signal -----------------------------------------------------------------------------------
+def _signal(run: RunFolder) -> str:
+    s = run.report("signal_selfcheck.json")
+    if not s:
+        return _note(off_note(run, "signal", "reports/signal_selfcheck.json"))
+    forms = [("this run's scoring", s)] + ([("the paper's scoring", s["paper_form"])]
+                                           if s.get("paper_form") else [])
+    rows, plot = [], []
+    for label, f in forms:
+        co, cg = f.get("auc_other_ci") or [None, None], f.get("auc_generic_ci") or [None, None]
+        rows.append([_e(label), with_ci(f.get("auc_other"), co[0], co[1]),
+                     with_ci(f.get("auc_generic"), cg[0], cg[1]), num(f.get("nan_share"), 3)])
+        plot += [(f"vs other titles ({label})", f.get("auc_other"), co[0], co[1]),
+                 (f"vs generic questions ({label})", f.get("auc_generic"), cg[0], cg[1])]
+    return (f"<p>{_fmt(s.get('sample'))} records; verdict: <b>{_e(s.get('verdict'))}</b></p>"
+            + _table("signal_table", ["scoring", "AUC own title vs another record's title",
+                                      "AUC own title vs generic questions", "NaN share"], rows)
+            + interval_svg(plot, xlabel="AUC (probability the record's own title scores "
+                           "higher)", reference=0.5, reference_label="chance",
+                           title="Signal self-check", elem_id="signal_svg")
+            + _read("titles stand in for expert questions: for each sampled record, its own "
+                    "title and a decoy (another record's title, or a generic question) are "
+                    "scored against the record's MeSH descriptors. The AUC is how often the own "
+                    "title wins; 0.5 (dashed) is chance. An interval well right of 0.5 (above "
+                    "0.6) means the score can tell a relevant question from an irrelevant one on "
+                    "this corpus, so preferences built from it carry information."))
+
+
+# --- PubMedQA ---------------------------------------------------------------------------------
+def _pubmedqa(run: RunFolder) -> str:
+    rep = run.report("pubmedqa.json")
+    if not rep:
+        return _note(off_note(run, "pubmedqa", "reports/pubmedqa.json"))
+    rows = pubmedqa_rows(rep)
+    if not rows:
+        return _note("reports/pubmedqa.json holds no settings")
+    table = [[_e(r["setting"]), _e(r["model"]), _e(DOWNSTREAM_ARMS.get(r["model"], "")),
+              with_ci(r["accuracy"], r["acc_lo"], r["acc_hi"]),
+              with_ci(r["macro_f1"], r["f1_lo"], r["f1_hi"]), _fmt(r["n"]),
+              _e(" / ".join(f"{k} {v}" for k, v in sorted(r["predicted"].items())))]
+             for r in rows]
+    out = [f"<p>Method: {_e(rep.get('method'))}; test items: {_fmt(rows[0]['n'])}.</p>",
+           _table("pubmedqa_table", ["setting", "model", "what", "accuracy [95% CI]",
+                                     "macro-F1 [95% CI]", "n", "predicted labels"], table)]
+    contrasts = []
+    for s, c in (rep.get("ci") or {}).items():
+        for name, d in (c.get("contrasts") or {}).items():
+            a, f = d.get("accuracy") or {}, d.get("macro_f1") or {}
+            contrasts.append([_e(s), _e(name.replace("_vs_", " − ")),
+                              with_ci(a.get("delta"), a.get("ci_low"), a.get("ci_high"),
+                                      sign=True),
+                              with_ci(f.get("delta"), f.get("ci_low"), f.get("ci_high"),
+                                      sign=True),
+                              VERDICT_WORDS[ci_verdict(a.get("ci_low"), a.get("ci_high"))]])
+    if contrasts:
+        out.append("<h3>Paired differences (bootstrap over the same test items)</h3>"
+                   + _table("pubmedqa_contrasts", ["setting", "contrast", "accuracy delta",
+                                                   "macro-F1 delta", "accuracy verdict"],
+                            contrasts))
+    out.append(interval_svg([(f"{r['setting']}: {r['model']}", r["accuracy"], r["acc_lo"],
+                              r["acc_hi"]) for r in rows],
+                            xlabel="accuracy on the PubMedQA test items", title="PubMedQA "
+                            "accuracy by setting and model", elem_id="pubmedqa_svg"))
+    out.append(_read("one row per model and setting: the dot is the accuracy, the bar its 95% "
+                     "bootstrap CI over the test items. Compare <i>after</i> (CPT on the kailin "
+                     "export) with <i>before</i> (the base model) and with the controls trained "
+                     "on the same abstracts without questions; overlapping bars are settled by "
+                     "the paired differences above, which cancel the item-to-item noise. Check "
+                     "the predicted labels too: a model that answers 'yes' to everything scores "
+                     "the share of 'yes' items (about 0.55) with a low macro-F1."))
+    return "".join(out)
+
+
+# --- stages and the raw dump ------------------------------------------------------------------
+def _stage_table(manifest: dict | None) -> str:
+    if not manifest or not manifest.get("stages"):
+        return _note("no manifest.json with stages")
+    rows = []
+    for name, st in manifest["stages"].items():
+        st = st or {}
+        counts = st.get("counts") if isinstance(st.get("counts"), dict) else {
+            k: v for k, v in st.items()
+            if isinstance(v, int | float) and k not in ("seconds",) and not isinstance(v, bool)}
+        cnt = ", ".join(f"{_e(k)}={_fmt(v)}" for k, v in list(counts.items())[:8])
+        status = st.get("status", "")
+        if st.get("skipped"):
+            status = f"{status} (up to date)"
+        rows.append([_e(name), _e(status), f"<code>{_e(str(st.get('key', ''))[:12])}</code>", cnt,
+                     _fmt(st.get("seconds", ""))])
+    return _table("stages", ["stage", "status", "key", "counts", "seconds"], rows)
+
+
+def _json_block(obj: Any, elem_id: str, limit: int = 2000) -> str:
     """A nested dict as a two-column table of flattened keys (CIs appear as [lo, hi])."""
     flat: list[tuple[str, Any]] = []
 
@@ -137,112 +544,68 @@ def _json_block(obj: Any, elem_id: str) -> str:
         if isinstance(x, dict):
             for k, v in x.items():
                 walk(v, f"{prefix}{k}.")
-        elif isinstance(x, list) and len(x) <= 4 and all(isinstance(v, (int, float)) for v in x):
+        elif isinstance(x, list) and len(x) <= 4 and all(isinstance(v, int | float) for v in x):
             flat.append((prefix[:-1], "[" + ", ".join(_fmt(v) for v in x) + "]"))
         elif not isinstance(x, list):
             flat.append((prefix[:-1], _fmt(x)))
 
     walk(obj, "")
-    rows = "".join(f"<tr><td>{_e(k)}</td><td>{v}</td></tr>" for k, v in flat[:200])
-    return f'<table id="{elem_id}">{rows}</table>'
+    rows = "".join(f"<tr><td>{_e(k)}</td><td>{v}</td></tr>" for k, v in flat[:limit])
+    more = f"<p class=note>{len(flat) - limit} more keys not shown</p>" if len(flat) > limit else ""
+    return f'<table id="{elem_id}">{rows}</table>{more}'
 
 
-def _read(path: Path, columns: list[str] | None = None) -> Any:
-    if not path.exists():
-        return None
-    from kailin.io import read_parquet
-
-    try:
-        return read_parquet(path, columns=columns)
-    except Exception:  # a missing column or an unreadable file: the section says so
-        return None
-
-
-def _pairs(run: Path, n: int, seed: int) -> str:
-    prefs = _read(run / "preferences" / "data" / "train.parquet")
-    if prefs is None or prefs.num_rows == 0:
-        return '<p class="note">no preference pairs</p>'
-    rows = prefs.to_pylist()
-    pick = random.Random(seed).sample(rows, min(n, len(rows)))
-    pmids = {r["pmid"] for r in pick}
-    corpus = None
-    for cand in (run / "corpus" / "work.parquet", run / "corpus" / "selected", run / "corpus" /
-                 "full"):
-        corpus = _read(cand, ["pmid", "title", "abstract", "mesh_uis"])
-        if corpus is not None:
-            break
-    docs: dict[int, dict] = {}
-    if corpus is not None:
-        docs = {d["pmid"]: d for d in corpus.to_pylist()}
-    scores = _read(run / "scores", ["pmid", "question", "context_pmids", "context_titles"])
-    ctx: dict[tuple[int, str], dict] = {}
-    if scores is not None and "context_pmids" in scores.column_names:
-        for s in scores.select([c for c in ("pmid", "question", "context_pmids",
-                                            "context_titles") if c in scores.column_names]
-                               ).to_pylist():
-            if s["pmid"] in pmids:
-                ctx[(s["pmid"], s.get("question"))] = s
-    out = []
-    for r in pick:
-        src = docs.get(r["pmid"], {})
-        src_mesh = set(src.get("mesh_uis") or [])
-        sides = []
-        for role in ("chosen", "rejected"):
-            q = r[role]
-            c = ctx.get((r["pmid"], q), {})
-            lines = []
-            for cp, ct in zip(c.get("context_pmids") or [], c.get("context_titles") or [],
-                              strict=False):
-                cm = (docs.get(cp) or {}).get("mesh_uis") or []
-                mesh = " ".join(f"<mark>{_e(u)}</mark>" if u in src_mesh else _e(u) for u in cm)
-                lines.append(f'<div class="ctx">PMID {cp}: {_e(ct)}<br>MeSH: {mesh}</div>')
-            sides.append(
-                f'<div class="side {role}"><b>{role}</b> ({_e(r.get(role + "_generator"))}, '
-                f"score {_fmt(r.get(role + '_score'))})<p>{_e(q)}</p>"
-                + ("".join(lines) or '<div class="note">contexts not available</div>') + "</div>")
-        out.append(f'<div class="pair"><div class="abs"><b>PMID {r["pmid"]}</b> '
-                   f"{_e(src.get('title'))}<br>{_e((src.get('abstract') or '')[:1200])}<br>"
-                   "MeSH: " + " ".join(_e(u) for u in sorted(src_mesh)) + "</div>"
-                   + "".join(sides) + "</div>")
-    return f'<div id="pairs">{"".join(out)}</div>'
+def _raw_dump(run: RunFolder) -> str:
+    files = sorted((run.root / "reports").glob("*.json")) if (run.root / "reports").is_dir() \
+        else []
+    files += [p for p in (run.root / "export" / "export.json",
+                          run.root / "preferences" / "prefer_stats.json") if p.is_file()]
+    parts = []
+    for p in files:
+        rel = p.relative_to(run.root).as_posix()
+        if p.parent.name == "reports" and run.report(p.name) is None:
+            parts.append(f"<h3>{_e(rel)}</h3>" + _note("left by a stage this run turned off; "
+                                                        "not shown"))
+            continue
+        obj = run.json(rel)
+        if obj is not None:
+            elem = "raw-" + rel.replace("/", "-").removesuffix(".json")
+            parts.append(f"<h3>{_e(rel)}</h3>{_json_block(obj, elem)}")
+    body = "".join(parts) or _note("no report files")
+    return (f'<details id="raw"><summary>Every report file, flattened ({len(files)} files; '
+            f"click to open)</summary>{body}</details>")
 
 
+# --- the page ---------------------------------------------------------------------------------
 def build_report(run_dir: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
-                 n_pairs: int = 20, seed: int = 0) -> Path:
-    """Write the report (default ``RUN_DIR/report.html``) and return its path."""
+                 n_pairs: int = 20, seed: int = 0, items: list[Headline] | None = None
+                 ) -> Path:
+    """Write the report (default ``RUN_DIR/report.html``) and return its path; ``items``: the
+    headline, when the caller computed it already."""
     from kailin.io import write_text_atomic
 
-    run = Path(run_dir)
-    manifest = _json(run / "manifest.json")
-    pstats = _json(run / "preferences" / "prefer_stats.json")
-    prefs = _read(run / "preferences" / "data" / "train.parquet",
-                  ["chosen_score", "rejected_score"])
-    hist = ('<p class="note">no preference pairs</p>' if prefs is None else histogram_svg(
-        prefs.column("chosen_score").to_pylist(), prefs.column("rejected_score").to_pylist()))
+    run = RunFolder(Path(run_dir))
+    items = items if items is not None else headline(run)
+    path = Path(out) if out is not None else run.root / REPORT_NAME
+    card = Path(os.path.relpath(run.root.resolve() / "export" / "README.md",
+                                path.resolve().parent)).as_posix()
     sections = [
-        ("Stages", _stage_table(manifest)),
-        ("Preference funnel", _funnel(pstats)),
-        ("Scores: chosen vs rejected", hist),
+        ("dataset", "The dataset", _dataset(run, seed, card)),
+        ("answers", "Answers and their grounding", _answers(run)),
+        ("questions", "Questions: accepted and rejected", _questions(run)),
+        ("preferences", "Preference pairs", _pairs_section(run, n_pairs, seed)),
+        ("steering", "Did DPO / steering move the score?", _steering(run)),
+        ("signal", "Is the document score informative? (signal self-check)", _signal(run)),
+        ("pubmedqa", "Downstream: PubMedQA", _pubmedqa(run)),
+        ("stage-table", "Stages", _stage_table(run.manifest)),
     ]
-    for title, rel, elem, stage in (
-            ("Signal self-check", "reports/signal_selfcheck.json", "signal", "signal"),
-            ("PubMedQA", "reports/pubmedqa.json", "pubmedqa", "pubmedqa"),
-            ("Generator before vs after", "reports/generator.json", "generator",
-             "generator_eval")):
-        obj = _json(run / rel)
-        if stage_is_off(manifest, stage):
-            sections.append((title, f'<p class="note">the {_e(stage)} stage is off in this '
-                             "run</p>"))
-            continue
-        sections.append((title, _json_block(obj, elem) if obj is not None
-                         else f'<p class="note">{_e(rel)} not present</p>'))
-    sections.append((f"{n_pairs} random pairs", _pairs(run, n_pairs, seed)))
-    body = "".join(f"<h2>{_e(t)}</h2>{s}" for t, s in sections)
-    status = (manifest or {}).get("status", "unknown")
+    nav = "".join(f'<a href="#sec-{k}">{_e(t)}</a>' for k, t, _ in sections)
+    body = "".join(f'<section id="sec-{k}"><h2>{_e(t)}</h2>{s}</section>' for k, t, s in sections)
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>kailin report: "
-           f"{_e(run.name)}</title><style>{_CSS}</style></head><body><h1>kailin run "
-           f"{_e(run)}</h1><p>status: {_e(status)}</p>{body}</body></html>")
-    path = Path(out) if out is not None else run / REPORT_NAME
+           f"{_e(run.root.name)}</title><style>{_CSS}</style></head><body><h1>kailin run "
+           f"{_e(run.root.name)}: what it produced and whether it is any good</h1>"
+           f"{_headline_html(run, items)}<nav>{nav}</nav>{body}"
+           f"<h2>Raw report files</h2>{_raw_dump(run)}</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, doc)
     return path
