@@ -19,8 +19,8 @@ from kailin.align.sft import SFTConfig
 from kailin.cli.main import app
 from kailin.dataset.export import ExportConfig
 from kailin.dataset.train import DownstreamTrainConfig
-from kailin.generate.questions import GenerationConfig
 from kailin.errors import InputError
+from kailin.generate.questions import GenerationConfig
 from kailin.retrieval.finetune import FinetuneConfig
 
 #: every command whose settings are a library class, and that class
