@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from kailin.errors import InputError
 from kailin.retrieval.base import Hit, Index, StaleIndexError, check_fresh, read_meta
 from kailin.retrieval.registry import KINDS, index_class
 
@@ -42,7 +43,9 @@ def build_index(
     """Build an index of ``kind`` (bm25, dense, hybrid, qdrant) over the corpus at
     ``corpus_dir`` into ``out_dir``; return it loaded.
 
-    Options (``opts``): BM25 ``k1``, ``b``, ``method``, ``stemmer``, ``stopwords``; dense/qdrant
+    Options (``opts``): BM25 ``k1``, ``b``, ``method``, ``stemmer``, ``stopwords``, ``shards``
+    (1; N builds N bm25s indexes in parallel, scored with corpus-wide statistics so that search
+    returns what one index would: :mod:`kailin.retrieval.bm25_sharded`); dense/qdrant
     ``model`` (local path or hub id; default: the packaged all-MiniLM-L6-v2), ``query_model``,
     ``document_prefix``, ``query_prefix``, ``max_seq_length``, ``encode_batch_size``; FAISS
     ``faiss_index`` (auto|flat|ivf|hnsw), ``exact_threshold``, ``nlist``, ``nprobe``, ``hnsw_m``,
@@ -50,8 +53,11 @@ def build_index(
     ``bm25_weight``, ``dense_weight``; qdrant ``qdrant_url``, ``collection``.
     """
     from kailin.retrieval.base import build
+    from kailin.retrieval.bm25 import shard_count
 
     cls = index_class(kind)
+    if shard_count(opts.get("shards")) > 1 and kind != "bm25":
+        raise InputError(f"shards={opts['shards']}: only a bm25 index can be sharded, not {kind}")
     return build(
         cls,
         corpus_dir,
