@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from kailin.errors import InputError
+from kailin.errors import InputError, KailinError
 from kailin.evaluate.pubmedqa import load_pqal
 from kailin.retrieval import build_index, load_index
 from kailin.retrieval.base import Index
@@ -179,6 +179,13 @@ def test_bad_shard_requests(corpus: Path, tmp_path: Path):
     with pytest.raises(InputError, match="cannot be sharded"):
         build_index(corpus, tmp_path / "d", kind="bm25", shards=2, method="bm25+", progress=False)
     assert not any(tmp_path.iterdir())  # nothing left behind
+
+
+def test_a_failing_worker_stops_the_build(tmp_path: Path):
+    missing = str(tmp_path / "gone.parquet")
+    with pytest.raises(KailinError, match="stopped: FileNotFoundError"):
+        build_sharded([missing], 10, tmp_path / "bm25", {}, 2, workers=2)
+    assert not (tmp_path / "bm25" / ".work").exists()
 
 
 def test_retrieval_stage_on_sharded_index(single: Path, sharded: Path):

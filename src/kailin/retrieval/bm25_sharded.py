@@ -28,12 +28,15 @@ scores every shard and merges their top hits.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import queue
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from pathlib import Path
@@ -53,6 +56,8 @@ DF_FILE = "df.parquet"
 #: shard that lacks some of the query's terms cannot reproduce
 SHARDABLE_METHODS = ("lucene", "robertson", "atire")
 _WORK = ".work"
+
+log = logging.getLogger(__name__)
 
 
 def shard_dir_name(i: int) -> str:
@@ -223,63 +228,120 @@ def _score_shard(job: dict[str, Any]) -> dict[str, Any]:
 PASSES = {"tokenize": "_tokenize_shard", "score": "_score_shard"}
 
 
-def _run_jobs(
-    fn: Callable[[dict[str, Any]], dict[str, Any]],
-    name: str,
-    jobs: list[dict[str, Any]],
-    workers: int,
-    meanwhile: Iterator[Any] | None = None,
-) -> list[dict[str, Any]]:
-    """``fn`` over ``jobs``, results in job order. One worker: in this process, one job after
-    the other. More: each job in its own ``python -m kailin.retrieval.bm25_sharded`` process, at
-    most ``workers`` at a time (fresh processes: nothing of the parent is copied or re-imported,
-    so a caller's script needs no ``if __name__ == "__main__"`` guard). ``meanwhile`` is drained
-    by the parent while they run."""
-    if workers <= 1:
-        for _ in meanwhile or ():
-            pass
-        return [fn(job) for job in jobs]
-    env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[2])  # the folder that holds the kailin package
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-
-    def run(job: dict[str, Any]) -> dict[str, Any]:
-        work = Path(job["work"])
-        work.mkdir(parents=True, exist_ok=True)
-        job_file, result_file = work / f"{name}.job.json", work / f"{name}.result.json"
-        job_file.write_text(json.dumps(job), "utf-8")
-        proc = subprocess.run(
-            [sys.executable, "-m", "kailin.retrieval.bm25_sharded", name, str(job_file),
-             str(result_file)],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0 or not result_file.exists():
-            detail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-            raise KailinError(f"sharded BM25: shard {job['shard']} failed to {name}: {detail[0]}")
-        result = json.loads(result_file.read_text("utf-8"))
-        if "error" in result:
-            raise KailinError(result["error"])
-        return result
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(run, job) for job in jobs]
-        for _ in meanwhile or ():
-            pass
-        return [f.result() for f in futures]
-
-
-def _worker_main(argv: list[str]) -> int:
-    """``python -m kailin.retrieval.bm25_sharded PASS JOB.json RESULT.json``: run one pass of
-    one shard (what :func:`build_sharded` starts)."""
-    name, job_file, result_file = argv
-    job = json.loads(Path(job_file).read_text("utf-8"))
+def _peak_rss_mib() -> float | None:
+    """This process's peak RSS (``VmHWM``), MiB; None where /proc is not available."""
     try:
-        result = globals()[PASSES[name]](job)
-    except KailinError as exc:
-        result = {"error": str(exc)}
-    write_json_atomic(Path(result_file), result)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+class _Workers:
+    """``n`` worker processes (``python -m kailin.retrieval.bm25_sharded``) that run shard jobs
+    sent as JSON lines, for both passes. Fresh interpreters: nothing of the parent is copied or
+    re-imported, so a caller's script needs no ``if __name__ == "__main__"`` guard."""
+
+    def __init__(self, n: int, log_dir: Path) -> None:
+        env = dict(os.environ)
+        src = str(Path(__file__).resolve().parents[2])  # the folder holding the kailin package
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.logs = [log_dir / f"worker-{i}.log" for i in range(n)]
+        self.procs: list[subprocess.Popen] = []
+        for log in self.logs:
+            with open(log, "w") as err:
+                self.procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "kailin.retrieval.bm25_sharded"],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=err,
+                        text=True,
+                        env=env,
+                    )
+                )
+
+    def map(
+        self, name: str, jobs: list[dict[str, Any]], meanwhile: Iterator[Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Run pass ``name`` over ``jobs`` (each worker takes the next job when it is free);
+        results in job order. ``meanwhile`` is drained by the parent while they run."""
+        todo: queue.SimpleQueue[tuple[int, dict[str, Any]]] = queue.SimpleQueue()
+        for item in enumerate(jobs):
+            todo.put(item)
+        results: list[dict[str, Any]] = [{} for _ in jobs]
+
+        def drive(w: int) -> None:
+            proc = self.procs[w]
+            assert proc.stdin is not None and proc.stdout is not None
+            while True:
+                try:
+                    i, job = todo.get_nowait()
+                except queue.Empty:
+                    return
+                proc.stdin.write(json.dumps({"pass": name, "job": job}) + "\n")
+                proc.stdin.flush()
+                line = proc.stdout.readline()
+                if not line:
+                    tail = self.logs[w].read_text(errors="replace").strip().splitlines()[-1:]
+                    raise KailinError(
+                        f"sharded BM25: the worker on shard {job['shard']} ({name}) stopped: "
+                        f"{tail[0] if tail else f'exit status {proc.wait()}'}"
+                    )
+                res = json.loads(line)
+                if "error" in res:
+                    raise KailinError(res["error"])
+                results[i] = res
+
+        with ThreadPoolExecutor(max_workers=len(self.procs)) as pool:
+            futures = [pool.submit(drive, w) for w in range(len(self.procs))]
+            for _ in meanwhile or ():
+                pass
+            for f in futures:
+                f.result()
+        return results
+
+    def close(self, wait: bool = True) -> None:
+        """End the workers: they exit when their input closes (``wait``), or are killed (after
+        a failure, when some may still be busy with a job nobody waits for)."""
+        for proc in self.procs:
+            if not wait:
+                proc.kill()
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+def _serve() -> int:
+    """A worker: read ``{"pass", "job"}`` lines on stdin, answer each with its result line."""
+    # bm25s imports numba when it is installed (+120 MiB a process); these passes use bm25s's
+    # numpy code only (as one bm25s.BM25() index does), so a worker does without it
+    sys.modules.setdefault("numba", None)  # type: ignore[arg-type]
+    # the results go to the original stdout; anything printed goes to stderr (the log)
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        msg = json.loads(line)
+        try:
+            res = globals()[PASSES[msg["pass"]]](msg["job"])
+        except KailinError as exc:
+            res = {"error": str(exc)}
+        res["peak_rss_mib"] = _peak_rss_mib()
+        answers.write(json.dumps(res) + "\n")
+        answers.flush()
     return 0
 
 
@@ -329,10 +391,22 @@ def build_sharded(
         }
         for i, (start, rows) in enumerate(bounds)
     ]
+    pool: _Workers | None = None
+
+    def run(name: str, jobs: list[dict[str, Any]], meanwhile: Iterator[Any] | None = None):
+        if pool is not None:
+            return pool.map(name, jobs, meanwhile)
+        for _ in meanwhile or ():  # one worker: this process, one shard after the other
+            pass
+        return [globals()[PASSES[name]](job) for job in jobs]
+
+    done = False
     try:
+        if workers > 1:
+            pool = _Workers(workers, work_root)
         # pass 1: the workers tokenise while the parent drains `while_tokenizing` (the docstore
         # writer), then the parent merges each shard's statistics in shard order
-        results = _run_jobs(_tokenize_shard, "tokenize", jobs, workers, while_tokenizing)
+        results = run("tokenize", jobs, while_tokenizing)
         global_id: dict[str, int] = {}
         global_df: list[int] = []
         total_docs = total_tokens = 0
@@ -372,14 +446,22 @@ def build_sharded(
             }
             for job in jobs
         ]
-        nnz = [r["nnz"] for r in _run_jobs(_score_shard, "score", score_jobs, workers)]
+        scored = run("score", score_jobs)
+        nnz = [r["nnz"] for r in scored]
+        peaks = [r.get("peak_rss_mib") for r in [*results, *scored]]
+        if pool is not None and all(p is not None for p in peaks):
+            log.info("sharded BM25: %d shards, %d worker processes, largest worker peak RSS "
+                     "%.0f MiB", shards, workers, max(peaks))
         terms = [""] * len(global_id)
         for term, g in global_id.items():
             terms[g] = term
         pq.write_table(
             pa.table({"term": terms, "df": pa.array(global_df, pa.int64())}), out_dir / DF_FILE
         )
+        done = True
     finally:
+        if pool is not None:
+            pool.close(wait=done)
         shutil.rmtree(work_root, ignore_errors=True)
     stats = {
         "documents": num_docs,
@@ -417,4 +499,4 @@ def read_shards(bm25_dir: Path) -> list[dict[str, Any]] | None:
 
 
 if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))
+    sys.exit(_serve())
