@@ -76,11 +76,12 @@ def iter_row_range(
 ) -> Iterator[pa.RecordBatch]:
     """Rows ``[start, start + rows)`` of the corpus formed by ``files`` read in order (the order
     of ``Corpus.iter_batches``, i.e. of the docstore). Only the row groups that overlap the
-    range are read."""
+    range are read, through a small buffer (not whole column chunks: a corpus row group can hold
+    hundreds of thousands of rows)."""
     end = start + rows
     pos = 0
     for f in files:
-        pf = pq.ParquetFile(f)
+        pf = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)
         md = pf.metadata
         for rg in range(md.num_row_groups):
             n = md.row_group(rg).num_rows
