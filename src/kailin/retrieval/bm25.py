@@ -2,7 +2,10 @@
 
 Documents are tokenised batch by batch while the corpus streams past, so only integer token ids
 (never the texts) are held in memory before bm25s builds its sparse score matrix. The matrix is
-saved with bm25s's own format and memory-mapped on load.
+saved with bm25s's own format and memory-mapped on load. With ``shards=N`` the index is N such
+matrices scored with corpus-wide statistics (:mod:`kailin.retrieval.bm25_sharded`); a search
+scores each and merges their top hits. Hits with equal scores come in row order (whatever the
+sharding), and a query that shares no term with the corpus has no hits.
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ import pyarrow as pa
 
 from kailin.errors import InputError, KailinError, require
 from kailin.retrieval.base import Index
+from kailin.retrieval.bm25_sharded import build_sharded, read_shards
+from kailin.retrieval.bm25_tokenizer import make_tokenizer
+
+__all__ = ["BM25Backend", "BM25Builder", "BM25Index", "make_tokenizer", "shard_count"]
 
 BM25_DIR = "bm25"
 
@@ -27,19 +34,6 @@ def shard_count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InputError(f"BM25 shards must be a whole number >= 1, got {value!r}")
     return value
-
-
-def make_tokenizer(stemmer: str | None = "english", stopwords: str | None = "en") -> Any:
-    require("bm25s", "retrieval")
-    from bm25s.tokenization import Tokenizer
-
-    stem = None
-    if stemmer:
-        require("Stemmer", "retrieval")
-        import Stemmer
-
-        stem = Stemmer.Stemmer(stemmer)
-    return Tokenizer(lower=True, stopwords=stopwords or None, stemmer=stem)
 
 
 class BM25Builder:
@@ -139,8 +133,6 @@ class BM25Backend:
 
     def __init__(self, root: Path, params: dict[str, Any]) -> None:
         require("bm25s", "retrieval")
-        from kailin.retrieval.bm25_sharded import read_shards
-
         d = root / BM25_DIR
         shards = read_shards(d)
         if shards is None:
@@ -199,8 +191,6 @@ class BM25Index(Index):
         if shards == 1:
             params = BM25Backend.build((texts for _, texts in batches), tmp_dir, opts)
             return {"bm25": params}
-        from kailin.retrieval.bm25_sharded import build_sharded
-
         files, batch_size = opts.get("_corpus_files"), opts.get("_batch_size")
         if files is None or batch_size is None:
             raise KailinError("a sharded BM25 build needs the corpus files (build it with "

@@ -107,7 +107,7 @@ def _tokenize_shard(job: dict[str, Any]) -> dict[str, Any]:
     """Tokenise one shard's rows; write its token ids, document frequencies and vocabulary;
     return its document and token counts."""
     from kailin.retrieval.base import doc_text
-    from kailin.retrieval.bm25 import make_tokenizer
+    from kailin.retrieval.bm25_tokenizer import make_tokenizer
 
     out, work = Path(job["out"]), Path(job["work"])
     out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ def _score_shard(job: dict[str, Any]) -> dict[str, Any]:
         _select_idf_scorer,
     )
 
-    from kailin.retrieval.bm25 import make_tokenizer
+    from kailin.retrieval.bm25_tokenizer import make_tokenizer
 
     out, work = Path(job["out"]), Path(job["work"])
     flat = np.fromfile(work / "ids.bin", dtype=np.int32)
