@@ -74,6 +74,13 @@ def build(
         "embedded local storage in the index directory.",
     ),
     collection: str | None = typer.Option(None, "--collection", help="Qdrant collection name."),
+    shards: int = typer.Option(
+        1,
+        "--shards",
+        min=1,
+        help="BM25: build N shards in parallel, scored with corpus-wide statistics (search "
+        "returns what one index would; build memory is bounded by a shard).",
+    ),
     batch_size: int = typer.Option(1024, "--batch-size", help="Corpus rows read per batch."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -110,7 +117,9 @@ def build(
             reuse_dense=str(reuse_dense) if reuse_dense else None,
         )
     if kind == "bm25":
-        opts = {}
+        opts = {"shards": shards}
+    elif shards != 1:
+        raise InputError(f"--shards applies to --kind bm25 only, not {kind}")
     index = build_index(
         corpus_dir,
         out,
@@ -121,9 +130,11 @@ def build(
         **opts,
     )
     m = index.meta
+    n_shards = m["params"].get("bm25", {}).get("shards", 1) if m["kind"] == "bm25" else 1
     typer.echo(
         f"{m['kind']} index of {m['counts']['documents']} documents in {out} "
-        f"(corpus {m['corpus']['manifest_hash']})"
+        + (f"({n_shards} shards) " if n_shards > 1 else "")
+        + f"(corpus {m['corpus']['manifest_hash']})"
     )
     index.close()
 

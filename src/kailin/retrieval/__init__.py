@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kailin.config import StageConfig
+from kailin.errors import InputError
 from kailin.retrieval.base import Hit, Index, StaleIndexError, check_fresh, read_meta
 from kailin.retrieval.registry import KINDS, index_class
 
@@ -45,7 +46,9 @@ def build_index(
     """Build an index of ``kind`` (bm25, dense, hybrid, qdrant) over the corpus at
     ``corpus_dir`` into ``out_dir``; return it loaded.
 
-    Options (``opts``): BM25 ``k1``, ``b``, ``method``, ``stemmer``, ``stopwords``; dense/qdrant
+    Options (``opts``): BM25 ``k1``, ``b``, ``method``, ``stemmer``, ``stopwords``, ``shards``
+    (1; N builds N bm25s indexes in parallel, scored with corpus-wide statistics so that search
+    returns what one index would: :mod:`kailin.retrieval.bm25_sharded`); dense/qdrant
     ``model`` (local path or hub id; default: the packaged all-MiniLM-L6-v2), ``query_model``,
     ``document_prefix``, ``query_prefix``, ``max_seq_length``, ``encode_batch_size``; FAISS
     ``faiss_index`` (auto|flat|ivf|hnsw), ``exact_threshold``, ``nlist``, ``nprobe``, ``hnsw_m``,
@@ -53,8 +56,11 @@ def build_index(
     ``bm25_weight``, ``dense_weight``; qdrant ``qdrant_url``, ``collection``.
     """
     from kailin.retrieval.base import build
+    from kailin.retrieval.bm25 import shard_count
 
     cls = index_class(kind)
+    if shard_count(opts.get("shards")) > 1 and kind != "bm25":
+        raise InputError(f"shards={opts['shards']}: only a bm25 index can be sharded, not {kind}")
     return build(
         cls,
         corpus_dir,
@@ -90,7 +96,20 @@ def load_index(
 
 
 class IndexConfig(StageConfig):
+    """The run's index: its kind, encoder, shards, and how many contexts a question keeps."""
+
+    added_fields: ClassVar[tuple[str, ...]] = ("shards",)
+
     kind: Literal["bm25", "dense", "hybrid"] = "bm25"
     model: str | None = None
     k: int = Field(4, ge=1)
     leave_source_out: bool = True
+    shards: int = Field(1, ge=1, description="BM25: build the index as N shards in parallel, "
+                        "scored with corpus-wide statistics (the same hits and scores as one "
+                        "index; build memory bounded by a shard)")
+
+    @model_validator(mode="after")
+    def _shards(self) -> IndexConfig:
+        if self.shards > 1 and self.kind != "bm25":
+            raise ValueError(f"shards {self.shards}: only a bm25 index is built in shards")
+        return self

@@ -38,7 +38,7 @@ from kailin.io import write_json_atomic
 log = logging.getLogger(__name__)
 
 #: option values that mean "the default" (not recorded in settings)
-_DEFAULTS: dict[str, Any] = {"faiss_index": "auto", "model": "default"}
+_DEFAULTS: dict[str, Any] = {"faiss_index": "auto", "model": "default", "shards": 1}
 
 META_FILE = "meta.json"
 DOCSTORE_FILE = "docstore.arrow"
@@ -463,7 +463,19 @@ def build(
                 yield table, texts
 
         try:
-            params = cls._build_backend(batches(), num_docs, tmp, {**opts, "_corpus_hash": chash})
+            params = cls._build_backend(
+                batches(),
+                num_docs,
+                tmp,
+                {
+                    **opts,
+                    "_corpus_hash": chash,
+                    # for backends that read the corpus in parallel (sharded BM25): the same
+                    # files, in the order the docstore is written
+                    "_corpus_files": [str(f) for f in corpus.files()],
+                    "_batch_size": batch_size,
+                },
+            )
         finally:
             writer.close()
         if writer.count != num_docs:

@@ -138,8 +138,11 @@ def question_key(ctx: RunContext, gen_name: str, model_stage: str | None = None)
 
 
 
+#: the index settings a question's contexts depend on (``index.shards`` changes how the index
+#: is built, never its hits)
+INDEX_READS = ("index.kind", "index.model", "index.k", "index.leave_source_out")
 #: what :func:`scorer` and :func:`score_key` read
-SCORE_READS = ("mesh", "index", *CORPUS_DIR_READS)
+SCORE_READS = ("mesh", *INDEX_READS, *CORPUS_DIR_READS)
 
 
 def scorer(ctx: RunContext):

@@ -12,6 +12,7 @@ from kailin.engine.run import RunContext, StageSpec
 from kailin.io import read_parquet
 from kailin.pipeline.stages.common import (
     CORPUS_DIR_READS,
+    INDEX_READS,
     best_questions,
     corpus_dir,
     export_scores,
@@ -23,7 +24,7 @@ from kailin.pipeline.stages.common import (
 #: others, training, evaluation, executor, workers, do not go into the card, or it would go
 #: stale)
 READS = ("corpus.demo", "corpus.inputs", "corpus.exclude_pmids", "corpus.limit",
-         "corpus.heldout", *CORPUS_DIR_READS, "mesh", "index", "generators", "generation",
+         "corpus.heldout", *CORPUS_DIR_READS, "mesh", *INDEX_READS, "generators", "generation",
          "answers", "export", "retriever")
 
 

@@ -42,6 +42,8 @@ def run(ctx: RunContext) -> dict:
     opts: dict[str, Any] = {}
     if (model := index_model(ctx)) is not None:
         opts["model"] = model
+    if ix.shards != 1:  # (how the index is built, not what it answers: not in any key)
+        opts["shards"] = ix.shards
     index = build_index(corpus_dir(ctx), ctx.path("index"), kind=ix.kind, overwrite=True,
                         progress=ctx.progress, **opts)
     return {"kind": ix.kind,
@@ -52,5 +54,6 @@ def run(ctx: RunContext) -> dict:
 def steps(cfg: Any) -> list[StageSpec]:
     return [StageSpec("index", run, reads=("index.kind", "index.model", "retriever.enabled",
                                            *CORPUS_DIR_READS),
+                      uses=("index.shards",),
                       inputs=["corpus", "retriever"], outputs=["index"],
                       files=index_model_files, code="1")]
