@@ -190,3 +190,27 @@ def test_keys_of_an_older_scheme_say_why_once(base: Path) -> None:
     reasons = _status(base, _cfg())["a"]["reasons"]
     assert len(reasons) == 1 and "re-runs once" in reasons[0]
     assert _run(base, _cfg()) == ["a"]  # the same output: nothing after it
+
+
+def test_a_step_reads_only_what_it_declares(base: Path) -> None:
+    """The key holds exactly the declared settings, and the step's code gets a view that
+    refuses any other: a key that misses a setting the code reads fails the first run."""
+    from kailin.engine.view import UndeclaredSetting
+
+    def honest(ctx: RunContext) -> dict:
+        return {"limit": ctx.cfg.corpus.limit}
+
+    def sneaky(ctx: RunContext) -> dict:
+        return {"beta": ctx.cfg.dpo.beta}
+
+    ok = [StageSpec("a", honest, reads=("corpus.limit",))]
+    m = run_pipeline(_cfg(), base, run_dir=base / "run", stages=ok, progress=False)
+    assert m["stages"]["a"]["counts"] == {"limit": 3}
+    assert m["stages"]["a"]["parts"]["settings"] == {"corpus.limit": 3}
+    # another setting changes nothing for this step
+    m = run_pipeline(_cfg(dpo={"beta": 0.3}), base, run_dir=base / "run", stages=ok,
+                     progress=False)
+    assert m["ran"] == []
+    bad = [StageSpec("b", sneaky, reads=("corpus.limit",))]
+    with pytest.raises(UndeclaredSetting, match=r"step b reads setting dpo\.beta"):
+        run_pipeline(_cfg(), base, run_dir=base / "run2", stages=bad, progress=False)
