@@ -212,5 +212,5 @@ def test_a_step_reads_only_what_it_declares(base: Path) -> None:
                      progress=False)
     assert m["ran"] == []
     bad = [StageSpec("b", sneaky, reads=("corpus.limit",))]
-    with pytest.raises(UndeclaredSetting, match=r"step b reads setting dpo\.beta"):
+    with pytest.raises(UndeclaredSetting, match=r"step b reads setting dpo, which it does not declare"):
         run_pipeline(_cfg(), base, run_dir=base / "run2", stages=bad, progress=False)
