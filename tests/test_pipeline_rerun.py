@@ -142,11 +142,11 @@ def test_rerun_after_config_changes(tmp_path: Path) -> None:
     assert ran == {"dpo"}
     assert json.loads(dpo_meta.read_text())["global_step"] == 2
 
-    # 7. --force: the stage and its readers; --from: that stage and every later one. The
-    #    forced prefer writes the same pairs: the finished DPO model is kept, not re-trained
+    # 7. --force: the stage, and its readers if what it writes changes; --from: that stage and
+    #    every later one. The forced prefer writes the same pairs: DPO is not even run
     dpo_t = dpo_meta.stat().st_mtime_ns
     ran, _ = _run(tmp_path, cfg6, force=["prefer"])
-    assert ran == {"prefer", "dpo"}
+    assert ran == {"prefer"}  # it wrote the same pairs: DPO keeps its key (early cutoff)
     assert dpo_meta.stat().st_mtime_ns == dpo_t
     ran, _ = _run(tmp_path, cfg6, from_stage="answers")
     assert ran == {"answers", "export"}
