@@ -107,13 +107,15 @@ def evaluate(
     """recall@k for each k in ``ks`` and MRR (cut at ``depth``) of ``index`` on ``queries``."""
     from tqdm.auto import tqdm
 
+    from kailin.progress import enabled as progress_enabled
+
     if not queries:
         raise InputError("no queries to evaluate")
     depth = max(depth, *ks)
     recalls = {k: np.zeros(len(queries)) for k in ks}
     rr = np.zeros(len(queries))
     t0 = time.perf_counter()
-    bar = tqdm(total=len(queries), desc="evaluate", unit="q", disable=not progress)
+    bar = tqdm(total=len(queries), desc="evaluate", unit="q", disable=not progress_enabled(progress))
     for start in range(0, len(queries), batch_size):
         chunk = queries[start : start + batch_size]
         hits = index.search([q.query for q in chunk], k=depth, years=years)

@@ -45,6 +45,7 @@ from pydantic import Field
 from kailin.config import StageConfig
 from kailin.errors import InputError, require
 from kailin.io import write_json_atomic, write_parquet_atomic
+from kailin.progress import enabled as progress_enabled
 
 log = logging.getLogger(__name__)
 
@@ -499,7 +500,7 @@ def finetune(
         bf16=cfg.bf16,
         fp16=cfg.fp16,
         use_cpu=(cfg.device or "cpu") == "cpu",
-        disable_tqdm=not progress,
+        disable_tqdm=not progress_enabled(progress),
         report_to="none",
         dataloader_drop_last=len(ds) >= 2 * batch,
     )
