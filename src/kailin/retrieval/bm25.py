@@ -20,8 +20,23 @@ from kailin.retrieval.base import Index
 BM25_DIR = "bm25"
 
 
-def make_tokenizer(stemmer: str | None = "english", stopwords: str | None = "en") -> Any:
+def _import_bm25s() -> Any:
+    """``bm25s``, with its logger's level put back: bm25s sets it to DEBUG when imported, so its
+    debug lines ("Building index from IDs") went to kailin's handler at every verbosity. It is
+    left at WARNING, kailin's rule for chatty libraries (``kailin -v`` shows them)."""
     require("bm25s", "retrieval")
+    import logging
+
+    import bm25s
+
+    lg = logging.getLogger("bm25s")
+    verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    lg.setLevel(logging.NOTSET if verbose else logging.WARNING)
+    return bm25s
+
+
+def make_tokenizer(stemmer: str | None = "english", stopwords: str | None = "en") -> Any:
+    _import_bm25s()
     from bm25s.tokenization import Tokenizer
 
     stem = None
@@ -51,7 +66,7 @@ class BM25Builder:
         )
 
     def finish(self, out_root: Path) -> dict[str, Any]:
-        import bm25s
+        bm25s = _import_bm25s()
 
         retriever = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
         retriever.index((self.ids, self.tokenizer.get_vocab_dict()), show_progress=False)
@@ -76,8 +91,7 @@ class BM25Backend:
     """The BM25 half of a bm25 or hybrid index (files under ``root/bm25``)."""
 
     def __init__(self, root: Path, params: dict[str, Any]) -> None:
-        require("bm25s", "retrieval")
-        import bm25s
+        bm25s = _import_bm25s()
 
         d = root / BM25_DIR
         self.tokenizer = make_tokenizer(params.get("stemmer"), params.get("stopwords"))
