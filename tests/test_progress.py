@@ -34,6 +34,7 @@ def _has_bar(text: str) -> bool:
 
 @pytest.fixture(autouse=True)
 def _restore_switch():
+    progress.set_enabled(True)  # an earlier `kailin -q` in this process leaves it off
     yield
     progress.set_enabled(True)
 

@@ -44,6 +44,9 @@ def sft(
     include_test: bool = typer.Option(False, "--include-pubmedqa-test", help="Keep the PQA-L "
                                       "test PMIDs (excluded by default)."),
     seed: int = typer.Option(0, "--seed"),
+    keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep the "
+                                          "checkpoints after the final model is saved (removed "
+                                          "by default; a killed run keeps them and resumes)."),
 ) -> None:
     """Supervised fine-tuning of a question generator (document -> question), resumable."""
     from kailin.align.sft import SFTConfig, train_sft
@@ -53,7 +56,8 @@ def sft(
     s = from_options(SFTConfig, lora=not full, lora_r=lora_r, lora_alpha=lora_alpha,
                      learning_rate=lr, epochs=epochs, max_steps=max_steps,
                      batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
-                     save_steps=save_steps, logging_steps=10, limit=max_examples, seed=seed)
+                     save_steps=save_steps, logging_steps=10, limit=max_examples, seed=seed,
+                     keep_checkpoints=keep_checkpoints)
     meta = train_sft(data, out, s, exclude_test=not include_test, model=model,
                      question_type=question_type)
     typer.echo(f"SFT -> {out}/model: {_summary(meta)}")
@@ -83,6 +87,9 @@ def dpo(
     save_steps: int = typer.Option(50, "--save-steps"),
     max_pairs: int | None = typer.Option(None, "--max-pairs"),
     seed: int = typer.Option(0, "--seed"),
+    keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep the "
+                                          "checkpoints after the final model is saved (removed "
+                                          "by default; a killed run keeps them and resumes)."),
 ) -> None:
     """DPO of a question generator with LoRA (defaults: the authors' run), resumable."""
     from kailin.align.dpo import DPOConfig, train_dpo
@@ -94,7 +101,8 @@ def dpo(
                      weight_decay=weight_decay, lora_r=lora_r, lora_alpha=lora_alpha,
                      batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
                      max_chars=max_chars, save_steps=save_steps, logging_steps=10,
-                     max_pairs=max_pairs, seed=seed, **steps)
+                     max_pairs=max_pairs, seed=seed, keep_checkpoints=keep_checkpoints,
+                     **steps)
     meta = train_dpo(pairs, out, c, model=model)
     typer.echo(f"DPO -> {out}/model: {_summary(meta)}")
 
