@@ -81,6 +81,10 @@ def export(
     mesh_dir: Path | None = typer.Option(None, "--mesh-dir",
                                          help="MeSH build for category coverage."),
     plots: bool = typer.Option(True, "--plots/--no-plots"),
+    keep_truncated_answers: bool = typer.Option(
+        False, "--keep-truncated-answers",
+        help="Keep in the SFT records the answers the teacher cut at its token limit "
+             "(left out by default)."),
 ) -> None:
     """Export CPT text, SFT chat records and triples (Parquet + JSONL) with a dataset card."""
     import json
@@ -114,12 +118,18 @@ def export(
         max_score=max_score, require_grounded=require_grounded,
         exclude_pubmedqa_test=decontaminate,
         formats=[f.strip() for f in formats.split(",") if f.strip()],
-        extra_exclude_pmids=extra,
+        extra_exclude_pmids=extra, keep_truncated_answers=keep_truncated_answers,
     )
     stats = export_dataset(records, out, corpus_dir=corpus, config=cfg, mesh=mesh, plots=plots)
     dec = stats["decontamination"]
     typer.echo(f"exported {stats['records']} records to {out}: "
                + ", ".join(f"{k} {v['rows']}" for k, v in stats["splits"].items()))
+    tr = stats.get("truncated_answers")
+    if tr and tr["answers"]:
+        typer.echo(f"truncated answers (hit the teacher's token limit): {tr['truncated']} of "
+                   f"{tr['answers']} ({tr['truncated_share']:.1%}), "
+                   + ("kept" if tr["kept_in_sft"] else "left out of sft") + "; "
+                   f"{tr['unknown']} without a finish reason")
     if dec.get("enabled"):
         typer.echo(f"decontamination: excluded {dec['rows_excluded_source_pmid']} rows with a "
                    f"PubMedQA test PMID as source and {dec['rows_excluded_context_pmid']} with one "
