@@ -29,7 +29,6 @@ from kailin.dataset.export import export_dataset, type_name
 from kailin.llm import CachedBackend, Completion, ResponseCache, SamplingParams
 from kailin.llm.base import Backend
 from kailin.pipeline.executors.local import LocalExecutor
-
 from test_dataset_export import make_corpus, make_scores
 
 
