@@ -216,3 +216,25 @@ def test_card_of_a_cli_export_names_no_local_path(corpus, tmp_path: Path) -> Non
     # the records name their generators (llama, biomistral) but not their models
     assert "## Licence" in card and "| question generator llama | `not recorded` |" in card
     assert "Llama community" not in card  # a generator's name is not its model
+
+
+@pytest.mark.slow
+def test_cli_answers_with_smollm2_record_and_report_cut_answers(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from kailin.evaluate import pubmedqa as pqa
+
+    test = set(pqa.test_pmids())
+    items = [it for p, it in pqa.load_pqal().items() if p not in test][:2]
+    scores = tmp_path / "scores.parquet"
+    pq.write_table(pa.table({
+        "pmid": [int(it.pmid) for it in items], "question": [it.question for it in items],
+        "contexts": [[c[:200] for c in it.contexts[:2]] for it in items],
+        "score": [0.5, 0.4]}), scores)
+    res = CliRunner().invoke(app, ["--no-progress", "dataset", "answers", str(scores),
+                                   str(tmp_path / "ans"), "--max-new-tokens", "6",
+                                   "--batch-size", "2", "--device", "cpu"])
+    assert res.exit_code == 0, res.output + res.stderr
+    rows = pq.read_table(tmp_path / "ans").to_pylist()
+    # two to three sentences never fit in 6 tokens: both answers are cut
+    assert [r["finish_reason"] for r in rows] == ["length", "length"]
+    assert "finish_reason length): 2 of 2 (100.0%)" in res.stdout

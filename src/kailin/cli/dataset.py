@@ -54,6 +54,12 @@ def answers(
     stats = LocalExecutor(rows_per_shard=rows_per_shard).run(stage, src, out)
     typer.echo(f"answers: {stats['rows_out']} rows in {out} ({stats['skipped']} of "
                f"{stats['shards']} shards already done)")
+    if stats["rows_out"]:
+        reasons = read_parquet(out, columns=["finish_reason"]).column("finish_reason")
+        cut = reasons.to_pylist().count("length")
+        typer.echo(f"answers cut at --max-new-tokens {max_new_tokens} (finish_reason length): "
+                   f"{cut} of {len(reasons)} ({cut / len(reasons):.1%}); the export leaves them "
+                   "out of the SFT records")
 
 
 @app.command("export")

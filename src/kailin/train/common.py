@@ -87,8 +87,9 @@ def _progress_callback_class() -> Any:
     class KailinProgress(TrainerCallback):
         """A kailin bar over the training steps, and each log as one INFO line."""
 
-        def __init__(self, desc: str) -> None:
+        def __init__(self, desc: str, enabled: bool = True) -> None:
             self.desc = desc
+            self.enabled = enabled
             self.bar: Any = None
             self.step = 0
 
@@ -96,7 +97,7 @@ def _progress_callback_class() -> Any:
             if state.is_world_process_zero:
                 self.step = state.global_step
                 self.bar = bar(total=state.max_steps, desc=self.desc, unit="step",
-                               initial=state.global_step)
+                               enabled_=self.enabled, initial=state.global_step)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if self.bar is not None:
@@ -121,15 +122,15 @@ def _progress_callback_class() -> Any:
     return KailinProgress
 
 
-def attach_progress(trainer: Any, desc: str) -> None:
+def attach_progress(trainer: Any, desc: str, enabled: bool = True) -> None:
     """Route ``trainer``'s output through kailin: its progress bar (or printer) callback, which
-    writes every log dict to stdout, is replaced by a kailin bar over the steps and INFO lines
-    on the ``kailin.train`` logger."""
+    writes every log dict to stdout, is replaced by a kailin bar over the steps (unless
+    ``enabled`` is false or ``kailin -q``) and INFO lines on the ``kailin.train`` logger."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
-    trainer.add_callback(_progress_callback_class()(desc))
+    trainer.add_callback(_progress_callback_class()(desc, enabled))
 
 
 @dataclass
