@@ -232,9 +232,20 @@ def test_cli_answers_with_smollm2_record_and_report_cut_answers(tmp_path: Path) 
         "score": [0.5, 0.4]}), scores)
     res = CliRunner().invoke(app, ["--no-progress", "dataset", "answers", str(scores),
                                    str(tmp_path / "ans"), "--max-new-tokens", "6",
-                                   "--batch-size", "2", "--device", "cpu"])
+                                   "--batch-size", "2", "--device", "cpu",
+                                   "--cache", str(tmp_path / "cache.sqlite")])
     assert res.exit_code == 0, res.output + res.stderr
     rows = pq.read_table(tmp_path / "ans").to_pylist()
     # two to three sentences never fit in 6 tokens: both answers are cut
     assert [r["finish_reason"] for r in rows] == ["length", "length"]
     assert "finish_reason length): 2 of 2 (100.0%)" in res.stdout
+    # again into another folder: the answers come from the response cache, finish reason kept
+    again = CliRunner().invoke(app, ["--no-progress", "dataset", "answers", str(scores),
+                                     str(tmp_path / "again"), "--max-new-tokens", "6",
+                                     "--batch-size", "2", "--device", "cpu",
+                                     "--cache", str(tmp_path / "cache.sqlite")])
+    assert again.exit_code == 0, again.output + again.stderr
+    rows2 = pq.read_table(tmp_path / "again").to_pylist()
+    assert [r["raw_answer"] for r in rows2] == [r["raw_answer"] for r in rows]
+    assert [r["finish_reason"] for r in rows2] == ["length", "length"]
+    assert len(ResponseCache(tmp_path / "cache.sqlite")) == 2

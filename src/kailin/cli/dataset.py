@@ -33,6 +33,11 @@ def answers(
     limit: int | None = typer.Option(None, "--limit", help="Only the first N rows."),
     rows_per_shard: int = typer.Option(64, "--rows-per-shard"),
     device: str | None = typer.Option(None, "--device"),
+    cache: Path | None = typer.Option(
+        None, "--cache", help="SQLite response cache (default: the user cache folder)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Send every prompt to the teacher "
+                                  "(default: answers already in the LLM response cache are "
+                                  "reused, with their finish reason)."),
 ) -> None:
     """Answer each question from its contexts with a teacher LLM and check grounding."""
     from kailin.dataset.answers import AnswerStage
@@ -50,7 +55,8 @@ def answers(
                         n_contexts=n_contexts, max_new_tokens=max_new_tokens,
                         batch_size=batch_size, grounding=grounding,
                         grounding_model=grounding_model, grounding_threshold=threshold,
-                        device=device)
+                        device=device, use_cache=not no_cache,
+                        cache_path=str(cache) if cache else None)
     stats = LocalExecutor(rows_per_shard=rows_per_shard).run(stage, src, out)
     typer.echo(f"answers: {stats['rows_out']} rows in {out} ({stats['skipped']} of "
                f"{stats['shards']} shards already done)")

@@ -227,14 +227,25 @@ class Grounder:
 
 
 def llm_complete_fn(spec: str, max_new_tokens: int = 256, batch_size: int = 4,
-                    device: str | None = None) -> Callable[[list[str]], list[Completion]]:
+                    device: str | None = None, use_cache: bool = True,
+                    cache_path: str | None = None) -> Callable[[list[str]], list[Completion]]:
     """A ``complete(prompts) -> completions`` callable over a :mod:`kailin.llm` backend (any
     spec: ``smollm2``, ``hf:...``, a local checkpoint, ``openai:URL#MODEL``, ``vllm:...``). Each
     prompt is sent as one user message (chat template applied by the backend); greedy. Each
-    :class:`~kailin.llm.Completion` carries its ``finish_reason`` (``stop``/``length``)."""
-    from kailin.llm import BackendOptions, SamplingParams, build_backend
+    :class:`~kailin.llm.Completion` carries its ``finish_reason`` (``stop``/``length``), also
+    when it comes from the response cache (``use_cache``; ``cache_path`` default: the user
+    cache's ``llm_cache.sqlite``), so a re-run pays nothing for the answers it has."""
+    from kailin.llm import (
+        BackendOptions,
+        CachedBackend,
+        ResponseCache,
+        SamplingParams,
+        build_backend,
+    )
 
     backend = build_backend(spec, BackendOptions(device=device or "auto", batch_size=batch_size))
+    if use_cache:
+        backend = CachedBackend(backend, ResponseCache(cache_path))
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
 
     def complete(prompts: list[str]) -> list[Completion]:
@@ -284,9 +295,13 @@ class AnswerStage(Stage):
         grounding_model: str | None = None,
         grounding_threshold: float | None = None,
         device: str | None = None,
+        use_cache: bool = True,
+        cache_path: str | None = None,
     ) -> None:
         super().__init__()
         self.teacher = teacher
+        self.use_cache = use_cache
+        self.cache_path = str(cache_path) if cache_path else None
         self.teacher_name = teacher if isinstance(teacher, str) else getattr(
             teacher, "__name__", type(teacher).__name__)
         self.corpus_dir = str(corpus_dir) if corpus_dir else None
@@ -307,7 +322,7 @@ class AnswerStage(Stage):
             self._generate = self.teacher
         else:
             self._generate = llm_complete_fn(self.teacher, self.max_new_tokens, self.batch_size,
-                                             self.device)
+                                             self.device, self.use_cache, self.cache_path)
 
     def process(self, batch: pa.Table) -> pa.Table:
         t = attach_texts(batch, self.corpus_dir, self.n_contexts, source=False)
