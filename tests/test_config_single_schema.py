@@ -228,7 +228,8 @@ def test_export_cli_and_pipeline_call_export_dataset_with_the_config(
     assert cli.to_dict() == {"n_contexts": 4, "template": CPT_TEMPLATE, "cpt_with_answer": False,
                              "select": "all", "min_score": 0.2, "max_score": None,
                              "require_grounded": False, "decontaminate": False,
-                             "formats": ["cpt"], "extra_exclude_pmids": 0}
+                             "formats": ["cpt"], "extra_exclude_pmids": 0,
+                             "keep_truncated_answers": False}
     # the same settings as a YAML section (kailin run fills n_contexts from index.k)
     section = cli.model_dump(exclude={"n_contexts"})
     cfg = RunConfig.model_validate({"export": section, "index": {"k": 3}})

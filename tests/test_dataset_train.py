@@ -34,13 +34,13 @@ def test_cpt_three_steps_and_resume(tmp_path) -> None:
             f.write(json.dumps({"pmid": int(it.pmid), "text": cpt_text(
                 it.question, it.long_answer, list(it.contexts), it.question)}) + "\n")
     out = tmp_path / "run"
-    meta = train_cpt(data, out, _settings())
+    meta = train_cpt(data, out, _settings(keep_checkpoints=True))
     assert meta["global_step"] == 3 and meta["train_loss"] > 0
     assert (out / "model" / "model.safetensors").is_file()
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
-    assert (out / "checkpoints" / "checkpoint-2").is_dir()
+    assert (out / "checkpoints" / "checkpoint-2").is_dir()  # kept on request
     assert train_cpt(data, out, _settings())["skipped"]
-    # more steps: resumes from the last checkpoint instead of starting over
+    # more steps: resumes from the last (kept) checkpoint instead of starting over
     meta = train_cpt(data, out, _settings(max_steps=4))
     assert meta["global_step"] == 4 and meta["resumed_from"].endswith("checkpoint-3")
 

@@ -27,14 +27,16 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from kailin.align.sft import RESUMABLE_CHANGES, SCHEDULE_FREE_CHANGES, fit_document
-from kailin.config import StageConfig
 from kailin.errors import InputError
 from kailin.io import read_parquet, read_text_strict
 from kailin.train.common import (
     LoraSettings,
+    TrainingSettings,
+    attach_progress,
     build_lora_config,
     capped_warmup,
     data_digest,
+    finish_checkpoints,
     finished_run,
     last_checkpoint,
     load_model,
@@ -48,14 +50,14 @@ from kailin.train.common import (
 log = logging.getLogger(__name__)
 
 
-class DPOConfig(StageConfig):
+class DPOConfig(TrainingSettings):
     """DPO settings: the ``dpo`` section of ``kailin run`` and the options of ``kailin train
     dpo``. The defaults are the pipeline's (a few steps); :meth:`authors` (the defaults of
     ``kailin train dpo``) is the authors' run, see the module docstring."""
 
     added_fields: ClassVar[tuple[str, ...]] = (
         "lora_alpha", "grad_accum", "weight_decay", "max_chars", "save_steps", "logging_steps",
-        "seed", "max_pairs")
+        "seed", "max_pairs", "keep_checkpoints")
 
     max_steps: int = Field(10, ge=1, description="training steps (unless epochs)")
     batch_size: int = Field(2, ge=1, description="pairs per device and step")
@@ -226,6 +228,7 @@ def train_dpo(
         peft_config=build_lora_config(LoraSettings(**run["lora"])),
         callbacks=callbacks,
     )
+    attach_progress(trainer, "dpo")
     resume = last_checkpoint(ckpt_dir)
     if resume:
         log.info("resuming DPO from %s", resume)
@@ -243,6 +246,7 @@ def train_dpo(
         "log_history": trainer.state.log_history,
     }
     save_final_model(trainer.model, tok, out, meta)
+    finish_checkpoints(ckpt_dir, c.keep_checkpoints)
     return meta
 
 

@@ -41,8 +41,11 @@ from kailin.generate.prompts import KAILIN_TEMPLATE
 from kailin.io import read_text_strict
 from kailin.train.common import (
     LoraSettings,
+    TrainingSettings,
+    attach_progress,
     build_lora_config,
     data_digest,
+    finish_checkpoints,
     finished_run,
     last_checkpoint,
     load_model,
@@ -295,7 +298,7 @@ def fit_document(tokenizer: Any, document: str, template: str, reserve: int, max
 
 
 # -- training -------------------------------------------------------------------------------
-class SFTConfig(StageConfig):
+class SFTConfig(TrainingSettings):
     """Question-generator SFT settings: a generator's ``sft`` section in ``kailin run`` and the
     options of ``kailin train sft``. The defaults are the pipeline's (a few steps);
     :meth:`authors` (the command's defaults) follows the paper: 6 epochs, batch 8, 1024 tokens.
@@ -305,7 +308,7 @@ class SFTConfig(StageConfig):
 
     added_fields: ClassVar[tuple[str, ...]] = (
         "lora_r", "lora_alpha", "epochs", "grad_accum", "warmup", "lr_scheduler", "weight_decay",
-        "save_steps", "save_total_limit", "logging_steps", "seed", "template")
+        "save_steps", "save_total_limit", "logging_steps", "seed", "template", "keep_checkpoints")
 
     lora: bool = Field(True, description="LoRA (false: full fine-tuning)")
     lora_r: int = Field(16, ge=1, description="LoRA rank")
@@ -415,6 +418,7 @@ def train_sft(
         peft_config=build_lora_config(s.lora_settings()) if s.lora else None,
         callbacks=callbacks,
     )
+    attach_progress(trainer, "sft")
     resume = last_checkpoint(ckpt_dir)
     if resume:
         log.info("resuming SFT from %s", resume)
@@ -433,6 +437,7 @@ def train_sft(
         "log_history": trainer.state.log_history,
     }
     save_final_model(trainer.model, tok, out, meta)
+    finish_checkpoints(ckpt_dir, s.keep_checkpoints)
     return meta
 
 

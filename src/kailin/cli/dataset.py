@@ -37,6 +37,11 @@ def answers(
     limit: int | None = typer.Option(None, "--limit", help="Only the first N rows."),
     rows_per_shard: int = typer.Option(64, "--rows-per-shard"),
     device: str | None = typer.Option(None, "--device"),
+    cache: Path | None = typer.Option(
+        None, "--cache", help="SQLite response cache (default: the user cache folder)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Send every prompt to the teacher "
+                                  "(default: answers already in the LLM response cache are "
+                                  "reused, with their finish reason)."),
 ) -> None:
     """Answer each question from its contexts with a teacher LLM and check grounding."""
     from kailin.dataset.answers import AnswerStage
@@ -54,10 +59,17 @@ def answers(
                         n_contexts=n_contexts, max_new_tokens=max_new_tokens,
                         batch_size=batch_size, grounding=grounding,
                         grounding_model=grounding_model, grounding_threshold=threshold,
-                        device=device)
+                        device=device, use_cache=not no_cache,
+                        cache_path=str(cache) if cache else None)
     stats = LocalExecutor(rows_per_shard=rows_per_shard).run(stage, src, out)
     typer.echo(f"answers: {stats['rows_out']} rows in {out} ({stats['skipped']} of "
                f"{stats['shards']} shards already done)")
+    if stats["rows_out"]:
+        reasons = read_parquet(out, columns=["finish_reason"]).column("finish_reason")
+        cut = reasons.to_pylist().count("length")
+        typer.echo(f"answers cut at --max-new-tokens {max_new_tokens} (finish_reason length): "
+                   f"{cut} of {len(reasons)} ({cut / len(reasons):.1%}); the export leaves them "
+                   "out of the SFT records")
 
 
 @app.command("export")
@@ -97,6 +109,12 @@ def export(
     dec = stats["decontamination"]
     typer.echo(f"exported {stats['records']} records to {out}: "
                + ", ".join(f"{k} {v['rows']}" for k, v in stats["splits"].items()))
+    tr = stats.get("truncated_answers")
+    if tr and tr["answers"]:
+        typer.echo(f"truncated answers (hit the teacher's token limit): {tr['truncated']} of "
+                   f"{tr['answers']} ({tr['truncated_share']:.1%}), "
+                   + ("kept" if tr["kept_in_sft"] else "left out of sft") + "; "
+                   f"{tr['unknown']} without a finish reason")
     if dec.get("enabled"):
         typer.echo(f"decontamination: excluded {dec['rows_excluded_source_pmid']} rows with a "
                    f"PubMedQA test PMID as source and {dec['rows_excluded_context_pmid']} with one "

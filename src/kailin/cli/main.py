@@ -93,6 +93,9 @@ def _root(
         "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    from kailin import progress
+
+    progress.set_enabled(not (quiet or no_progress))  # every command's bars, whatever its options
     quiet_third_party(verbose=verbose, progress=not (quiet or no_progress))
 
 

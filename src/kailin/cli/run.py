@@ -35,6 +35,10 @@ def run(
     from kailin.pipeline.stages import pipeline_stages, run_config
     from kailin.report import stage_is_off
 
+    if no_progress:  # also the bars of what the stages call (trainers, teachers)
+        from kailin import progress
+
+        progress.set_enabled(False)
     cfg, base = load_config(config, overrides)
     if executor:
         cfg.executor.kind = executor  # type: ignore[assignment]

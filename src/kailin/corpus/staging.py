@@ -178,11 +178,13 @@ def _stage_file_safe(task: _Task, local_cb: Any = None) -> dict:
 def _run_staging(tasks: list[_Task], workers: int, progress: bool) -> list[dict]:
     from tqdm.auto import tqdm
 
+    from kailin.progress import enabled as progress_enabled
+
     bar = tqdm(
         total=None,
         unit=" rec",
         unit_scale=True,
-        disable=not progress,
+        disable=not progress_enabled(progress),
         desc="ingest",
         dynamic_ncols=True,
     )

@@ -10,10 +10,15 @@ grounding check judges each answer against those contexts.
 * ``decision`` (string, null): ``yes``/``no``/``maybe`` for yes/no questions whose answer gave one;
 * ``raw_answer`` (string): the teacher's full output;
 * ``teacher`` (string): the teacher's name;
+* ``finish_reason`` (string, null): ``stop`` when the teacher ended its answer itself,
+  ``length`` when it hit ``max_new_tokens`` (a truncated answer: ``kailin dataset export``
+  leaves it out of the SFT records unless ``keep_truncated_answers``), null when unknown (a
+  teacher callable that returns plain strings);
 * ``grounded`` (bool, null), ``grounding_score`` (float64, null), ``grounding_method`` (string):
   the grounding verdict (null with ``grounding="none"``).
 
-Teacher: any ``generate(prompts: list[str]) -> list[str]`` callable, or a :mod:`kailin.llm`
+Teacher: any ``generate(prompts: list[str]) -> list[str]`` callable (or one that returns
+:class:`kailin.llm.Completion` objects, which carry the finish reason), or a :mod:`kailin.llm`
 generator spec string (``smollm2``, ``hf:ID_OR_PATH``, a local checkpoint,
 ``openai:URL#MODEL``, ``vllm:...``) whose backend is built in :meth:`setup`.
 A callable is used as is (it is not pickled for Ray; pass a spec string there).
@@ -53,6 +58,7 @@ from kailin.config import StageConfig
 from kailin.dataset.records import attach_texts
 from kailin.engine.stage import Stage
 from kailin.errors import InputError, require
+from kailin.llm.base import Completion
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +70,7 @@ ANSWER_PROMPT = (
     "information in them.\n\n"
     "Contexts:\n{contexts}\n\n"
     "Question: {question}\n\n"
-    "Write a long answer of two to four sentences that explains the evidence in the contexts."
+    "Answer in two or three short sentences that explain the evidence in the contexts."
     "{decision_instruction}"
 )
 DECISION_INSTRUCTION = (
@@ -223,21 +229,56 @@ class Grounder:
 # --- teacher --------------------------------------------------------------------------------
 
 
-def llm_generate_fn(spec: str, max_new_tokens: int = 256, batch_size: int = 4,
-                    device: str | None = None) -> Callable[[list[str]], list[str]]:
-    """A ``generate(prompts) -> texts`` callable over a :mod:`kailin.llm` backend (any spec:
-    ``smollm2``, ``hf:...``, a local checkpoint, ``openai:URL#MODEL``, ``vllm:...``). Each
-    prompt is sent as one user message (chat template applied by the backend); greedy."""
-    from kailin.llm import BackendOptions, SamplingParams, build_backend
+def llm_complete_fn(spec: str, max_new_tokens: int = 256, batch_size: int = 4,
+                    device: str | None = None, use_cache: bool = True,
+                    cache_path: str | None = None) -> Callable[[list[str]], list[Completion]]:
+    """A ``complete(prompts) -> completions`` callable over a :mod:`kailin.llm` backend (any
+    spec: ``smollm2``, ``hf:...``, a local checkpoint, ``openai:URL#MODEL``, ``vllm:...``). Each
+    prompt is sent as one user message (chat template applied by the backend); greedy. Each
+    :class:`~kailin.llm.Completion` carries its ``finish_reason`` (``stop``/``length``), also
+    when it comes from the response cache (``use_cache``; ``cache_path`` default: the user
+    cache's ``llm_cache.sqlite``), so a re-run pays nothing for the answers it has."""
+    from kailin.llm import (
+        BackendOptions,
+        CachedBackend,
+        ResponseCache,
+        SamplingParams,
+        build_backend,
+    )
 
     backend = build_backend(spec, BackendOptions(device=device or "auto", batch_size=batch_size))
+    if use_cache:
+        backend = CachedBackend(backend, ResponseCache(cache_path))
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
 
-    def generate(prompts: list[str]) -> list[str]:
+    def complete(prompts: list[str]) -> list[Completion]:
         reqs = [[{"role": "user", "content": p}] for p in prompts]
-        return [c.text for c in backend.generate(reqs, params)]
+        return list(backend.generate(reqs, params))
+
+    return complete
+
+
+def llm_generate_fn(spec: str, max_new_tokens: int = 256, batch_size: int = 4,
+                    device: str | None = None) -> Callable[[list[str]], list[str]]:
+    """Like :func:`llm_complete_fn`, returning the texts only."""
+    complete = llm_complete_fn(spec, max_new_tokens, batch_size, device)
+
+    def generate(prompts: list[str]) -> list[str]:
+        return [c.text for c in complete(prompts)]
 
     return generate
+
+
+def _text_and_finish(out: Any) -> tuple[str, str | None]:
+    """A teacher output (a string, or a completion with ``text`` and ``finish_reason``)."""
+    if isinstance(out, str):
+        return out, None
+    text = getattr(out, "text", None)
+    if not isinstance(text, str):
+        raise InputError(f"teacher output {type(out).__name__}: expected a string or a "
+                         "completion with a .text")
+    finish = getattr(out, "finish_reason", None)
+    return text, (str(finish) if finish else None)
 
 
 class AnswerStage(Stage):
@@ -257,9 +298,13 @@ class AnswerStage(Stage):
         grounding_model: str | None = None,
         grounding_threshold: float | None = None,
         device: str | None = None,
+        use_cache: bool = True,
+        cache_path: str | None = None,
     ) -> None:
         super().__init__()
         self.teacher = teacher
+        self.use_cache = use_cache
+        self.cache_path = str(cache_path) if cache_path else None
         self.teacher_name = teacher if isinstance(teacher, str) else getattr(
             teacher, "__name__", type(teacher).__name__)
         self.corpus_dir = str(corpus_dir) if corpus_dir else None
@@ -268,7 +313,7 @@ class AnswerStage(Stage):
         self.batch_size = batch_size
         self.device = device
         self.grounder = Grounder(grounding, grounding_model, grounding_threshold, batch_size)
-        self._generate: Callable[[list[str]], list[str]] | None = None
+        self._generate: Callable[[list[str]], list[Any]] | None = None
 
     def fingerprint_config(self) -> dict[str, Any]:
         from kailin.corpus.reader import corpus_identity
@@ -287,8 +332,8 @@ class AnswerStage(Stage):
         if callable(self.teacher):
             self._generate = self.teacher
         else:
-            self._generate = llm_generate_fn(self.teacher, self.max_new_tokens, self.batch_size,
-                                             self.device)
+            self._generate = llm_complete_fn(self.teacher, self.max_new_tokens, self.batch_size,
+                                             self.device, self.use_cache, self.cache_path)
 
     def process(self, batch: pa.Table) -> pa.Table:
         t = attach_texts(batch, self.corpus_dir, self.n_contexts, source=False)
@@ -298,12 +343,16 @@ class AnswerStage(Stage):
         prompts = [answer_prompt(q, c, yn) for q, c, yn in zip(questions, contexts, yes_no,
                                                                 strict=True)]
         assert self._generate is not None
-        raw: list[str] = []
+        outs: list[Any] = []
         for s in range(0, len(prompts), self.batch_size):
-            raw.extend(self._generate(prompts[s:s + self.batch_size]))
-        if len(raw) != len(prompts):
-            raise InputError(f"teacher {self.teacher_name} returned {len(raw)} outputs for "
+            chunk = prompts[s:s + self.batch_size]
+            outs.extend(self._generate(chunk))
+            self.advance(len(chunk))
+        if len(outs) != len(prompts):
+            raise InputError(f"teacher {self.teacher_name} returned {len(outs)} outputs for "
                              f"{len(prompts)} prompts")
+        raw = [_text_and_finish(o)[0] for o in outs]
+        finish = [_text_and_finish(o)[1] for o in outs]
         parsed = [parse_teacher_output(r, yn) for r, yn in zip(raw, yes_no, strict=True)]
         answers = [a for a, _ in parsed]
         scores = self.grounder.score(answers, contexts)
@@ -315,6 +364,7 @@ class AnswerStage(Stage):
             "decision": pa.array([d for _, d in parsed], pa.string()),
             "raw_answer": pa.array(raw, pa.string()),
             "teacher": pa.array([self.teacher_name] * n, pa.string()),
+            "finish_reason": pa.array(finish, pa.string()),
             "grounded": pa.array(verdicts, pa.bool_()),
             "grounding_score": pa.array([None if np.isnan(s) else float(s) for s in scores],
                                         pa.float64()),

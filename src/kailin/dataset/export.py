@@ -8,7 +8,7 @@ answers``, a superset with the teacher's answers), plus a corpus directory for t
 Output directory::
 
     OUT/cpt/train.parquet, OUT/cpt/train.jsonl          pmid, text
-    OUT/sft/train.parquet, OUT/sft/train.jsonl          pmid, messages (answers only)
+    OUT/sft/train.parquet, OUT/sft/train.jsonl          pmid, messages (finished answers only)
     OUT/triples/train.parquet, OUT/triples/train.jsonl  pmid, question, contexts, answer, ...
     OUT/README.md                                       the dataset card (HF YAML header)
     OUT/plots/score_hist.png, OUT/plots/category_coverage.png
@@ -23,6 +23,10 @@ template is configurable (placeholders ``{title}``, ``{abstract}``, ``{contexts}
 ``{question}``, ``{answer}``, ``{decision}``; ``{contexts_text}`` gives the contexts as plain
 text joined by blank lines, and newlines are then kept: :data:`RAW_TEMPLATE`, the downstream
 control's "same abstracts, no question").
+
+Complete training targets: an answer the teacher did not finish (``finish_reason`` ``length``:
+cut at its ``max_new_tokens``) is left out of the SFT records unless ``keep_truncated_answers``;
+``export.json`` and the card report the share of such answers (``truncated_answers``).
 
 Decontamination (default on): rows whose source PMID is a PubMedQA PQA-L test PMID are dropped,
 and so are rows with a test PMID among their contexts (the abstract would otherwise enter the
@@ -69,7 +73,7 @@ class ExportConfig(StageConfig):
 
     added_fields: ClassVar[tuple[str, ...]] = (
         "n_contexts", "cpt_with_answer", "select", "min_score", "max_score", "require_grounded",
-        "formats", "extra_exclude_pmids")
+        "formats", "extra_exclude_pmids", "keep_truncated_answers")
 
     template: str | None = Field(None, description="CPT template (default: the authors' "
                                  "format); placeholders {title}, {abstract}, {contexts}, "
@@ -91,6 +95,10 @@ class ExportConfig(StageConfig):
         "records, QA triples (the last two need answers)")
     extra_exclude_pmids: list[int] = Field(default_factory=list, description="more PMIDs to "
                                            "exclude, as sources and as contexts")
+    keep_truncated_answers: bool = Field(False, description="keep in the SFT records the "
+                                         "answers the teacher did not finish (finish_reason "
+                                         "'length': cut at its max_new_tokens); by default "
+                                         "they are left out and counted")
 
     def contexts(self) -> int:
         return self.n_contexts or 4
@@ -105,7 +113,8 @@ class ExportConfig(StageConfig):
                 "min_score": self.min_score, "max_score": self.max_score,
                 "require_grounded": self.require_grounded,
                 "decontaminate": self.exclude_pubmedqa_test, "formats": list(self.formats),
-                "extra_exclude_pmids": len(self.extra_exclude_pmids)}
+                "extra_exclude_pmids": len(self.extra_exclude_pmids),
+                "keep_truncated_answers": self.keep_truncated_answers}
 
 
 def cpt_text(title: str, abstract: str, contexts: list[str], question: str,
@@ -224,7 +233,18 @@ def _write_jsonl(table: pa.Table, target: Path) -> None:
 def _write_split(table: pa.Table, out: Path, name: str) -> dict[str, Any]:
     write_parquet_atomic(table, out / name / "train.parquet")
     _write_jsonl(table, out / name / "train.jsonl")
-    return {"rows": table.num_rows, "files": [f"{name}/train.parquet", f"{name}/train.jsonl"]}
+    return {"rows": table.num_rows, "files": [f"{name}/train.parquet", f"{name}/train.jsonl"],
+            "columns": [{"name": f.name, "type": type_name(f.type)} for f in table.schema]}
+
+
+def type_name(t: pa.DataType) -> str:
+    """An Arrow type as the card shows it: ``list<string>``, ``struct<role: string, ...>`` (no
+    list item names, which differ between writers)."""
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return f"list<{type_name(t.value_type)}>"
+    if pa.types.is_struct(t):
+        return "struct<" + ", ".join(f"{f.name}: {type_name(f.type)}" for f in t) + ">"
+    return str(t)
 
 
 def build_tables(records: pa.Table, cfg: ExportConfig) -> dict[str, pa.Table]:
@@ -242,11 +262,13 @@ def build_tables(records: pa.Table, cfg: ExportConfig) -> dict[str, pa.Table]:
         out["cpt"] = pa.table({"pmid": pa.array([r["pmid"] for r in rows], pa.int64()),
                                "text": pa.array(texts, pa.string())})
     answered = [r for r in rows if has_answer and (r.get("answer") or "").strip()]
-    if "sft" in cfg.formats and answered:
+    targets = [r for r in answered
+               if cfg.keep_truncated_answers or r.get("finish_reason") != "length"]
+    if "sft" in cfg.formats and targets:
         msgs = [sft_messages(r["question"], (r["contexts"] or [])[: cfg.contexts()], r["answer"],
-                             r.get("decision")) for r in answered]
+                             r.get("decision")) for r in targets]
         out["sft"] = pa.table({
-            "pmid": pa.array([r["pmid"] for r in answered], pa.int64()),
+            "pmid": pa.array([r["pmid"] for r in targets], pa.int64()),
             "messages": pa.array(msgs, pa.list_(pa.struct([("role", pa.string()),
                                                            ("content", pa.string())]))),
         })
@@ -269,8 +291,31 @@ def build_tables(records: pa.Table, cfg: ExportConfig) -> dict[str, pa.Table]:
             "grounded": col("grounded", pa.bool_()),
             "grounding_score": col("grounding_score", pa.float64()),
             "score": col("score", pa.float64()),
+            "finish_reason": col("finish_reason", pa.string()),
         })
     return out
+
+
+def truncation_stats(table: pa.Table, cfg: ExportConfig) -> dict[str, Any] | None:
+    """How many of the answered records the teacher cut at its token limit (``finish_reason``
+    ``length``), finished (``stop``), or gave no finish reason for (``unknown``: an older answers
+    table or a teacher callable that returns plain strings); None without answers."""
+    if "answer" not in table.column_names:
+        return None
+    answers = table.column("answer").to_pylist()
+    reasons = (table.column("finish_reason").to_pylist() if "finish_reason" in table.column_names
+               else [None] * len(answers))
+    n = truncated = finished = 0
+    for a, f in zip(answers, reasons, strict=True):
+        if (a or "").strip():
+            n += 1
+            truncated += f == "length"
+            finished += f is not None and f != "length"
+    return {"answers": n, "finished": finished, "truncated": truncated,
+            "unknown": n - finished - truncated,
+            "truncated_share": truncated / n if n else None,
+            "kept_in_sft": cfg.keep_truncated_answers,
+            "dropped_from_sft": 0 if cfg.keep_truncated_answers else truncated}
 
 
 def export_dataset(
@@ -307,6 +352,7 @@ def export_dataset(
     tables = build_tables(table, cfg)
     stats["splits"] = {name: _write_split(t, out, name) for name, t in tables.items()}
     stats["grounding"] = grounding_rates(table)
+    stats["truncated_answers"] = truncation_stats(table, cfg)
     stats["config"] = cfg.to_dict()
     from kailin.dataset.card import dataset_card_stats, write_card
 

@@ -26,13 +26,15 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from kailin.config import StageConfig
 from kailin.errors import InputError
 from kailin.io import read_text_strict
 from kailin.train.common import (
     LoraSettings,
+    TrainingSettings,
+    attach_progress,
     build_lora_config,
     data_digest,
+    finish_checkpoints,
     finished_run,
     last_checkpoint,
     load_model,
@@ -50,7 +52,7 @@ log = logging.getLogger(__name__)
 CPT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class DownstreamTrainConfig(StageConfig):
+class DownstreamTrainConfig(TrainingSettings):
     """Settings of ``kailin train cpt`` / ``kailin train answers``, and of the pipeline's
     ``downstream`` section (``kailin.pipeline.config.DownstreamConfig``). The defaults are the
     pipeline's (a few steps); :meth:`authors` (the commands' defaults) is the authors' CPT:
@@ -59,7 +61,7 @@ class DownstreamTrainConfig(StageConfig):
     added_fields: ClassVar[tuple[str, ...]] = (
         "lora_r", "lora_alpha", "epochs", "grad_accum", "packing", "warmup", "lr_scheduler",
         "weight_decay", "save_steps", "save_total_limit", "logging_steps", "seed", "limit",
-        "lora")
+        "lora", "keep_checkpoints")
 
     model: str = Field("smollm2", description="the model to train: smollm2, a local "
                        "checkpoint or a hub id")
@@ -172,6 +174,7 @@ def _train(kind: str, records: list[dict[str, Any]], out_dir: str | os.PathLike[
         peft_config=build_lora_config(s.lora_settings()) if s.lora else None,
         callbacks=callbacks,
     )
+    attach_progress(trainer, kind)
     resume = last_checkpoint(ckpt_dir)
     if resume:
         log.info("resuming %s from %s", kind, resume)
@@ -188,6 +191,7 @@ def _train(kind: str, records: list[dict[str, Any]], out_dir: str | os.PathLike[
         "log_history": trainer.state.log_history,
     }
     save_final_model(trainer.model, tok, out, meta)
+    finish_checkpoints(ckpt_dir, s.keep_checkpoints)
     return meta
 
 

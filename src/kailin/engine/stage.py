@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -34,6 +35,15 @@ class Stage(ABC):
 
     def __init__(self) -> None:
         self._ready = False
+
+    #: set by an executor for the length of one shard: told how many input rows the stage has
+    #: just finished, so a progress bar moves within a long shard (see :meth:`advance`)
+    on_rows: Callable[[int], None] | None = None
+
+    def advance(self, rows: int) -> None:
+        """Report ``rows`` more input rows done (a no-op unless an executor listens)."""
+        if self.on_rows is not None:
+            self.on_rows(rows)
 
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Load models / indexes. Called once per worker before the first batch."""

@@ -152,6 +152,8 @@ class LMAnswerer:
         import torch
         from tqdm.auto import tqdm
 
+        from kailin.progress import enabled as progress_enabled
+
         labels = tuple(labels)
         choices = self._choice_ids(labels)
         room = max(len(c) for c in choices.values())
@@ -159,7 +161,8 @@ class LMAnswerer:
         order = sorted(range(len(prompts)), key=lambda i: -len(prompt_ids[i]))
         out: list[dict[str, float]] = [{} for _ in prompts]
         single = all(len(c) == 1 for c in choices.values())
-        bar = tqdm(total=len(prompts), desc="loglik", unit="q", disable=not progress, leave=False)
+        bar = tqdm(total=len(prompts), desc="loglik", unit="q",
+                   disable=not progress_enabled(progress), leave=False)
         with torch.inference_mode():
             if single:
                 label_ids = [choices[lab][0] for lab in labels]
@@ -194,11 +197,13 @@ class LMAnswerer:
         import torch
         from tqdm.auto import tqdm
 
+        from kailin.progress import enabled as progress_enabled
+
         prompt_ids = [self._truncate(self._prompt_ids(p), self.max_new_tokens) for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: -len(prompt_ids[i]))
         out = [""] * len(prompts)
-        bar = tqdm(total=len(prompts), desc="generate", unit="q", disable=not progress,
-                   leave=False)
+        bar = tqdm(total=len(prompts), desc="generate", unit="q",
+                   disable=not progress_enabled(progress), leave=False)
         with torch.inference_mode():
             for s in range(0, len(order), self.batch_size):
                 idx = order[s:s + self.batch_size]

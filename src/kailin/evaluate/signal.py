@@ -221,6 +221,8 @@ def evaluate_signal(
     the two paired AUCs) are also scored at every k from 1 to 8 (0: no sweep)."""
     from tqdm.auto import tqdm
 
+    from kailin.progress import enabled as progress_enabled
+
     t_start = time.perf_counter()
     if index is None:
         if index_dir is None:
@@ -299,7 +301,7 @@ def evaluate_signal(
 
     def run(cfgs: Sequence[SignalConfig]) -> list[dict[str, Any]]:
         rows = []
-        for cfg in tqdm(cfgs, desc="score configurations", unit="cfg", disable=not progress):
+        for cfg in tqdm(cfgs, desc="score configurations", unit="cfg", disable=not progress_enabled(progress)):
             sc = scorers.get(cfg.scorer_key())
             if sc is None:
                 sc = scorers[cfg.scorer_key()] = _make_scorer(mesh, cfg, embeddings)

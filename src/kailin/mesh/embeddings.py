@@ -105,6 +105,7 @@ def build_mesh_embeddings(
     from tqdm.auto import tqdm
 
     from kailin.llm.encoder import Encoder, resolve_model
+    from kailin.progress import enabled as progress_enabled
 
     model = resolve_model(model_path)
     all_uis = list(mesh.uis)
@@ -133,7 +134,7 @@ def build_mesh_embeddings(
             return out
     enc = Encoder(model, batch_size=batch_size)
     vecs = np.zeros((len(all_uis), enc.dim), dtype=np.float32)
-    bar = tqdm(total=len(todo), desc="embed MeSH", unit="desc", disable=not progress)
+    bar = tqdm(total=len(todo), desc="embed MeSH", unit="desc", disable=not progress_enabled(progress))
     for start in range(0, len(todo), 512):
         chunk = todo[start : start + 512]
         texts = [descriptor_text(mesh, u, mode) for u in chunk]
@@ -308,12 +309,13 @@ def ensure_mesh_embeddings(
     from tqdm.auto import tqdm
 
     from kailin.llm.encoder import Encoder
+    from kailin.progress import enabled as progress_enabled
 
     enc = Encoder(model_name, batch_size=batch_size)
     if vecs is None:
         vecs = np.zeros((len(mesh.uis), enc.dim), dtype=np.float32)
     log.info("embedding %d MeSH descriptors on demand with %s", len(todo), model_name)
-    bar = tqdm(total=len(todo), desc="embed MeSH", unit="desc", disable=not progress)
+    bar = tqdm(total=len(todo), desc="embed MeSH", unit="desc", disable=not progress_enabled(progress))
     for start in range(0, len(todo), 512):
         chunk = todo[start : start + 512]
         vecs[[row_of[u] for u in chunk]] = enc.encode([descriptor_text(mesh, u, mode)

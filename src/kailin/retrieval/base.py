@@ -391,8 +391,10 @@ def _iter_corpus(
 ) -> Iterator[tuple[pa.Table, list[str]]]:
     from tqdm.auto import tqdm
 
+    from kailin.progress import enabled as progress_enabled
+
     columns = [c for c in INDEX_COLUMNS]
-    bar = tqdm(total=corpus.num_rows, desc=desc, unit="doc", disable=not progress)
+    bar = tqdm(total=corpus.num_rows, desc=desc, unit="doc", disable=not progress_enabled(progress))
     try:
         for rb in corpus.iter_batches(columns=columns, batch_size=batch_size):
             table = pa.Table.from_batches([rb])

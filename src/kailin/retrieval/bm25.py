@@ -17,10 +17,10 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
-from kailin.errors import InputError, KailinError, require
+from kailin.errors import InputError, KailinError
 from kailin.retrieval.base import Index
 from kailin.retrieval.bm25_sharded import build_sharded, read_shards
-from kailin.retrieval.bm25_tokenizer import make_tokenizer
+from kailin.retrieval.bm25_tokenizer import import_bm25s, make_tokenizer
 
 __all__ = ["BM25Backend", "BM25Builder", "BM25Index", "make_tokenizer", "shard_count"]
 
@@ -54,7 +54,7 @@ class BM25Builder:
         )
 
     def finish(self, out_root: Path) -> dict[str, Any]:
-        import bm25s
+        bm25s = import_bm25s()
 
         retriever = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
         retriever.index((self.ids, self.tokenizer.get_vocab_dict()), show_progress=False)
@@ -132,7 +132,8 @@ class BM25Backend:
     hits are merged."""
 
     def __init__(self, root: Path, params: dict[str, Any]) -> None:
-        require("bm25s", "retrieval")
+        import_bm25s()  # (its logger put back before any index is read)
+
         d = root / BM25_DIR
         shards = read_shards(d)
         if shards is None:

@@ -7,8 +7,23 @@ from typing import Any
 from kailin.errors import require
 
 
-def make_tokenizer(stemmer: str | None = "english", stopwords: str | None = "en") -> Any:
+def import_bm25s() -> Any:
+    """``bm25s``, with its logger's level put back: bm25s sets it to DEBUG when imported, so its
+    debug lines ("Building index from IDs") went to kailin's handler at every verbosity. It is
+    left at WARNING, kailin's rule for chatty libraries (``kailin -v`` shows them)."""
     require("bm25s", "retrieval")
+    import logging
+
+    import bm25s
+
+    lg = logging.getLogger("bm25s")
+    verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+    lg.setLevel(logging.NOTSET if verbose else logging.WARNING)
+    return bm25s
+
+
+def make_tokenizer(stemmer: str | None = "english", stopwords: str | None = "en") -> Any:
+    import_bm25s()
     from bm25s.tokenization import Tokenizer
 
     stem = None

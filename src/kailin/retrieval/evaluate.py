@@ -115,6 +115,8 @@ def evaluate(
     ``n_queries`` is every query given; with ``n`` = 0 the metrics are None."""
     from tqdm.auto import tqdm
 
+    from kailin.progress import enabled as progress_enabled
+
     if not queries:
         raise InputError("no queries to evaluate")
     depth = max(depth, *ks)
@@ -129,7 +131,7 @@ def evaluate(
     recalls = {k: np.zeros(n) for k in ks}
     rr = np.zeros(n)
     t0 = time.perf_counter()
-    bar = tqdm(total=n, desc="evaluate", unit="q", disable=not progress)
+    bar = tqdm(total=n, desc="evaluate", unit="q", disable=not progress_enabled(progress))
     for start in range(0, n, batch_size):
         chunk = answerable[start : start + batch_size]
         hits = index.search([q.query for q in chunk], k=depth, years=years)

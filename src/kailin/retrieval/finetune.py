@@ -499,11 +499,14 @@ def finetune(
         bf16=cfg.bf16,
         fp16=cfg.fp16,
         use_cpu=(cfg.device or "cpu") == "cpu",
-        disable_tqdm=not progress,
+        disable_tqdm=True,  # kailin's bar and log lines instead (attach_progress)
         report_to="none",
         dataloader_drop_last=len(ds) >= 2 * batch,
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds, loss=loss)
+    from kailin.train.common import attach_progress
+
+    attach_progress(trainer, "retriever", enabled=progress)
     last = _last_checkpoint(ckpt_dir) if resume else None
     if last is not None:
         log.info("resuming from %s", last)

@@ -2,13 +2,21 @@
 
 Layout of a training output directory (SFT, DPO, evaluator)::
 
-    OUT/checkpoints/checkpoint-N/   trainer checkpoints (safetensors); a re-run resumes from the last
+    OUT/checkpoints/checkpoint-N/   trainer checkpoints (safetensors); a re-run resumes from the last;
+                                    removed once the final model is saved, unless the settings'
+                                    ``keep_checkpoints`` (a killed run keeps them, so it resumes)
     OUT/model/                      the final model: a plain Hugging Face checkpoint (LoRA merged)
     OUT/adapter/                    the LoRA adapter alone (LoRA runs only)
     OUT/kailin_train.json           what was trained, how, and the final metrics (written last)
 
 ``kailin_train.json`` is written only after ``model/`` is complete, so its presence means the run
-finished and a re-run returns at once. Anything that takes a model *spec* (``smollm2``, a local
+finished and a re-run returns at once. Without its checkpoints, a finished run given a larger
+step budget trains afresh instead of continuing (keep them to continue).
+
+Progress: :func:`attach_progress` replaces transformers' own output (a tqdm bar that prints each
+log dict to stdout, or ``print`` of the dicts with ``disable_tqdm``) by a kailin bar over the
+steps (total ``max_steps``, an ETA; hidden by ``kailin -q``/``--no-progress``) and one INFO line
+per log on the ``kailin.train`` logger. Anything that takes a model *spec* (``smollm2``, a local
 path, a hub id, or such an output directory) goes through :func:`resolve_model_path`.
 """
 
@@ -23,10 +31,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
+from kailin.config import StageConfig
 from kailin.errors import InputError, require
 from kailin.io import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
+#: where every trainer's step and loss lines go (INFO)
+train_log = logging.getLogger("kailin.train")
 
 #: the attention projections the authors' LoRA hits on Llama (q, k, v)
 DEFAULT_LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
@@ -39,6 +52,85 @@ def require_training() -> None:
     """Fail with the pip command when the ``train`` extra is missing."""
     for mod in ("torch", "transformers", "peft", "trl", "datasets"):
         require(mod, "train")
+
+
+class TrainingSettings(StageConfig):
+    """What every trainer's settings class shares (SFT, DPO, downstream CPT/SFT). Fields here
+    do not change the trained model, so they are no part of a run's identity."""
+
+    keep_checkpoints: bool = Field(False, description="keep the trainer checkpoints after the "
+                                   "final model is saved (default: removed then; a killed run "
+                                   "keeps them and resumes; keep them to continue a finished "
+                                   "run with more steps)")
+
+
+def finish_checkpoints(ckpt_dir: str | os.PathLike[str], keep: bool) -> None:
+    """After a successful finish (the final model saved): remove ``ckpt_dir`` unless ``keep``."""
+    d = Path(ckpt_dir)
+    if keep or not d.is_dir():
+        return
+    shutil.rmtree(d)
+    log.info("%s: removed (the final model is saved; keep_checkpoints keeps them)", d)
+
+
+def _fmt_log_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _progress_callback_class() -> Any:
+    from transformers import TrainerCallback
+
+    from kailin.progress import bar
+
+    class KailinProgress(TrainerCallback):
+        """A kailin bar over the training steps, and each log as one INFO line."""
+
+        def __init__(self, desc: str, enabled: bool = True) -> None:
+            self.desc = desc
+            self.enabled = enabled
+            self.bar: Any = None
+            self.step = 0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.is_world_process_zero:
+                self.step = state.global_step
+                self.bar = bar(total=state.max_steps, desc=self.desc, unit="step",
+                               enabled_=self.enabled, initial=state.global_step)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.step)
+                self.step = state.global_step
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None,
+                   **kw: Any) -> None:
+            if not state.is_world_process_zero or not logs:
+                return
+            items = {k: v for k, v in logs.items() if k != "total_flos"}
+            train_log.info("%s step %d/%d: %s", self.desc, state.global_step, state.max_steps,
+                           ", ".join(f"{k}={_fmt_log_value(v)}" for k, v in items.items()))
+            if self.bar is not None and "loss" in items:
+                self.bar.set_postfix(loss=_fmt_log_value(items["loss"]), refresh=False)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return KailinProgress
+
+
+def attach_progress(trainer: Any, desc: str, enabled: bool = True) -> None:
+    """Route ``trainer``'s output through kailin: its progress bar (or printer) callback, which
+    writes every log dict to stdout, is replaced by a kailin bar over the steps (unless
+    ``enabled`` is false or ``kailin -q``) and INFO lines on the ``kailin.train`` logger."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for cb in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(cb)
+    trainer.add_callback(_progress_callback_class()(desc, enabled))
 
 
 @dataclass
@@ -275,6 +367,7 @@ def training_args(s: Any, ckpt_dir: str | os.PathLike[str], learning_rate: float
         "logging_steps": s.logging_steps,
         "seed": s.seed,
         "report_to": [],
+        "disable_tqdm": True,  # kailin's own bar instead (attach_progress)
         "dataloader_num_workers": 0,
         **precision_kwargs(),
         **extra,

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -100,6 +101,27 @@ def write_shard(stage: Stage, shard: pa.Table, out: Path, i: int, expected: str)
     return m
 
 
+def _write_shard_moving(stage: Stage, shard: pa.Table, out: Path, i: int, expected: str,
+                        bar: Any) -> dict:
+    """:func:`write_shard` with ``bar`` moved by the rows the stage reports done
+    (:meth:`Stage.advance`), and to the shard's end when it finishes."""
+    done = 0
+
+    def moved(rows: int) -> None:
+        nonlocal done
+        rows = max(0, min(rows, shard.num_rows - done))
+        done += rows
+        bar.update(rows)
+
+    stage.on_rows = moved
+    try:
+        m = write_shard(stage, shard, out, i, expected)
+    finally:
+        stage.on_rows = None
+    bar.update(shard.num_rows - done)
+    return m
+
+
 def remove_extra_shards(out: Path, n_shards: int) -> int:
     """Delete parts *and* markers of shards ``>= n_shards`` (left by a larger input)."""
     removed = 0
@@ -155,7 +177,7 @@ class LocalExecutor:
         prepare_output(stage, out, key)
         stats = {"stage": stage.name, "shards": 0, "skipped": 0, "rows_in": 0,
                  "rows_out": 0, "seconds": 0.0}
-        bar = _progress(None, stage.name, self.progress)
+        bar = _progress(count_rows(src), stage.name, self.progress)
         try:
             for i, shard in enumerate(iter_input_shards(src, self.rows_per_shard, columns)):
                 stats["shards"] += 1
@@ -163,12 +185,12 @@ class LocalExecutor:
                 m = valid_marker(done_dir / f"{i:05d}.json", expected)
                 if m is not None:
                     stats["skipped"] += 1
+                    bar.update(shard.num_rows)
                 else:
-                    m = write_shard(stage, shard, out, i, expected)
+                    m = _write_shard_moving(stage, shard, out, i, expected, bar)
                     stats["seconds"] += m["seconds"]
                 stats["rows_in"] += m["rows_in"]
                 stats["rows_out"] += m["rows_out"]
-                bar.update(1)
         except BaseException:
             discard_unfinished(out)
             raise
@@ -185,20 +207,18 @@ def run_stage(stage: Stage, src: str | Path | pa.Table, out_dir: str | Path,
     return LocalExecutor(rows_per_shard=rows_per_shard).run(stage, src, out_dir)
 
 
-class _NullBar:
-    def update(self, n: int) -> None:
-        pass
+def count_rows(src: str | Path | pa.Table) -> int:
+    """Rows of a table or a Parquet file/directory (from the footers: no data is read)."""
+    if isinstance(src, pa.Table):
+        return src.num_rows
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(src))
 
-    def close(self) -> None:
-        pass
 
+def _progress(total: int | None, desc: str, enabled: bool) -> Any:
+    """A bar over the input's records (a total and an ETA), hidden by ``kailin -q``."""
+    from kailin.progress import bar
 
-def _progress(total: int | None, desc: str, enabled: bool) -> _NullBar:
-    if not enabled:
-        return _NullBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="shard", leave=False)
+    return bar(total=total, desc=desc, unit="rec", enabled_=enabled)
 
 
 def concat(tables: Iterable[pa.Table]) -> pa.Table:
