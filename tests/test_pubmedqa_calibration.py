@@ -180,3 +180,20 @@ def test_contamination_catches_a_planted_context() -> None:
     assert check_contamination(texts, {"raw": train["raw"]})["clean"]
     with pytest.raises(InputError, match="no 'text'"):
         check_contamination(texts, {"bad": pa.table({"pmid": [1]})})
+
+
+def test_cli_prints_raw_and_calibrated_side_by_side() -> None:
+    from kailin.cli.evaluate import _continuous_line
+
+    scores = {"1": {"yes": LOG(0.5), "no": LOG(0.3), "maybe": LOG(0.1)},
+              "2": {"yes": LOG(0.8), "no": LOG(0.1), "maybe": LOG(0.1)}}
+    gold = {"1": "no", "2": "yes"}
+    _, fig = cal.score_items(scores, gold, "dcpmi", cal.log_normalize(
+        {"yes": LOG(0.6), "no": LOG(0.3), "maybe": LOG(0.05)}), n_boot=50)
+    r = {"label_counts": {"predicted": {"yes": 2, "no": 0, "maybe": 0}}, **fig}
+    text = _continuous_line(r)
+    assert "predicted: yes 2/no 0/maybe 0" in text
+    assert f"gold margin {fig['gold_margin']['mean']:+.4f}" in text
+    assert "dcpmi-calibrated: accuracy" in text
+    assert _continuous_line({"label_counts": r["label_counts"], "gold_margin": None,
+                             "calibrated": None}).count("\n") == 0
