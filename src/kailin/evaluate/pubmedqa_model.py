@@ -17,6 +17,11 @@ Two ways to answer, both zero-shot and greedy:
 * ``generate``: greedy generation; the first ``yes``/``no``/``maybe`` word in the output is the
   answer. Outputs without one count as ``maybe`` and are reported as ``unparsed``.
 
+With loglik, every setting also gets the gold margin (a continuous per-item score) and, with
+``calibration="contextual"`` or ``"dcpmi"``, calibrated figures beside the official ones (see
+:mod:`kailin.evaluate.calibration`); the per-item log-likelihoods are saved for paired
+comparisons (:func:`kailin.evaluate.stats.paired_delta`).
+
 With ``chat="auto"`` the prompt is wrapped in the tokenizer's chat template when it has one (the
 label is then the start of the assistant turn); ``chat="never"`` uses the plain prompt.
 """
