@@ -114,3 +114,12 @@ def test_perplexity_command_on_smollm2(tmp_path) -> None:
     d = paired_delta(long_ctx, rows, "mean_nll", n_boot=200)
     assert d["n"] == 3 and d["delta"] < 0 and d["mde"] >= 0
     assert long_ctx[0]["nll_sum"] == pytest.approx(rows[0]["nll_sum"], rel=2e-3)
+
+
+def test_load_texts_json_list(tmp_path) -> None:
+    f = tmp_path / "t.json"
+    f.write_text('[{"id": "a", "text": "x"}, {"id": "b", "text": "y"}]')
+    assert load_texts(f).column("id").to_pylist() == ["a", "b"]
+    f.write_text('[1, 2]')
+    with pytest.raises(InputError, match="one JSON object per row"):
+        load_texts(f)

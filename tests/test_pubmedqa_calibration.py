@@ -197,3 +197,44 @@ def test_cli_prints_raw_and_calibrated_side_by_side() -> None:
     assert "dcpmi-calibrated: accuracy" in text
     assert _continuous_line({"label_counts": r["label_counts"], "gold_margin": None,
                              "calibrated": None}).count("\n") == 0
+
+
+def test_contamination_command(tmp_path) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+    import typer
+    from typer.testing import CliRunner
+
+    from kailin.cli.evaluate import app as evaluate_app
+    from kailin.evaluate.pubmedqa import test_items
+
+    app = typer.Typer()
+    app.add_typer(evaluate_app, name="evaluate")
+    held = tmp_path / "heldout.parquet"
+    pq.write_table(pa.table({"pmid": [900001], "title": ["T"], "abstract": [
+        "A held-out abstract of thirty words or so, about the effect of a drug on the outcome of "
+        "patients in a cohort followed for ten years in three hospitals of one region."]}), held)
+    item = test_items(1)[0]  # a PubMedQA test context planted in an arm's CPT text
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    pq.write_table(pa.table({"pmid": [1], "text": [f"After reading ```{item.contexts[0]}```"]}),
+                   tmp_path / "a" / "train.parquet")
+    pq.write_table(pa.table({"pmid": [2], "text": ["Something else entirely."]}),
+                   tmp_path / "b" / "train.parquet")
+    out, texts = tmp_path / "c.json", tmp_path / "texts.parquet"
+    r = CliRunner().invoke(app, ["evaluate", "contamination", "--heldout", str(held),
+                                 "--train", f"after={tmp_path / 'a'}",
+                                 "--train", f"raw={tmp_path / 'b'}", "--write-texts", str(texts),
+                                 "--json", str(out)])
+    assert r.exit_code == 1, r.output
+    rep = json.loads(out.read_text())
+    assert rep["n_eval"] == 501 and rep["contaminated"] == 1
+    assert list(rep["items"]) == [f"pubmedqa:{item.pmid}"]
+    assert rep["arms"]["raw"]["text_hits"] == 0 and "CONTAMINATED" in r.output
+    assert pq.read_table(texts).num_rows == 501
+    r = CliRunner().invoke(app, ["evaluate", "contamination", "--texts", str(texts),
+                                 "--train", f"raw={tmp_path / 'b'}"])
+    assert r.exit_code == 0 and "clean" in r.output
+    r = CliRunner().invoke(app, ["evaluate", "contamination", "--train", "nonsense"])
+    assert isinstance(r.exception, InputError) and "ARM=TABLE" in str(r.exception)

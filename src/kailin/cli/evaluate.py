@@ -157,6 +157,9 @@ def contamination(
         table = load_texts(texts)
     else:
         table = heldout_eval_texts(heldout, pubmedqa=not no_pubmedqa)
+    if table.num_rows == 0:
+        raise InputError("no evaluation texts: give --texts, or --heldout and/or leave out "
+                         "--no-pubmedqa")
     if write_texts is not None:
         write_parquet_atomic(table, write_texts)
         typer.echo(f"wrote {table.num_rows} evaluation texts to {write_texts}")

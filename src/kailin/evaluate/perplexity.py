@@ -57,14 +57,23 @@ def load_texts(path: str | os.PathLike[str], limit: int | None = None) -> pa.Tab
     if not p.exists():
         raise InputError(f"--texts {p}: no such file or folder")
     if p.suffix in (".jsonl", ".json") and p.is_file():
-        rows = []
-        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines()):
-            if not line.strip():
-                continue
+        rows: list[Any] = []
+        raw = p.read_text(encoding="utf-8")
+        if p.suffix == ".json" and raw.lstrip().startswith("["):  # a JSON list of rows
             try:
-                rows.append(json.loads(line))
+                rows = json.loads(raw)
             except json.JSONDecodeError as exc:
-                raise InputError(f"{p}: line {i + 1} is not valid JSON ({exc})") from None
+                raise InputError(f"{p}: not valid JSON ({exc})") from None
+        else:
+            for i, line in enumerate(raw.splitlines()):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{p}: line {i + 1} is not valid JSON ({exc})") from None
+        if not all(isinstance(r, dict) for r in rows):
+            raise InputError(f"{p}: expected one JSON object per row (with a 'text' field)")
         table = pa.Table.from_pylist(rows) if rows else pa.table({"text": pa.array([], pa.string())})
     else:
         try:
