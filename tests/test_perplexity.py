@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from kailin.cli.evaluate import app as evaluate_app
 from kailin.errors import InputError
+from kailin.evaluate import pubmedqa as pqa
 from kailin.evaluate.perplexity import load_texts, per_text_path, windows
-from kailin.evaluate.pubmedqa import test_items
 from kailin.evaluate.stats import load_items, paired_delta
 
 app = typer.Typer()
@@ -58,7 +58,7 @@ def test_perplexity_command_on_smollm2(tmp_path) -> None:
     from kailin.train.common import load_model, load_tokenizer
 
     # a tiny real table: PubMedQA questions and the start of a context (~70 tokens: windows)
-    items = test_items(3)
+    items = pqa.test_items(3)
     texts = [items[0].question, items[1].question + " " + items[1].contexts[0][:200],
              items[2].question]
     table = tmp_path / "texts.parquet"
