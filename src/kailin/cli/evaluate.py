@@ -41,6 +41,13 @@ def pubmedqa(
         None, "--save-predictions", help="Directory for pred_{setting}.json (official format)."
     ),
     json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
+    calibration: str = typer.Option(
+        "none", "--calibration",
+        help="none, contextual (Zhao et al. 2021) or dcpmi (Holtzman et al. 2021): calibrated "
+             "figures beside the official ones (--method loglik).",
+    ),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples of the gold-margin CI."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
 ) -> None:
     """PubMedQA (PQA-L test, 500 PMIDs): score a prediction file, or evaluate a model."""
     from kailin.errors import InputError
@@ -62,12 +69,130 @@ def pubmedqa(
             model, adapter=adapter, settings=setting, method=method, limit=limit,
             batch_size=batch_size, max_length=max_length, chat=chat,
             max_new_tokens=max_new_tokens, device=device, predictions_dir=save_predictions,
+            calibration=calibration, n_boot=n_boot, seed=seed,
         )
         for s, r in res["settings"].items():
             typer.echo(pq.format_table(r, title=f"PubMedQA {s} ({method})"))
+            typer.echo(_continuous_line(r))
     if json_out is not None:
         write_json_atomic(json_out, res)
         typer.echo(f"wrote {json_out}")
+
+
+@app.command("perplexity")
+def perplexity(
+    model: str = typer.Option(..., "--model", "-m",
+                              help="Causal LM: local path, hub id, kailin training output, or "
+                                   "'smollm2'."),
+    texts: Path = typer.Option(..., "--texts",
+                               help="Parquet file/folder or JSONL with a 'text' column (and "
+                                    "optional 'pmid' / 'id')."),
+    json_out: Path | None = typer.Option(
+        None, "--json", help="Write the results here and the per-text NLLs beside it "
+                             "(OUT's stem + .per_text.parquet)."),
+    max_length: int = typer.Option(1024, "--max-length", help="Tokens per forward pass."),
+    stride: int | None = typer.Option(None, "--stride",
+                                      help="Tokens each sliding window moves on (default "
+                                           "max-length / 2)."),
+    truncate: bool = typer.Option(False, "--truncate",
+                                  help="Score only the first max-length tokens of long texts "
+                                       "(default: sliding windows)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Windows per forward pass."),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N texts."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples (over texts)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda, ... (default: cpu)."),
+    quiet: bool = typer.Option(False, "--quiet", "--no-progress", help="No progress bars."),
+) -> None:
+    """Held-out perplexity: the token-weighted mean NLL of a model on a table of texts."""
+    from kailin.evaluate.perplexity import evaluate_perplexity
+
+    r = evaluate_perplexity(model, texts, max_length=max_length, stride=stride,
+                            truncate=truncate, batch_size=batch_size, limit=limit, n_boot=n_boot,
+                            seed=seed, device=device, json_out=json_out, progress=not quiet)
+    typer.echo(f"mean NLL {r['mean_nll']:.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}] "
+               f"nats/token (perplexity {r['perplexity']:.2f}) over {r['tokens']} tokens of "
+               f"{r['n']} texts; {r['windows']} windows, {r['truncated_texts']} texts truncated "
+               f"({r['tokens_dropped']} tokens left out)")
+    if json_out is not None:
+        typer.echo(f"wrote {json_out} and {r['per_text_file']}")
+
+
+@app.command("contamination")
+def contamination(
+    train: list[str] = typer.Option(
+        ..., "--train", help="ARM=TABLE: an arm's training data (an export's cpt/, sft/ or "
+                             "triples/ folder, a control's cpt/); repeatable."),
+    texts: Path | None = typer.Option(
+        None, "--texts", help="Evaluation texts (Parquet/JSONL with 'text', optional 'pmid'/"
+                              "'id'); default: built from --heldout and PubMedQA."),
+    heldout: Path | None = typer.Option(
+        None, "--heldout", help="The run's corpus/heldout.parquet (with --write-texts or "
+                                "without --texts)."),
+    no_pubmedqa: bool = typer.Option(False, "--no-pubmedqa",
+                                     help="Leave the PubMedQA test contexts out of the built "
+                                          "texts."),
+    write_texts: Path | None = typer.Option(
+        None, "--write-texts", help="Write the built evaluation texts here (Parquet), for "
+                                    "kailin evaluate perplexity --texts."),
+    span_words: int = typer.Option(25, "--span-words",
+                                   help="Words in a shared span that counts as a copy."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the report here."),
+) -> None:
+    """Whether any held-out evaluation text (by PMID or by a long shared span) occurs in any
+    arm's training data; exit code 1 when one does."""
+    from kailin.errors import InputError
+    from kailin.evaluate.contamination import check_contamination, heldout_eval_texts
+    from kailin.io import write_json_atomic, write_parquet_atomic
+
+    arms: dict[str, str] = {}
+    for spec in train:
+        arm, sep, path = spec.partition("=")
+        if not sep or not arm or not path:
+            raise InputError(f"--train {spec!r}: give ARM=TABLE, e.g. dpo=runs/x/export/cpt")
+        arms[arm] = path
+    if texts is not None:
+        from kailin.evaluate.perplexity import load_texts
+
+        table = load_texts(texts)
+    else:
+        table = heldout_eval_texts(heldout, pubmedqa=not no_pubmedqa)
+    if table.num_rows == 0:
+        raise InputError("no evaluation texts: give --texts, or --heldout and/or leave out "
+                         "--no-pubmedqa")
+    if write_texts is not None:
+        write_parquet_atomic(table, write_texts)
+        typer.echo(f"wrote {table.num_rows} evaluation texts to {write_texts}")
+    rep = check_contamination(table, arms, span_words=span_words)
+    for arm, a in rep["arms"].items():
+        typer.echo(f"{arm}: {a['rows']} training rows; {a['pmid_hits']} evaluation texts by "
+                   f"PMID, {a['text_hits']} by text")
+    typer.echo("clean" if rep["clean"] else
+               f"CONTAMINATED: {rep['contaminated']} of {rep['n_eval']} evaluation texts, e.g. "
+               + ", ".join(list(rep["items"])[:5]))
+    if json_out is not None:
+        write_json_atomic(json_out, rep)
+        typer.echo(f"wrote {json_out}")
+    if not rep["clean"]:
+        raise typer.Exit(1)
+
+
+def _continuous_line(r: dict) -> str:
+    """The gold margin and the calibrated figures of one setting, beside the predicted labels."""
+    def counts(c: dict) -> str:
+        return "/".join(f"{k} {v}" for k, v in c["predicted"].items())
+
+    lines = [f"  predicted: {counts(r['label_counts'])}"]
+    m = r.get("gold_margin")
+    if m:
+        lines.append(f"  gold margin {m['mean']:+.4f} [{m['ci_low']:+.4f}, {m['ci_high']:+.4f}]")
+    c = r.get("calibrated")
+    if c:
+        cm = c["gold_margin"]
+        lines.append(f"  {c['method']}-calibrated: accuracy {c['accuracy']:.4f}  macro-F1 "
+                     f"{c['macro_f1']:.4f}  gold margin {cm['mean']:+.4f}  predicted: "
+                     f"{counts(c['label_counts'])}")
+    return "\n".join(lines)
 
 
 @app.command("signal")

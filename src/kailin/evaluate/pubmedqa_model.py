@@ -17,6 +17,11 @@ Two ways to answer, both zero-shot and greedy:
 * ``generate``: greedy generation; the first ``yes``/``no``/``maybe`` word in the output is the
   answer. Outputs without one count as ``maybe`` and are reported as ``unparsed``.
 
+With loglik, every setting also gets the gold margin (a continuous per-item score) and, with
+``calibration="contextual"`` or ``"dcpmi"``, calibrated figures beside the official ones (see
+:mod:`kailin.evaluate.calibration`); the per-item log-likelihoods are saved for paired
+comparisons (:func:`kailin.evaluate.stats.paired_delta`).
+
 With ``chat="auto"`` the prompt is wrapped in the tokenizer's chat template when it has one (the
 label is then the start of the assistant turn); ``chat="never"`` uses the plain prompt.
 """
@@ -29,12 +34,19 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kailin.config import StageConfig
 from kailin.errors import InputError
+from kailin.evaluate.calibration import (
+    CONTENT_FREE,
+    DOMAIN_PREMISE,
+    check_calibration,
+    reference_logprobs,
+    score_items,
+)
 from kailin.evaluate.pubmedqa import (
     LABELS,
     PubMedQAItem,
@@ -42,7 +54,7 @@ from kailin.evaluate.pubmedqa import (
     score_predictions,
     test_items,
 )
-from kailin.io import write_json_atomic
+from kailin.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -256,11 +268,12 @@ def answer_items(
     preds: dict[str, str] = {}
     details: dict[str, Any] = {}
     unparsed = 0
+    scores: dict[str, dict[str, float]] = {}
     if method == "loglik":
-        scores = answerer.loglik(prompts, progress=progress)
-        for it, sc in zip(items, scores, strict=True):
+        for it, sc in zip(items, answerer.loglik(prompts, progress=progress), strict=True):
             preds[it.pmid] = max(LABELS, key=lambda lab: sc[lab])
             details[it.pmid] = {lab: round(v, 4) for lab, v in sc.items()}
+            scores[it.pmid] = sc
     else:
         texts = answerer.generate(prompts, progress=progress)
         for it, text in zip(items, texts, strict=True):
@@ -270,7 +283,20 @@ def answer_items(
                 lab = "maybe"
             preds[it.pmid] = lab
             details[it.pmid] = text
-    return {"predictions": preds, "details": details, "unparsed": unparsed}
+    return {"predictions": preds, "details": details, "unparsed": unparsed, "scores": scores}
+
+
+def reference_prompts(setting: str, calibration: str) -> list[str]:
+    """The prompts whose label scores estimate the prior a calibration removes: the
+    content-free inputs in the setting's prompt (contextual) or the domain premise (dcpmi)."""
+    check_calibration(calibration)
+    if calibration == "contextual":
+        return [build_prompt(PubMedQAItem(pmid="content-free", question=cf, contexts=(cf,),
+                                          label="yes", year=None), setting)
+                for cf in CONTENT_FREE]
+    if calibration == "dcpmi":
+        return [DOMAIN_PREMISE]
+    return []
 
 
 def evaluate_model(
@@ -287,19 +313,33 @@ def evaluate_model(
     predictions_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     answerer: LMAnswerer | None = None,
+    calibration: str = "none",
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Evaluate a causal LM on the official PQA-L test split in each setting.
 
-    Returns ``{"model", "adapter", "method", "chat_template", "limit", "n", "settings":
-    {setting: {"accuracy", "macro_f1", "n", "per_label_f1", "label_counts", "by_year",
-    "by_mesh", "unparsed"}}, "seconds"}``. With ``predictions_dir`` the official-format
-    predictions of each setting are written to ``pred_{setting}.json`` there.
+    Returns ``{"model", "adapter", "method", "calibration", "chat_template", "limit", "n",
+    "settings": {setting: {"accuracy", "macro_f1", "n", "per_label_f1", "label_counts",
+    "by_year", "by_mesh", "unparsed", "gold_margin", "calibrated"}}, "seconds"}``. The official
+    figures are those of the uncalibrated argmax; ``gold_margin`` (``{"mean", "ci_low",
+    "ci_high", "n"}``, bootstrap CI with ``n_boot`` resamples, seeded) and ``calibrated``
+    (``--calibration`` contextual or dcpmi, else None: ``{"method", "accuracy", "macro_f1",
+    "per_label_f1", "label_counts", "gold_margin", "prior", "n"}``) come from the loglik
+    scores (None with ``method="generate"``); see :mod:`kailin.evaluate.calibration`. With
+    ``predictions_dir`` the official-format predictions of each setting are written to
+    ``pred_{setting}.json`` there, and with loglik the per-item log-probabilities to
+    ``pred_{setting}.items.jsonl`` (for :func:`kailin.evaluate.stats.paired_delta`).
     """
     for s in settings:
         if s not in SETTINGS:
             raise InputError(f"unknown setting {s!r}; choose from {', '.join(SETTINGS)}")
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    check_calibration(calibration)
+    if calibration != "none" and method != "loglik":
+        raise InputError(f"--calibration {calibration} calibrates the label log-likelihoods: "
+                         "use it with --method loglik")
     items = test_items(limit)
     gt_all = load_ground_truth()
     gt = {it.pmid: gt_all[it.pmid] for it in items}
@@ -312,6 +352,7 @@ def evaluate_model(
         "model": str(model),
         "adapter": str(adapter) if adapter else None,
         "method": method,
+        "calibration": calibration,
         "chat_template": ans.use_chat,
         "limit": limit,
         "n": len(items),
@@ -322,19 +363,46 @@ def evaluate_model(
         out = answer_items(ans, items, s, method, progress=progress)
         res = score_predictions(out["predictions"], gt, source=f"{s} predictions")
         res["unparsed"] = out["unparsed"]
+        records: list[dict[str, Any]] = []
+        res["gold_margin"], res["calibrated"] = None, None
+        if method == "loglik":
+            ref_prompts = reference_prompts(s, calibration)
+            ref = (reference_logprobs(calibration, ans.loglik(ref_prompts, progress=False))
+                   if ref_prompts else None)
+            records, figures = score_items(out["scores"], gt, calibration, ref, n_boot=n_boot,
+                                           seed=seed)
+            res.update(figures)
         res["seconds"] = round(time.perf_counter() - t1, 2)
         if predictions_dir is not None:
             p = Path(predictions_dir) / f"pred_{s}.json"
             write_json_atomic(p, out["predictions"])
             res["predictions_file"] = str(p)
+            if records:
+                ip = Path(predictions_dir) / f"pred_{s}.items.jsonl"
+                _write_jsonl(ip, records)
+                res["items_file"] = str(ip)
         result["settings"][s] = res
         log.info("%s: accuracy %.4f macro-F1 %.4f (n=%d)", s, res["accuracy"], res["macro_f1"],
                  res["n"])
+        if res["calibrated"]:
+            c = res["calibrated"]
+            log.info("%s: %s-calibrated accuracy %.4f macro-F1 %.4f; gold margin %.4f",
+                     s, calibration, c["accuracy"], c["macro_f1"], res["gold_margin"]["mean"])
     result["seconds"] = round(time.perf_counter() - t0, 2)
     return result
 
 
+def _write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    import json
+
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
 class PubMedQAConfig(StageConfig):
+    added_fields: ClassVar[tuple[str, ...]] = ("calibration",)
+
     enabled: bool = True
     settings: list[Literal["reasoning_required", "question_only"]] = Field(
         default_factory=lambda: ["reasoning_required", "question_only"])
@@ -343,3 +411,13 @@ class PubMedQAConfig(StageConfig):
     method: Literal["loglik", "generate"] = "loglik"
     batch_size: int = Field(8, ge=1)
     n_boot: int = Field(2000, ge=100, description="bootstrap resamples of the CIs")
+    calibration: Literal["none", "contextual", "dcpmi"] = Field(
+        "none", description="calibrated figures beside the official ones (loglik only): "
+        "contextual (Zhao et al. 2021) or domain-conditional PMI (Holtzman et al. 2021); the "
+        "gold-label margin is reported either way")
+
+    @model_validator(mode="after")
+    def _calibration(self) -> PubMedQAConfig:
+        if self.calibration != "none" and self.method != "loglik":
+            raise ValueError(f"calibration {self.calibration} needs method loglik")
+        return self

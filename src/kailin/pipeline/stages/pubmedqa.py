@@ -32,7 +32,8 @@ def run(ctx: RunContext) -> dict:
         report[tag] = evaluate_model(model, settings=list(p.settings), method=p.method,
                                      limit=p.limit, batch_size=p.batch_size,
                                      predictions_dir=ctx.path("reports", f"pubmedqa_{tag}"),
-                                     progress=ctx.progress)
+                                     progress=ctx.progress, calibration=p.calibration,
+                                     n_boot=p.n_boot, seed=ctx.cfg.steering.seed)
     # bootstrap CIs of every model and paired CIs of the differences, per setting
     gt_all = load_ground_truth()
     gt = {it.pmid: gt_all[it.pmid] for it in test_items(p.limit)}
@@ -42,6 +43,9 @@ def run(ctx: RunContext) -> dict:
                  for tag in models}
         report["ci"][s] = bootstrap_report(gt, preds, PUBMEDQA_CONTRASTS, n_boot=p.n_boot,
                                            seed=ctx.cfg.steering.seed)
+    if p.method == "loglik":  # the continuous score, paired per item: gold-label margin
+        report["margin_ci"] = _margin_contrasts(report, models, list(p.settings), p.n_boot,
+                                                ctx.cfg.steering.seed)
     # headline keys as `kailin evaluate pubmedqa --json` writes them: the final model in the
     # first setting
     final = report.get("after") or report["before"]
@@ -57,6 +61,21 @@ def run(ctx: RunContext) -> dict:
     return {f"{tag}.{s}.accuracy": round(report[tag]["settings"][s]["accuracy"], 4)
             for tag in models for s in p.settings}
 
+
+
+def _margin_contrasts(report: dict, models: dict[str, str], settings: list[str], n_boot: int,
+                      seed: int) -> dict[str, dict]:
+    """Per setting, the paired difference of the mean gold-label margin for every contrast of
+    :data:`PUBMEDQA_CONTRASTS` whose two models ran (delta, CI, n, minimum detectable effect)."""
+    from kailin.evaluate.stats import load_items, paired_delta
+
+    out: dict[str, dict] = {}
+    for s in settings:
+        items = {tag: load_items(report[tag]["settings"][s]["items_file"]) for tag in models}
+        out[s] = {f"{a}_vs_{b}": paired_delta(items[a], items[b], "gold_margin", n_boot=n_boot,
+                                              seed=seed)
+                  for a, b in PUBMEDQA_CONTRASTS if a in items and b in items}
+    return out
 
 
 def steps(cfg: Any) -> list[StageSpec]:
