@@ -119,3 +119,31 @@ def test_ray_gives_model_stages_the_gpus_asked_for() -> None:
     assert RayExecutor(num_gpus_per_worker=0.5).gpus_for(MeshPairStage()) == 0.5  # stateful
     assert RayExecutor(num_gpus_per_worker=0.5).gpus_for(Plain()) == 0.0
     assert RayExecutor().gpus_for(MeshPairStage()) == 0.0
+
+
+def test_assigned_device_is_the_gpu_ray_assigned_as_torch_numbers_it() -> None:
+    from kailin.errors import KailinError
+    from kailin.pipeline.executors.ray import assigned_device
+
+    assert assigned_device([], "") is None  # no GPU asked for: Ray hides every GPU
+    assert assigned_device([1], "1") == "cuda:0"  # Ray's usual: only the worker's own GPUs
+    assert assigned_device([3, 2], "3,2") == "cuda:0"
+    assert assigned_device(["1"], "0,1") == "cuda:1"  # RAY_EXPERIMENTAL_NOSET_CUDA_...
+    assert assigned_device([2], None) == "cuda:2"  # nothing set: the machine's numbering
+    with pytest.raises(KailinError, match="does not list"):
+        assigned_device([2], "0,1")
+
+
+def test_question_stage_takes_the_executors_device_unless_set() -> None:
+    from kailin.generate.questions import QuestionGenerationStage
+    from kailin.llm.spec import BackendOptions
+
+    auto = QuestionGenerationStage(["g=smollm2"], use_cache=False)
+    auto.place("cuda:0")
+    auto.setup()  # builds the backend, loads no model
+    assert auto._backends["g"].device_arg == "cuda:0"
+    cpu = QuestionGenerationStage(["g=smollm2"], options=BackendOptions(device="cpu"),
+                                  use_cache=False)
+    cpu.place("cuda:0")
+    cpu.setup()
+    assert cpu._backends["g"].device_arg == "cpu"

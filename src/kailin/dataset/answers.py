@@ -272,6 +272,11 @@ class AnswerStage(Stage):
                 "max_new_tokens": self.max_new_tokens, "grounding": self.grounder.describe(),
                 "prompt": ANSWER_PROMPT, "corpus": self.corpus_dir}
 
+    def place(self, device: str) -> None:
+        """The executor's device (Ray's GPU: ``cuda:0``) unless one was set explicitly."""
+        if self.device in (None, "auto", "cuda"):
+            self.device = device
+
     def setup(self) -> None:
         if callable(self.teacher):
             self._generate = self.teacher

@@ -6,17 +6,25 @@ local executor processes it and the outputs are identical. Stages that hold a mo
 (``stage.stateful``) run in an actor pool, where :meth:`Stage.setup` runs once per actor; GPU
 stages ask Ray for ``num_gpus``. Each worker writes its part file and marker atomically to the
 output folder (shared storage on a cluster), so a killed run resumes shard by shard.
+
+Each shard reports where it ran: the returned stats hold ``nodes`` (Ray node id -> shards) and
+``workers`` (one entry per worker process: its node, the GPU ids Ray assigned, the
+``CUDA_VISIBLE_DEVICES`` Ray set and the torch device kailin gave the stage, see
+:func:`assigned_device`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from kailin.errors import require
+from kailin.errors import KailinError, require
 from kailin.pipeline.executors.local import (
     iter_input_shards,
     prepare_output,
@@ -31,6 +39,38 @@ log = logging.getLogger(__name__)
 SHARD_COL = "__kailin_shard"
 
 
+def assigned_device(gpu_ids: Sequence[int | str], visible: str | None) -> str | None:
+    """The torch device of the first GPU Ray assigned to a worker, or None without one.
+
+    torch numbers the devices in ``CUDA_VISIBLE_DEVICES`` from 0, so the device is the position
+    of the assigned id in that list: Ray normally sets the list to the worker's own GPUs (its
+    first GPU is then ``cuda:0``); with ``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES`` the list
+    (or, unset, the machine's GPUs) is left whole and the id is the device's index in it.
+    """
+    if not gpu_ids:
+        return None
+    first = str(gpu_ids[0])
+    if visible is None:
+        return f"cuda:{first}" if first.isdigit() else "cuda:0"
+    order = [v.strip() for v in visible.split(",") if v.strip()]
+    if first not in order:
+        raise KailinError(f"Ray assigned GPU {first}, which CUDA_VISIBLE_DEVICES={visible!r} "
+                          "does not list: unset CUDA_VISIBLE_DEVICES for the Ray workers")
+    return f"cuda:{order.index(first)}"
+
+
+def worker_placement() -> dict[str, Any]:
+    """Where this Ray worker runs: node id, pid, Ray's GPU ids, ``CUDA_VISIBLE_DEVICES`` and the
+    device :func:`assigned_device` derives from them."""
+    import ray
+
+    gpu_ids = list(ray.get_gpu_ids())
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+            "gpu_ids": [str(g) for g in gpu_ids], "cuda_visible_devices": visible,
+            "device": assigned_device(gpu_ids, visible)}
+
+
 class _ShardWorker:
     """Callable for ``map_batches``: runs the stage on one shard and writes its outputs."""
 
@@ -38,13 +78,19 @@ class _ShardWorker:
         self.stage = stage
         self.out = Path(out_dir)
         self.keys = keys
+        self.placement: dict[str, Any] | None = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.placement is None:  # once per actor (per task for a stateless stage)
+            self.placement = worker_placement()
+            if self.placement["device"] is not None:
+                self.stage.place(self.placement["device"])  # before setup() loads a model
         shard = int(batch.column(SHARD_COL)[0].as_py())
         data = batch.drop_columns([SHARD_COL])
         m = write_shard(self.stage, data, self.out, shard, self.keys[shard])
         return pa.table({"shard": [shard], "rows_in": [m["rows_in"]],
-                         "rows_out": [m["rows_out"]], "seconds": [float(m["seconds"])]})
+                         "rows_out": [m["rows_out"]], "seconds": [float(m["seconds"])],
+                         "placement": [json.dumps(self.placement)]})
 
 
 class RayExecutor:
@@ -98,8 +144,9 @@ class RayExecutor:
         out = Path(out_dir)
         prepare_output(stage, out, key)
         done_dir = out / "_done"
-        stats = {"stage": stage.name, "shards": 0, "skipped": 0, "rows_in": 0,
-                 "rows_out": 0, "seconds": 0.0, "executor": "ray"}
+        stats: dict[str, Any] = {"stage": stage.name, "shards": 0, "skipped": 0, "rows_in": 0,
+                                 "rows_out": 0, "seconds": 0.0, "executor": "ray",
+                                 "nodes": {}, "workers": {}}
         # pending shards go into Ray's object store one at a time (spilled to disk when it is
         # full): the driver keeps references, never the whole input
         pending: list[Any] = []
@@ -135,10 +182,35 @@ class RayExecutor:
             else:
                 worker = _ShardWorker(stage, str(out), keys)
                 ds = ds.map_batches(worker, **kwargs)
-            for row in ds.iter_rows():
-                stats["rows_in"] += int(row["rows_in"])
-                stats["rows_out"] += int(row["rows_out"])
-                stats["seconds"] += float(row["seconds"])
+            done = 0
+            try:
+                for row in ds.iter_rows():
+                    stats["rows_in"] += int(row["rows_in"])
+                    stats["rows_out"] += int(row["rows_out"])
+                    stats["seconds"] += float(row["seconds"])
+                    _count_placement(stats, json.loads(row["placement"]))
+                    done += 1
+            except ray.exceptions.RayError as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, KailinError):  # the stage's own error, raised in a worker
+                    raise cause from exc
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                raise KailinError(
+                    f"stage {stage.name}: the Ray run stopped after {done} of {len(pending)} "
+                    f"pending shards ({type(exc).__name__}: {first}); the shards written to "
+                    f"{out} are kept: run again to resume (a node that left the cluster is "
+                    "the usual cause)") from exc
         stats["removed"] = remove_extra_shards(out, stats["shards"])
         stats["computed"] = stats["shards"] - stats["skipped"]
         return stats
+
+
+def _count_placement(stats: dict[str, Any], place: dict[str, Any]) -> None:
+    """Add one shard's placement to ``stats["nodes"]`` and ``stats["workers"]``."""
+    node = place["node"]
+    stats["nodes"][node] = stats["nodes"].get(node, 0) + 1
+    w = stats["workers"].setdefault(f"{node}:{place['pid']}", {
+        "node": node, "gpu_ids": place["gpu_ids"],
+        "cuda_visible_devices": place["cuda_visible_devices"], "device": place["device"],
+        "shards": 0})
+    w["shards"] += 1
