@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from kailin.errors import KailinError, require
 from kailin.pipeline.executors.local import (
@@ -85,7 +86,11 @@ class _ShardWorker:
             self.placement = worker_placement()
             if self.placement["device"] is not None:
                 self.stage.place(self.placement["device"])  # before setup() loads a model
-        shard = int(batch.column(SHARD_COL)[0].as_py())
+        ids = batch.column(SHARD_COL)
+        shard = int(ids[0].as_py())
+        if pc.count_distinct(ids).as_py() != 1:  # a part must be one shard's rows, no more
+            raise KailinError(f"stage {self.stage.name}: Ray handed a batch of shards "
+                              f"{sorted(set(ids.to_pylist()))} to one call")
         data = batch.drop_columns([SHARD_COL])
         m = write_shard(self.stage, data, self.out, shard, self.keys[shard])
         return pa.table({"shard": [shard], "rows_in": [m["rows_in"]],
@@ -174,10 +179,19 @@ class RayExecutor:
             gpus = self.gpus_for(stage)
             if gpus:
                 kwargs["num_gpus"] = gpus
+                # Ray Data refuses batch_size=None with GPUs; every shard but the input's last
+                # holds exactly rows_per_shard rows, so a batch is still one whole shard
+                kwargs["batch_size"] = self.rows_per_shard
                 n_gpu = ray.available_resources().get("GPU", 0)
                 conc = max(1, min(conc, int(n_gpu // gpus) or 1))
             if stage.stateful:
-                kwargs.update(fn_constructor_args=(stage, str(out), keys), concurrency=conc)
+                # one model copy per actor: SPREAD puts the actors on different nodes (their
+                # memory and GPUs) rather than packing them onto the first node with room; a
+                # shard is a large unit of work, so an actor takes the next one only when it is
+                # free (none waits queued behind a busy actor while another is idle or starting)
+                compute = ray.data.ActorPoolStrategy(size=conc, max_tasks_in_flight_per_actor=1)
+                kwargs.update(fn_constructor_args=(stage, str(out), keys), compute=compute,
+                              scheduling_strategy="SPREAD")
                 ds = ds.map_batches(_ShardWorker, **kwargs)
             else:
                 worker = _ShardWorker(stage, str(out), keys)
