@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
+from kailin.errors import InputError
 from kailin.io import read_parquet
 from kailin.mesh import load_mesh
 from kailin.pipeline.executors.local import LocalExecutor
@@ -15,7 +17,8 @@ from kailin.pipeline.stage import Stage
 
 # workers must import this module to unpickle the test stage
 RAY = {"rows_per_shard": 25, "num_cpus": 2, "progress": False,
-       "runtime_env": {"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}}}
+       "runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join(
+           [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}}}
 PQAL = Path(__file__).resolve().parents[1] / "src/kailin/data/pubmedqa/ori_pqal.json"
 
 
@@ -25,10 +28,12 @@ class MeshPairStage(Stage):
     name = "mesh-pair"
     stateful = True
 
-    def __init__(self, measure: str = "kailin", fail_on: int | None = None) -> None:
+    def __init__(self, measure: str = "kailin", fail_on: int | None = None,
+                 error: str = "crash") -> None:
         super().__init__()
         self.measure = measure
         self.fail_on = fail_on
+        self.error = error
         self.calls = 0
 
     def setup(self) -> None:
@@ -40,6 +45,8 @@ class MeshPairStage(Stage):
     def process(self, batch: pa.Table) -> pa.Table:
         self.calls += 1
         if self.fail_on is not None and batch.column("pmid")[0].as_py() == self.fail_on:
+            if self.error == "input":
+                raise InputError(f"record {self.fail_on}: simulated bad record")
             raise RuntimeError("simulated crash")
         mesh = batch.column("mesh").to_pylist()
         nxt = mesh[1:] + mesh[:1]
@@ -100,6 +107,11 @@ def test_ray_matches_local(tmp_path: Path, records: pa.Table) -> None:
         st = RayExecutor(**RAY).run(MeshPairStage(), records, tmp_path / "ray")
         assert st["skipped"] == 4
         assert read_parquet(tmp_path / "ray").equals(a)
+        assert sum(st["nodes"].values()) == 1  # the one shard recomputed, on this node
+        # a stage's own KailinError raised in a Ray worker reaches the caller as itself
+        bad = MeshPairStage(fail_on=records.column("pmid")[50].as_py(), error="input")
+        with pytest.raises(InputError, match="simulated bad record"):
+            RayExecutor(**RAY).run(bad, records, tmp_path / "bad")
     finally:
         import ray
 

@@ -302,6 +302,8 @@ def test_a_node_killed_mid_stage_loses_no_row(cluster: Cluster, data: dict,
     assert killed
     t.join(timeout=240)
     assert not t.is_alive(), "the stage hung after its node died"
+    print("after the kill:", repr(result.get("error")) if "error" in result
+          else f"finished, shards per node {result['stats']['nodes']}")
     if "error" in result:  # a clear error naming the way out, not a hang or a raw Ray trace
         assert isinstance(result["error"], KailinError), repr(result["error"])
         assert "run again to resume" in str(result["error"])

@@ -205,15 +205,18 @@ class RayExecutor:
                     _count_placement(stats, json.loads(row["placement"]))
                     done += 1
             except ray.exceptions.RayError as exc:
-                cause = getattr(exc, "cause", None)
-                if isinstance(cause, KailinError):  # the stage's own error, raised in a worker
-                    raise cause from exc
+                if isinstance(exc, (ray.exceptions.RayTaskError,
+                                    ray.exceptions.UserCodeException)):
+                    own = _kailin_cause(exc)  # the stage raised it in a worker: say that
+                    if own is not None:
+                        raise own from exc
+                    raise
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
                 raise KailinError(
                     f"stage {stage.name}: the Ray run stopped after {done} of {len(pending)} "
                     f"pending shards ({type(exc).__name__}: {first}); the shards written to "
-                    f"{out} are kept: run again to resume (a node that left the cluster is "
-                    "the usual cause)") from exc
+                    f"{out} are kept: run again to resume (after fixing the cause, if a worker "
+                    "could not start)") from exc
         stats["removed"] = remove_extra_shards(out, stats["shards"])
         stats["computed"] = stats["shards"] - stats["skipped"]
         return stats
@@ -228,3 +231,16 @@ def _count_placement(stats: dict[str, Any], place: dict[str, Any]) -> None:
         "cuda_visible_devices": place["cuda_visible_devices"], "device": place["device"],
         "shards": 0})
     w["shards"] += 1
+
+
+def _kailin_cause(exc: BaseException) -> KailinError | None:
+    """The KailinError a stage raised inside a Ray worker, found in the exception's chain."""
+    seen: set[int] = set()
+    found = None
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:  # the deepest: the one the stage raised
+        if isinstance(e, KailinError):
+            found = e
+        seen.add(id(e))
+        e = getattr(e, "cause", None) or e.__cause__
+    return found
