@@ -202,10 +202,12 @@ def test_tiny_training_run_loads_resumes_and_indexes(corpus: Path, tmp_path: Pat
         max_seq_length=64,
         batch_size=8,
         max_steps=3,
-        save_steps=1,
+        save_steps=2,
     )
     meta2 = finetune(corpus, out, cfg, progress=False)
     assert meta2["resumed_from"].endswith("checkpoint-2") and meta2["steps"] == 3
+    # step 3 is no multiple of save_steps: no final checkpoint, the saved model is the result
+    assert not (out / "checkpoints" / "checkpoint-3").exists()
     assert meta2["mining"] == meta["mining"]
     index = build_index(corpus, tmp_path / "dense", kind="dense", model=str(out), progress=False)
     assert index.meta["params"]["dense"]["model"] == str(out.resolve())
