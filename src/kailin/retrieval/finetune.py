@@ -425,7 +425,7 @@ def _no_final_checkpoint() -> Any:
 
     class NoFinalCheckpoint(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-            every = int(state.save_steps or args.save_steps or 0)
+            every = int(args.save_steps or 0)  # this run's (a resumed state keeps the old)
             if state.global_step >= state.max_steps and every and state.global_step % every:
                 control.should_save = False
             return control
