@@ -16,6 +16,16 @@ evaluate signal``: the 500 PQA-L development questions against another item's qu
 against generic questions) over the *whole* corpus, with contexts from BM25, from dense and
 hybrid indexes of the base encoder, and from dense and hybrid indexes of the fine-tuned one,
 under kailin's default document score and the paper's form. Writes ``WORK/signal.json``.
+
+``throughput`` compares the training speed of ``kailin.retrieval.finetune`` with a plain
+sentence-transformers loop (``SentenceTransformerTrainer`` with its defaults: no checkpoints, the
+default batch sampler) on the same mined pairs, model (the packaged MiniLM), batch size, sequence
+length and steps, in one process, runs alternating kailin / plain / plain / kailin. It prints
+pairs/s of each run and the ratio kailin / plain of the summed rates (>= 0.9 passes); with no
+``--corpus`` folder it writes a small corpus of the repository's NLM abstracts (their titles are
+the queries)::
+
+    python benchmarks/bench_finetune.py throughput --work /tmp/ft_tp
 """
 
 from __future__ import annotations
@@ -64,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("phase", choices=["train", "eval", "signal"])
+    p.add_argument("phase", choices=["train", "eval", "signal", "throughput"])
     p.add_argument("--corpus", type=Path, default=Path("/work/sig/corpus"))
     p.add_argument("--work", type=Path, default=Path("/work/ft"))
     p.add_argument("--holdout", type=float, default=0.04)
@@ -80,10 +90,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-max-seq-length", type=int, default=128)
     p.add_argument("--model", type=Path, default=None, help="eval: fine-tuned model folder")
     p.add_argument("--n-boot", type=int, default=1000, help="signal: bootstrap resamples")
+    p.add_argument("--tp-records", type=int, default=600, help="throughput: corpus records")
+    p.add_argument("--tp-steps", type=int, default=20, help="throughput: steps per run")
+    p.add_argument("--tp-batch-size", type=int, default=16, help="throughput: pairs per step")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
-    {"train": cmd_train, "eval": cmd_eval, "signal": cmd_signal}[args.phase](args)
+    {"train": cmd_train, "eval": cmd_eval, "signal": cmd_signal,
+     "throughput": cmd_throughput}[args.phase](args)
 
 
 def write_eval_corpus(args: argparse.Namespace) -> tuple[Path, list, list]:
@@ -253,6 +267,87 @@ def cmd_signal(args: argparse.Namespace) -> None:
         glo, ghi = r["auc_generic_ci"]
         print(f"| {r['index']} | {r['config']} | {r['auc_other']:.3f} [{lo:.3f}, {hi:.3f}] | "
               f"{r['auc_generic']:.3f} [{glo:.3f}, {ghi:.3f}] | {r['nan_share']:.1%} |")
+
+
+def _plain_train(pairs, steps: int, batch: int, max_seq_length: int, work: Path) -> float:
+    """Seconds of ``trainer.train()`` for a plain sentence-transformers run on ``pairs``."""
+    import datasets
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from kailin.retrieval.dense import resolve_model
+
+    model = SentenceTransformer(resolve_model(None), device="cpu")
+    model.max_seq_length = max_seq_length
+    cols = [c for c in pairs.column_names if c != "pmid"]
+    ds = datasets.Dataset.from_dict({c: pairs.column(c).to_pylist() for c in cols})
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(work / "plain"), max_steps=steps, per_device_train_batch_size=batch,
+        learning_rate=2e-5, warmup_steps=0.1, save_strategy="no", seed=13, use_cpu=True,
+        disable_tqdm=True, report_to="none")
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=ds,
+                                         loss=MultipleNegativesRankingLoss(model))
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    assert trainer.state.global_step == steps
+    return seconds
+
+
+def cmd_throughput(args: argparse.Namespace) -> None:
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from kailin.retrieval.finetune import CHECKPOINTS, PAIRS_FILE, FinetuneConfig, finetune
+
+    corpus = args.corpus
+    if not (corpus / "manifest.json").exists():
+        sys.path.insert(0, str(REPO / "tests"))
+        from test_retrieval_fixtures import build_test_corpus
+
+        corpus = args.work / "tp_corpus"
+        if not (corpus / "manifest.json").exists():
+            build_test_corpus(corpus, n_pubmedqa=0, n_nlm=args.tp_records)
+    batch, seq = args.tp_batch_size, args.max_seq_length
+    out = args.work / "tp_kailin"
+    shutil.rmtree(out, ignore_errors=True)
+
+    def cfg(steps: int) -> FinetuneConfig:
+        return FinetuneConfig(max_records=args.tp_records, mine_max_seq_length=seq,
+                              max_seq_length=seq, batch_size=batch, max_steps=steps)
+
+    # mine once (kept in OUT/pairs.parquet and reused by every kailin run below)
+    meta = finetune(corpus, out, cfg(1), progress=False)
+    pairs = pq.read_table(out / PAIRS_FILE)
+    steps = min(args.tp_steps, pairs.num_rows // batch)
+    runs: list[dict] = []
+    for who in ("kailin", "plain", "plain", "kailin"):
+        if who == "kailin":
+            shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)  # train afresh, same pairs
+            meta = finetune(corpus, out, cfg(steps), progress=False)
+            assert meta["steps"] == steps and meta["train_batch_size"] == batch
+            seconds = float(meta["train_seconds"])
+        else:
+            seconds = _plain_train(pairs, steps, batch, seq, args.work)
+        runs.append({"who": who, "seconds": round(seconds, 2),
+                     "pairs_per_s": round(steps * batch / seconds, 2)})
+        print(json.dumps(runs[-1]), flush=True)
+    rate = {w: sum(r["pairs_per_s"] for r in runs if r["who"] == w) / 2
+            for w in ("kailin", "plain")}
+    report = {"pairs": pairs.num_rows, "steps": steps, "batch_size": batch,
+              "max_seq_length": seq, "negatives": pairs.num_columns - 3, "runs": runs,
+              "kailin_pairs_per_s": round(rate["kailin"], 2),
+              "plain_pairs_per_s": round(rate["plain"], 2),
+              "ratio": round(rate["kailin"] / rate["plain"], 3)}
+    (args.work / "throughput.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    print(f"kailin / plain sentence-transformers: {report['ratio']:.3f} "
+          f"({'within 10 %' if report['ratio'] >= 0.9 else 'SLOWER than 10 %'})")
 
 
 if __name__ == "__main__":

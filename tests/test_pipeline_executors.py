@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,12 +11,14 @@ import pytest
 
 from kailin.engine.executors.local import LocalExecutor
 from kailin.engine.stage import Stage
+from kailin.errors import InputError
 from kailin.io import read_parquet
 from kailin.mesh import load_mesh
 
 # workers must import this module to unpickle the test stage
 RAY = {"rows_per_shard": 25, "num_cpus": 2, "progress": False,
-       "runtime_env": {"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}}}
+       "runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join(
+           [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}}}
 PQAL = Path(__file__).resolve().parents[1] / "src/kailin/data/pubmedqa/ori_pqal.json"
 
 
@@ -25,10 +28,12 @@ class MeshPairStage(Stage):
     name = "mesh-pair"
     stateful = True
 
-    def __init__(self, measure: str = "kailin", fail_on: int | None = None) -> None:
+    def __init__(self, measure: str = "kailin", fail_on: int | None = None,
+                 error: str = "crash") -> None:
         super().__init__()
         self.measure = measure
         self.fail_on = fail_on
+        self.error = error
         self.calls = 0
 
     def setup(self) -> None:
@@ -40,6 +45,8 @@ class MeshPairStage(Stage):
     def process(self, batch: pa.Table) -> pa.Table:
         self.calls += 1
         if self.fail_on is not None and batch.column("pmid")[0].as_py() == self.fail_on:
+            if self.error == "input":
+                raise InputError(f"record {self.fail_on}: simulated bad record")
             raise RuntimeError("simulated crash")
         mesh = batch.column("mesh").to_pylist()
         nxt = mesh[1:] + mesh[:1]
@@ -100,6 +107,11 @@ def test_ray_matches_local(tmp_path: Path, records: pa.Table) -> None:
         st = RayExecutor(**RAY).run(MeshPairStage(), records, tmp_path / "ray")
         assert st["skipped"] == 4
         assert read_parquet(tmp_path / "ray").equals(a)
+        assert sum(st["nodes"].values()) == 1  # the one shard recomputed, on this node
+        # a stage's own KailinError raised in a Ray worker reaches the caller as itself
+        bad = MeshPairStage(fail_on=records.column("pmid")[50].as_py(), error="input")
+        with pytest.raises(InputError, match="simulated bad record"):
+            RayExecutor(**RAY).run(bad, records, tmp_path / "bad")
     finally:
         import ray
 
@@ -119,3 +131,31 @@ def test_ray_gives_model_stages_the_gpus_asked_for() -> None:
     assert RayExecutor(num_gpus_per_worker=0.5).gpus_for(MeshPairStage()) == 0.5  # stateful
     assert RayExecutor(num_gpus_per_worker=0.5).gpus_for(Plain()) == 0.0
     assert RayExecutor().gpus_for(MeshPairStage()) == 0.0
+
+
+def test_assigned_device_is_the_gpu_ray_assigned_as_torch_numbers_it() -> None:
+    from kailin.engine.executors.ray import assigned_device
+    from kailin.errors import KailinError
+
+    assert assigned_device([], "") is None  # no GPU asked for: Ray hides every GPU
+    assert assigned_device([1], "1") == "cuda:0"  # Ray's usual: only the worker's own GPUs
+    assert assigned_device([3, 2], "3,2") == "cuda:0"
+    assert assigned_device(["1"], "0,1") == "cuda:1"  # RAY_EXPERIMENTAL_NOSET_CUDA_...
+    assert assigned_device([2], None) == "cuda:2"  # nothing set: the machine's numbering
+    with pytest.raises(KailinError, match="does not list"):
+        assigned_device([2], "0,1")
+
+
+def test_question_stage_takes_the_executors_device_unless_set() -> None:
+    from kailin.generate.questions import QuestionGenerationStage
+    from kailin.llm.spec import BackendOptions
+
+    auto = QuestionGenerationStage(["g=smollm2"], use_cache=False)
+    auto.place("cuda:0")
+    auto.setup()  # builds the backend, loads no model
+    assert auto._backends["g"].device_arg == "cuda:0"
+    cpu = QuestionGenerationStage(["g=smollm2"], options=BackendOptions(device="cpu"),
+                                  use_cache=False)
+    cpu.place("cuda:0")
+    cpu.setup()
+    assert cpu._backends["g"].device_arg == "cpu"

@@ -212,3 +212,21 @@ def test_tiny_training_run_loads_resumes_and_indexes(corpus: Path, tmp_path: Pat
     title = pq.read_table(corpus / "data").column("title")[0].as_py()
     assert index.search([title], k=3)[0][0].title == title
     index.close()
+
+
+def test_no_checkpoint_after_the_last_step_unless_save_steps_says_so() -> None:
+    from types import SimpleNamespace
+
+    from kailin.retrieval.finetune import _no_final_checkpoint
+
+    cb = _no_final_checkpoint()
+
+    def saves(step: int, max_steps: int, save_steps: int) -> bool:
+        control = SimpleNamespace(should_save=True)  # as transformers sets it at the end
+        state = SimpleNamespace(global_step=step, max_steps=max_steps, save_steps=1)
+        cb.on_step_end(SimpleNamespace(save_steps=save_steps), state, control)
+        return control.should_save
+
+    assert not saves(120, 120, 100)  # the last step, no multiple of save_steps: dropped
+    assert saves(100, 100, 100)  # a multiple: kept (a longer run resumes from it)
+    assert saves(100, 120, 100)  # a periodic checkpoint before the end: kept

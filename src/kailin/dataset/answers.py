@@ -328,6 +328,11 @@ class AnswerStage(Stage):
                 "prompt": ANSWER_PROMPT,
                 "corpus": corpus_identity(self.corpus_dir) if self.corpus_dir else None}
 
+    def place(self, device: str) -> None:
+        """The executor's device (Ray's GPU: ``cuda:0``) unless one was set explicitly."""
+        if self.device in (None, "auto", "cuda"):
+            self.device = device
+
     def setup(self) -> None:
         if callable(self.teacher):
             self._generate = self.teacher

@@ -48,6 +48,12 @@ class Stage(ABC):
     def setup(self) -> None:  # noqa: B027 - optional hook
         """Load models / indexes. Called once per worker before the first batch."""
 
+    def place(self, device: str) -> None:  # noqa: B027 - optional hook
+        """Called by an executor before :meth:`setup` with the device the cluster gave this
+        worker (``"cuda:0"`` for the first GPU Ray assigned, see
+        :func:`kailin.engine.executors.ray.assigned_device`). A stage that loads a model onto
+        a device uses it; the default ignores it."""
+
     def ensure_setup(self) -> None:
         if not getattr(self, "_ready", False):
             self.setup()

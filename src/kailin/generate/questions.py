@@ -14,6 +14,7 @@ for records without an abstract, which are not sent to any model).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -143,6 +144,12 @@ class QuestionGenerationStage(Stage):
         return t
 
     # -- Stage protocol -----------------------------------------------------------------------
+    def place(self, device: str) -> None:
+        """The executor's device (Ray's GPU: ``cuda:0``) for generators whose device is
+        ``auto`` or ``cuda``; an explicit one (``cpu``, ``cuda:1``) is kept."""
+        if self.options.device in ("auto", "cuda"):
+            self.options = dataclasses.replace(self.options, device=device)
+
     def setup(self) -> None:
         cache = ResponseCache(self.cache_path) if self.use_cache else None
         for g in self.generators:

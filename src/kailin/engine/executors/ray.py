@@ -6,15 +6,24 @@ local executor processes it and the outputs are identical. Stages that hold a mo
 (``stage.stateful``) run in an actor pool, where :meth:`Stage.setup` runs once per actor; GPU
 stages ask Ray for ``num_gpus``. Each worker writes its part file and marker atomically to the
 output folder (shared storage on a cluster), so a killed run resumes shard by shard.
+
+Each shard reports where it ran: the returned stats hold ``nodes`` (Ray node id -> shards) and
+``workers`` (one entry per worker process: its node, the GPU ids Ray assigned, the
+``CUDA_VISIBLE_DEVICES`` Ray set and the torch device kailin gave the stage, see
+:func:`assigned_device`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from kailin.engine.executors.local import (
     iter_input_shards,
@@ -25,10 +34,42 @@ from kailin.engine.executors.local import (
     write_shard,
 )
 from kailin.engine.stage import Stage
-from kailin.errors import require
+from kailin.errors import KailinError, require
 
 log = logging.getLogger(__name__)
 SHARD_COL = "__kailin_shard"
+
+
+def assigned_device(gpu_ids: Sequence[int | str], visible: str | None) -> str | None:
+    """The torch device of the first GPU Ray assigned to a worker, or None without one.
+
+    torch numbers the devices in ``CUDA_VISIBLE_DEVICES`` from 0, so the device is the position
+    of the assigned id in that list: Ray normally sets the list to the worker's own GPUs (its
+    first GPU is then ``cuda:0``); with ``RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES`` the list
+    (or, unset, the machine's GPUs) is left whole and the id is the device's index in it.
+    """
+    if not gpu_ids:
+        return None
+    first = str(gpu_ids[0])
+    if visible is None:
+        return f"cuda:{first}" if first.isdigit() else "cuda:0"
+    order = [v.strip() for v in visible.split(",") if v.strip()]
+    if first not in order:
+        raise KailinError(f"Ray assigned GPU {first}, which CUDA_VISIBLE_DEVICES={visible!r} "
+                          "does not list: unset CUDA_VISIBLE_DEVICES for the Ray workers")
+    return f"cuda:{order.index(first)}"
+
+
+def worker_placement() -> dict[str, Any]:
+    """Where this Ray worker runs: node id, pid, Ray's GPU ids, ``CUDA_VISIBLE_DEVICES`` and the
+    device :func:`assigned_device` derives from them."""
+    import ray
+
+    gpu_ids = list(ray.get_gpu_ids())
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+            "gpu_ids": [str(g) for g in gpu_ids], "cuda_visible_devices": visible,
+            "device": assigned_device(gpu_ids, visible)}
 
 
 class _ShardWorker:
@@ -38,13 +79,23 @@ class _ShardWorker:
         self.stage = stage
         self.out = Path(out_dir)
         self.keys = keys
+        self.placement: dict[str, Any] | None = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        shard = int(batch.column(SHARD_COL)[0].as_py())
+        if self.placement is None:  # once per actor (per task for a stateless stage)
+            self.placement = worker_placement()
+            if self.placement["device"] is not None:
+                self.stage.place(self.placement["device"])  # before setup() loads a model
+        ids = batch.column(SHARD_COL)
+        shard = int(ids[0].as_py())
+        if pc.count_distinct(ids).as_py() != 1:  # a part must be one shard's rows, no more
+            raise KailinError(f"stage {self.stage.name}: Ray handed a batch of shards "
+                              f"{sorted(set(ids.to_pylist()))} to one call")
         data = batch.drop_columns([SHARD_COL])
         m = write_shard(self.stage, data, self.out, shard, self.keys[shard])
         return pa.table({"shard": [shard], "rows_in": [m["rows_in"]],
-                         "rows_out": [m["rows_out"]], "seconds": [float(m["seconds"])]})
+                         "rows_out": [m["rows_out"]], "seconds": [float(m["seconds"])],
+                         "placement": [json.dumps(self.placement)]})
 
 
 class RayExecutor:
@@ -98,8 +149,9 @@ class RayExecutor:
         out = Path(out_dir)
         prepare_output(stage, out, key)
         done_dir = out / "_done"
-        stats = {"stage": stage.name, "shards": 0, "skipped": 0, "rows_in": 0,
-                 "rows_out": 0, "seconds": 0.0, "executor": "ray"}
+        stats: dict[str, Any] = {"stage": stage.name, "shards": 0, "skipped": 0, "rows_in": 0,
+                                 "rows_out": 0, "seconds": 0.0, "executor": "ray",
+                                 "nodes": {}, "workers": {}}
         # pending shards go into Ray's object store one at a time (spilled to disk when it is
         # full): the driver keeps references, never the whole input
         pending: list[Any] = []
@@ -127,18 +179,68 @@ class RayExecutor:
             gpus = self.gpus_for(stage)
             if gpus:
                 kwargs["num_gpus"] = gpus
+                # Ray Data refuses batch_size=None with GPUs; every shard but the input's last
+                # holds exactly rows_per_shard rows, so a batch is still one whole shard
+                kwargs["batch_size"] = self.rows_per_shard
                 n_gpu = ray.available_resources().get("GPU", 0)
                 conc = max(1, min(conc, int(n_gpu // gpus) or 1))
             if stage.stateful:
-                kwargs.update(fn_constructor_args=(stage, str(out), keys), concurrency=conc)
+                # one model copy per actor: SPREAD puts the actors on different nodes (their
+                # memory and GPUs) rather than packing them onto the first node with room; a
+                # shard is a large unit of work, so an actor takes the next one only when it is
+                # free (none waits queued behind a busy actor while another is idle or starting)
+                compute = ray.data.ActorPoolStrategy(size=conc, max_tasks_in_flight_per_actor=1)
+                kwargs.update(fn_constructor_args=(stage, str(out), keys), compute=compute,
+                              scheduling_strategy="SPREAD")
                 ds = ds.map_batches(_ShardWorker, **kwargs)
             else:
                 worker = _ShardWorker(stage, str(out), keys)
                 ds = ds.map_batches(worker, **kwargs)
-            for row in ds.iter_rows():
-                stats["rows_in"] += int(row["rows_in"])
-                stats["rows_out"] += int(row["rows_out"])
-                stats["seconds"] += float(row["seconds"])
+            done = 0
+            try:
+                for row in ds.iter_rows():
+                    stats["rows_in"] += int(row["rows_in"])
+                    stats["rows_out"] += int(row["rows_out"])
+                    stats["seconds"] += float(row["seconds"])
+                    _count_placement(stats, json.loads(row["placement"]))
+                    done += 1
+            except ray.exceptions.RayError as exc:
+                if isinstance(exc, (ray.exceptions.RayTaskError,
+                                    ray.exceptions.UserCodeException)):
+                    own = _kailin_cause(exc)  # the stage raised it in a worker: say that
+                    if own is not None:
+                        raise own from exc
+                    raise
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                raise KailinError(
+                    f"stage {stage.name}: the Ray run stopped after {done} of {len(pending)} "
+                    f"pending shards ({type(exc).__name__}: {first}); the shards written to "
+                    f"{out} are kept: run again to resume (after fixing the cause, if a worker "
+                    "could not start)") from exc
         stats["removed"] = remove_extra_shards(out, stats["shards"])
         stats["computed"] = stats["shards"] - stats["skipped"]
         return stats
+
+
+def _count_placement(stats: dict[str, Any], place: dict[str, Any]) -> None:
+    """Add one shard's placement to ``stats["nodes"]`` and ``stats["workers"]``."""
+    node = place["node"]
+    stats["nodes"][node] = stats["nodes"].get(node, 0) + 1
+    w = stats["workers"].setdefault(f"{node}:{place['pid']}", {
+        "node": node, "gpu_ids": place["gpu_ids"],
+        "cuda_visible_devices": place["cuda_visible_devices"], "device": place["device"],
+        "shards": 0})
+    w["shards"] += 1
+
+
+def _kailin_cause(exc: BaseException) -> KailinError | None:
+    """The KailinError a stage raised inside a Ray worker, found in the exception's chain."""
+    seen: set[int] = set()
+    found = None
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:  # the deepest: the one the stage raised
+        if isinstance(e, KailinError):
+            found = e
+        seen.add(id(e))
+        e = getattr(e, "cause", None) or e.__cause__
+    return found
