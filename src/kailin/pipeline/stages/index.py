@@ -51,9 +51,24 @@ def run(ctx: RunContext) -> dict:
 
 
 
+def index_output(ctx: RunContext) -> str:
+    """What the index holds, for its readers' keys: its identity (the meta file less the
+    corpus's path and kailin's version) and the bytes of every other file. An index rebuilt from
+    the same corpus with the same settings, in this folder or a copy, digests the same."""
+    from kailin.engine.keys import FileDigests, digest
+    from kailin.retrieval.base import META_FILE, index_identity
+
+    root = ctx.path("index")
+    files = FileDigests()
+    return digest({"identity": index_identity(root),
+                   "files": {f.relative_to(root).as_posix(): files.file(f)
+                             for f in sorted(root.rglob("*"))
+                             if f.is_file() and f.name != META_FILE}})
+
+
 def steps(cfg: Any) -> list[StageSpec]:
     return [StageSpec("index", run, reads=("index.kind", "index.model", "retriever.enabled",
                                            *CORPUS_DIR_READS),
                       uses=("index.shards",),
                       inputs=["corpus", "retriever"], outputs=["index"],
-                      files=index_model_files, code="1")]
+                      files=index_model_files, output_digest=index_output, code="1")]
