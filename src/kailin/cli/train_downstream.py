@@ -16,7 +16,8 @@ __all__ = ["app"]
 
 def _settings(model: str, full: bool, lora_r: int, lora_alpha: int, lr: float, max_steps: int,
               epochs: float, batch_size: int, grad_accum: int, max_length: int, save_steps: int,
-              max_examples: int | None, seed: int, packing: bool = True) -> object:
+              max_examples: int | None, seed: int, packing: bool = True,
+              fit: str = "truncate") -> object:
     from kailin.config import from_options
     from kailin.dataset.train import DownstreamTrainConfig
 
@@ -25,7 +26,7 @@ def _settings(model: str, full: bool, lora_r: int, lora_alpha: int, lr: float, m
         DownstreamTrainConfig, model=model, lora=not full, lora_r=lora_r, lora_alpha=lora_alpha,
         learning_rate=lr, max_steps=max_steps, epochs=epochs, batch_size=batch_size,
         grad_accum=grad_accum, max_length=max_length, save_steps=save_steps, logging_steps=10,
-        limit=max_examples, seed=seed, packing=packing,
+        limit=max_examples, seed=seed, packing=packing, fit=fit,
     )
 
 
@@ -80,11 +81,16 @@ def answers(
     save_steps: int = typer.Option(100, "--save-steps"),
     max_examples: int | None = typer.Option(None, "--max-examples"),
     seed: int = typer.Option(3407, "--seed"),
+    fit: str = typer.Option("truncate", "--fit",
+                            help="A record longer than --max-length: truncate (cut its contexts, "
+                                 "the longest first; counted in kailin_train.json) or error."),
 ) -> None:
     """SFT on the teacher's answers (chat records; loss on the answer only), resumable."""
     from kailin.dataset.train import train_answers
 
     s = _settings(model, full, lora_r, lora_alpha, lr, max_steps, epochs, batch_size, grad_accum,
-                  max_length, save_steps, max_examples, seed, packing=False)
+                  max_length, save_steps, max_examples, seed, packing=False, fit=fit)
     meta = train_answers(data, out, s)
-    typer.echo(f"answers SFT -> {out}/model: {_summary(meta)}")
+    counts = (f"; {meta['n_examples']} records ({meta['truncated']} with contexts cut to fit, "
+              f"{meta['dropped']} dropped)" if "truncated" in meta else "")
+    typer.echo(f"answers SFT -> {out}/model: {_summary(meta)}{counts}")
