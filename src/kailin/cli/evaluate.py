@@ -70,6 +70,59 @@ def pubmedqa(
         typer.echo(f"wrote {json_out}")
 
 
+@app.command("pubmedqa-finetuned")
+def pubmedqa_finetuned(
+    model: str = typer.Option(..., "--model", "-m",
+                              help="The model to fine-tune and evaluate: local path, hub id, "
+                                   "kailin training output (e.g. a CPT arm), or 'smollm2'."),
+    out: Path = typer.Option(..., "--out", help="Output directory (the fine-tuned model, "
+                             "pred_{setting}.json, pubmedqa_finetuned.json)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the report here."),
+    steps: int = typer.Option(200, "--steps", help="Fine-tuning steps (same for every model)."),
+    lr: float = typer.Option(1e-4, "--lr", help="Peak learning rate."),
+    seed: int = typer.Option(3407, "--seed"),
+    max_length: int = typer.Option(512, "--max-length",
+                                   help="Tokens per item; longer contexts are cut (counted)."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    grad_accum: int = typer.Option(1, "--grad-accum"),
+    fold: int = typer.Option(0, "--fold", help="Official PQA-L CV fold 0-9 (450 train / 50 "
+                             "dev)."),
+    setting: str = typer.Option("reasoning_required", "--setting",
+                                help="reasoning_required or question_only."),
+    full: bool = typer.Option(False, "--full", help="Full fine-tuning instead of LoRA."),
+    lora_r: int = typer.Option(16, "--lora-r"),
+    lora_alpha: int = typer.Option(32, "--lora-alpha"),
+    limit: int | None = typer.Option(None, "--limit", help="Only N test items, evenly spaced "
+                                     "over the split."),
+    eval_batch_size: int = typer.Option(8, "--eval-batch-size"),
+    chat: str = typer.Option("auto", "--chat", help="Chat template: auto, always, never."),
+    quiet: bool = typer.Option(False, "--quiet", "--no-progress", help="No progress bars."),
+) -> None:
+    """PubMedQA fine-tuned (LinkBERT/BioGPT protocol): fine-tune on the 450 non-test PQA-L
+    items of a fold, evaluate on the 500 test items (reasoning-required)."""
+    from kailin.config import from_options
+    from kailin.evaluate import pubmedqa as pq
+    from kailin.evaluate.pubmedqa_finetune import FinetuneConfig, finetune_and_evaluate
+    from kailin.io import write_json_atomic
+
+    cfg = from_options(FinetuneConfig, fold=fold, setting=setting, max_steps=steps,
+                       learning_rate=lr, batch_size=batch_size, grad_accum=grad_accum,
+                       max_length=max_length, lora=not full, lora_r=lora_r,
+                       lora_alpha=lora_alpha, seed=seed, limit=limit,
+                       eval_batch_size=eval_batch_size, chat=chat)
+    res = finetune_and_evaluate(model, out, cfg, progress=not quiet)
+    typer.echo(pq.format_table(res["test"], title=f"PubMedQA fine-tuned {res['setting']} "
+                                                  f"(fold {res['fold']})"))
+    f = res["fit"]
+    typer.echo(f"dev accuracy {res['dev']['accuracy']:.4f} macro-F1 {res['dev']['macro_f1']:.4f}"
+               f" (n {res['dev']['n']}); contexts cut to {f['max_length']} tokens: train "
+               f"{f['train_truncated']}, dev {f['dev_truncated']}, test {f['test_truncated']}; "
+               "dropped 0")
+    if json_out is not None:
+        write_json_atomic(json_out, res)
+        typer.echo(f"wrote {json_out}")
+
+
 @app.command("signal")
 def signal(
     corpus_dir: Path = typer.Argument(..., help="Corpus folder (kailin ingest): the sources' "

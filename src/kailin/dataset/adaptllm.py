@@ -415,8 +415,8 @@ def source_documents(source: str | os.PathLike[str] | pa.Table,
         raise InputError(f"{source}: --with-contexts needs a 'context_pmids' column (give the "
                          "scores or answers table)")
     order = list(dict.fromkeys(order))
-    have = {int(r["pmid"]): r for r in rows if r.get("abstract")} if "abstract" in \
-        table.column_names else {}
+    have = ({int(r["pmid"]): r for r in rows if r.get("pmid") is not None}
+            if "abstract" in table.column_names else {})
     missing = [p for p in order if p not in have]
     docs: dict[int, Mapping[str, Any]] = dict(have)
     if missing:
@@ -429,8 +429,8 @@ def source_documents(source: str | os.PathLike[str] | pa.Table,
         absent = [p for p in missing if p not in docs]
         if absent:
             log.warning("%d PMID(s) not in the corpus %s were skipped", len(absent), corpus_dir)
-    return [{"pmid": p, "title": docs[p].get("title") or "", "abstract": docs[p]["abstract"]}
-            for p in order if p in docs]
+    return [{"pmid": p, "title": docs[p].get("title") or "",
+             "abstract": docs[p].get("abstract") or ""} for p in order if p in docs]
 
 
 def write_adaptllm(records: Iterable[Mapping[str, Any]], out_dir: str | os.PathLike[str],

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from kailin.config import StageConfig
-from kailin.errors import InputError
+from kailin.errors import InputError, KailinError
 from kailin.train.common import (
     LoraSettings,
     build_lora_config,
@@ -275,6 +275,12 @@ def _train(kind: str, records: list[dict[str, Any]], out_dir: str | os.PathLike[
         peft_config=build_lora_config(s.lora_settings()) if s.lora else None,
         callbacks=callbacks,
     )
+    # what trl really trains on (unpacked kinds: one row per record; it drops rows that its
+    # truncation leaves without a loss token, which fitting is there to prevent)
+    n_trained = len(records) if kind == "cpt" else len(trainer.train_dataset)
+    if n_trained < len(records):
+        raise KailinError(f"{source}: trl kept {n_trained} of {len(records)} records after "
+                          f"tokenizing at max_length {s.max_length}; none may be lost")
     resume = last_checkpoint(ckpt_dir)
     if resume:
         log.info("resuming %s from %s", kind, resume)
@@ -285,7 +291,7 @@ def _train(kind: str, records: list[dict[str, Any]], out_dir: str | os.PathLike[
         "settings": sdict,
         "base_model": s.model,
         "resumed_from": resume,
-        "n_examples": len(records),
+        "n_examples": n_trained,
         **(fitted or {}),
         "global_step": trainer.state.global_step,
         "train_loss": result.training_loss,
