@@ -148,4 +148,4 @@ def test_train_answers_cli_fits_long_export_records(tmp_path, max_length) -> Non
         res = CliRunner().invoke(app, [
             "train", "answers", str(tmp_path / "ds"), "--out", str(tmp_path / "run2"),
             "--max-length", "256", "--fit", "error"])
-        assert res.exit_code == 2 and "record 0 (pmid" in res.output
+        assert isinstance(res.exception, InputError) and "record 0 (pmid" in str(res.exception)

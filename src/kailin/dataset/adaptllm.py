@@ -37,6 +37,7 @@ kinds rather than its full lists.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -82,14 +83,15 @@ _ABBREV_RE = re.compile(r"(?:\b(?:e\.g|i\.e|et al|vs|Fig|Figs|approx|ca|cf|resp|
 _SPLIT_RE = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
 _WORD_RE = re.compile(r"[A-Za-z][A-Za-z-]*[A-Za-z]")
 #: long everyday words that are not domain keywords
-_GENERAL_WORDS = frozenset("""
+_GENERAL_TEXT = """
 additionally administration approximately association background characteristics
 circumstances combination comparison comparisons conclusion conclusions consequently
 considerable considerably consideration consistently contribution conventional correlation
 demonstrated demonstrates description determination development differences different
 difficulties documented effectiveness environment especially established evaluation
 examination experience experienced experiences explanation furthermore generally
-identified improvement improvements independent independently individual individuals information institution institutions
+identified improvement improvements independent independently individual individuals
+information institution institutions
 interaction interactions interpretation introduction investigate investigated investigation
 investigations measurement measurements nevertheless observation observations occurrence
 participants participated participation particularly performance population populations
@@ -98,7 +100,8 @@ prospective prospectively questionnaire recommendations relationship relationshi
 representative requirement requirements respectively retrospective retrospectively
 significance significant significantly simultaneously statistically subsequent subsequently
 successfully sufficient throughout traditional understanding university
-""".split())
+"""
+_GENERAL_WORDS = frozenset(_GENERAL_TEXT.split())
 
 
 @dataclass
@@ -246,7 +249,7 @@ def _pair_tasks(sents: list[str], rng: random.Random) -> list[Task]:
     def add(kind: str, task: Task) -> None:
         mined.setdefault(kind, []).append(task)
 
-    for s1, s2 in zip(sents, sents[1:], strict=False):
+    for s1, s2 in itertools.pairwise(sents):
         if len(s1) < MIN_PAIR_CHARS:
             continue
         for label, conns in (("Entail", ENTAIL), ("Contradict", CONTRADICT), ("Neutral", NEUTRAL),
