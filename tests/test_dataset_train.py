@@ -63,8 +63,8 @@ def test_answers_sft_one_step(tmp_path) -> None:
 
 
 # -- issue 28.1: no silent loss in answers SFT --------------------------------------------------
-def _export_sft(root) -> list[dict]:
-    """16 answers-SFT records as the export writes them (``build_tables``, the sft config):
+def _export_sft(root, n: int = 16) -> list[dict]:
+    """``n`` answers-SFT records as the export writes them (``build_tables``, the sft config):
     a non-test PQA-L question, its long answer and decision, and 4 full abstracts as contexts
     (740-1,900 tokens each record, as in a real export)."""
     import pyarrow as pa
@@ -72,9 +72,9 @@ def _export_sft(root) -> list[dict]:
     from kailin.dataset.export import ExportConfig, build_tables
     from kailin.io import write_parquet_atomic
 
-    items = _items(80)
+    items = _items(5 * n)
     rows = []
-    for k in range(16):
+    for k in range(n):
         src, ctx = items[k * 5], items[k * 5 + 1: k * 5 + 5]
         rows.append({"pmid": int(src.pmid), "title": src.question, "abstract": " ".join(
             src.contexts), "question": src.question, "contexts": [" ".join(c.contexts)
@@ -125,13 +125,13 @@ def test_fit_chat_records_cuts_contexts_only(tmp_path) -> None:
 @pytest.mark.parametrize("max_length", [512, 256])
 def test_train_answers_cli_fits_long_export_records(tmp_path, max_length) -> None:
     """The real command line on export records longer than max_length: no crash, every record
-    trained (n_examples is the length of trl's prepared dataset; one epoch of batch 8 is 2
-    steps), the counts in kailin_train.json."""
+    trained (n_examples is the length of trl's prepared dataset; one epoch of batch 8 is one
+    step), the counts in kailin_train.json."""
     from typer.testing import CliRunner
 
     from kailin.cli.main import app
 
-    _export_sft(tmp_path / "ds")
+    _export_sft(tmp_path / "ds", n=8)
     out = tmp_path / "run"
     res = CliRunner().invoke(app, [
         "train", "answers", str(tmp_path / "ds"), "--out", str(out), "--max-length",
@@ -139,11 +139,11 @@ def test_train_answers_cli_fits_long_export_records(tmp_path, max_length) -> Non
         "--grad-accum", "1", "--lora-r", "4", "--lora-alpha", "8", "--save-steps", "100"])
     assert res.exit_code == 0, res.output
     meta = json.loads((out / "kailin_train.json").read_text())
-    assert meta["n_examples"] == meta["settings"]["n_examples"] == 16
-    assert meta["truncated"] == 16 and meta["dropped"] == 0 and meta["dropped_records"] == []
+    assert meta["n_examples"] == meta["settings"]["n_examples"] == 8
+    assert meta["truncated"] == 8 and meta["dropped"] == 0 and meta["dropped_records"] == []
     assert meta["max_tokens_after"] <= max_length < meta["max_tokens_before"]
-    assert meta["global_step"] == 2  # batch 8, one epoch over the 16 records
-    assert "16 records (16 with contexts cut to fit, 0 dropped)" in res.output
+    assert meta["global_step"] == 1  # batch 8, one epoch over the 8 records
+    assert "8 records (8 with contexts cut to fit, 0 dropped)" in res.output
     if max_length == 256:  # --fit error refuses instead, naming the record
         res = CliRunner().invoke(app, [
             "train", "answers", str(tmp_path / "ds"), "--out", str(tmp_path / "run2"),

@@ -31,7 +31,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -57,8 +57,6 @@ PROTOCOL = ("PQA-L fine-tuning (LinkBERT/BioGPT protocol): train on the 450 non-
 
 class FinetuneConfig(StageConfig):
     """Settings of ``kailin evaluate pubmedqa-finetuned`` (one set for every model compared)."""
-
-    added_fields: ClassVar[tuple[str, ...]] = ()
 
     fold: int = Field(0, ge=0, le=9, description="official PQA-L CV fold: train on its 450 "
                       "items, dev on its 50")
@@ -186,7 +184,7 @@ def finetune_and_evaluate(model: str | os.PathLike[str], out_dir: str | os.PathL
         model=str(model), lora=cfg.lora, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
         learning_rate=cfg.learning_rate, max_steps=cfg.max_steps, batch_size=cfg.batch_size,
         grad_accum=cfg.grad_accum, max_length=cfg.max_length, packing=False, warmup=cfg.warmup,
-        seed=cfg.seed, fit="error")
+        seed=cfg.seed, fit="error")  # the records are fitted above: none may be left over
     meta = _train("pubmedqa_finetune", records, out, ts,
                   f"PQA-L fold {cfg.fold} train ({cfg.setting})", callbacks,
                   {"truncated": train_cut, "dropped": 0, "dropped_records": []}, tok)
