@@ -20,6 +20,7 @@ from kailin.cli.main import app
 from kailin.dataset.export import ExportConfig
 from kailin.dataset.train import DownstreamTrainConfig
 from kailin.errors import InputError
+from kailin.evaluate.pubmedqa_finetune import PubMedQAFinetuneConfig
 from kailin.generate.questions import GenerationConfig
 from kailin.retrieval.finetune import FinetuneConfig
 
@@ -34,6 +35,7 @@ COMMANDS = {
     ("index", "finetune"): FinetuneConfig,
     ("dataset", "export"): ExportConfig,
     ("generate", "questions"): GenerationConfig,
+    ("evaluate", "pubmedqa-finetuned"): PubMedQAFinetuneConfig,
 }
 #: options the commands had before they were derived, which must keep working
 KEPT = {
@@ -66,6 +68,11 @@ KEPT = {
                                 "--threads", "--api-key-env", "--concurrency", "--timeout",
                                 "--max-retries", "--cache", "--no-cache", "--rows-per-shard",
                                 "--limit"],
+    ("evaluate", "pubmedqa-finetuned"): ["--model", "-m", "--out", "--json", "--steps", "--lr",
+                                         "--seed", "--max-length", "--batch-size",
+                                         "--grad-accum", "--fold", "--setting", "--full",
+                                         "--lora-r", "--lora-alpha", "--limit",
+                                         "--eval-batch-size", "--chat", "--quiet"],
     ("dataset", "export"): ["--corpus", "--formats", "--template-file", "--cpt-with-answer",
                             "--n-contexts", "--select", "--min-score", "--max-score",
                             "--require-grounded", "--decontaminate", "--no-decontaminate",

@@ -98,7 +98,7 @@ def test_pipeline_bottom_layer_imports_no_stage() -> None:
 
 #: the layers, bottom first: a package may import its own layer's packages and the layers below
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("kailin", "kailin.errors", "kailin.io", "kailin.config")),
+    ("base", ("kailin", "kailin.errors", "kailin.io", "kailin.config", "kailin.progress")),
     ("engine", ("kailin.engine",)),
     ("domain", ("kailin.llm", "kailin.mesh", "kailin.corpus")),
     ("library", ("kailin.retrieval", "kailin.train", "kailin.generate", "kailin.align",

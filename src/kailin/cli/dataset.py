@@ -119,3 +119,26 @@ def export(
         typer.echo(f"decontamination: excluded {dec['rows_excluded_source_pmid']} rows with a "
                    f"PubMedQA test PMID as source and {dec['rows_excluded_context_pmid']} with one "
                    "among the contexts")
+
+
+@app.command("adaptllm")
+def adaptllm(
+    source: Path = typer.Argument(..., help="A `kailin dataset export` directory (its cpt "
+                                  "PMIDs), or a Parquet/JSONL table with pmid (title and "
+                                  "abstract, else looked up in --corpus)."),
+    out: Path = typer.Argument(..., help="Output directory: cpt/train.parquet (pmid, text), "
+                               "adaptllm.json."),
+    corpus: Path | None = typer.Option(None, "--corpus", help="Corpus dir for the texts."),
+    with_contexts: bool = typer.Option(False, "--with-contexts",
+                                       help="Also the rows' context_pmids as documents."),
+) -> None:
+    """AdaptLLM peer arm (arXiv 2309.09530): each abstract followed by reading-comprehension
+    tasks mined from it with regex patterns (no LLM, no MeSH)."""
+    from kailin.dataset.adaptllm import source_documents, write_adaptllm
+
+    docs = source_documents(source, corpus, with_contexts)
+    stats = write_adaptllm(docs, out, provenance={"source": str(source),
+                                                  "with_contexts": with_contexts})
+    typer.echo(f"{stats['records']} AdaptLLM texts ({stats['tasks']} tasks; "
+               f"{stats['records_without_task']} without a task, {stats['skipped_no_abstract']}"
+               f" without an abstract) -> {out}/cpt")

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import typer
 
+from kailin.cli.derive import settings_command
+from kailin.evaluate.pubmedqa_finetune import PubMedQAFinetuneConfig
+
 app = typer.Typer(help="Evaluate generators and downstream models.", no_args_is_help=True)
 
 
@@ -193,6 +196,40 @@ def _continuous_line(r: dict) -> str:
                      f"{c['macro_f1']:.4f}  gold margin {cm['mean']:+.4f}  predicted: "
                      f"{counts(c['label_counts'])}")
     return "\n".join(lines)
+
+
+@app.command("pubmedqa-finetuned")
+@settings_command(PubMedQAFinetuneConfig, param="cfg", names={"max_steps": "--steps"},
+                  aliases={"max_steps": ("--max-steps",)},
+                  custom={"lora": ("full", lambda full: not full)})
+def pubmedqa_finetuned(
+    model: str = typer.Option(..., "--model", "-m",
+                              help="The model to fine-tune and evaluate: local path, hub id, "
+                                   "kailin training output (e.g. a CPT arm), or 'smollm2'."),
+    out: Path = typer.Option(..., "--out", help="Output directory (the fine-tuned model, "
+                             "pred_{setting}.json, pubmedqa_finetuned.json)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the report here."),
+    full: bool | None = typer.Option(None, "--full", help="Full fine-tuning instead of LoRA."),
+    quiet: bool = typer.Option(False, "--quiet", "--no-progress", help="No progress bars."),
+    cfg: PubMedQAFinetuneConfig = None,  # type: ignore[assignment]  # derived: one per field
+) -> None:
+    """PubMedQA fine-tuned (LinkBERT/BioGPT protocol): fine-tune on the 450 non-test PQA-L
+    items of a fold, evaluate on the 500 test items (reasoning-required)."""
+    from kailin.evaluate import pubmedqa as pq
+    from kailin.evaluate.pubmedqa_finetune import finetune_and_evaluate
+    from kailin.io import write_json_atomic
+
+    res = finetune_and_evaluate(model, out, cfg, progress=not quiet)
+    typer.echo(pq.format_table(res["test"], title=f"PubMedQA fine-tuned {res['setting']} "
+                                                  f"(fold {res['fold']})"))
+    f = res["fit"]
+    typer.echo(f"dev accuracy {res['dev']['accuracy']:.4f} macro-F1 {res['dev']['macro_f1']:.4f}"
+               f" (n {res['dev']['n']}); contexts cut to {f['max_length']} tokens: train "
+               f"{f['train_truncated']}, dev {f['dev_truncated']}, test {f['test_truncated']}; "
+               "dropped 0")
+    if json_out is not None:
+        write_json_atomic(json_out, res)
+        typer.echo(f"wrote {json_out}")
 
 
 @app.command("signal")

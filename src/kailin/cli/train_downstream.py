@@ -63,4 +63,6 @@ def answers(
     from kailin.dataset.train import train_answers
 
     meta = train_answers(data, out, settings)
-    typer.echo(f"answers SFT -> {out}/model: {_summary(meta)}")
+    counts = (f"; {meta['n_examples']} records ({meta['truncated']} with contexts cut to fit, "
+              f"{meta['dropped']} dropped)" if "truncated" in meta else "")
+    typer.echo(f"answers SFT -> {out}/model: {_summary(meta)}{counts}")

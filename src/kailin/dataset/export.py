@@ -149,9 +149,10 @@ def sft_messages(question: str, contexts: list[str], answer: str,
 
 
 def pubmedqa_test_pmids() -> set[int]:
-    from kailin.evaluate.pubmedqa import test_pmids
+    """The 500 PubMedQA PQA-L test PMIDs (the packaged ground truth's keys)."""
+    from kailin.corpus.sources import default_exclusions
 
-    return {int(p) for p in test_pmids()}
+    return set(default_exclusions())
 
 
 def _select(table: pa.Table, cfg: ExportConfig, stats: dict[str, Any]) -> pa.Table:

@@ -9,7 +9,12 @@ max_seq_length 8192 on Llama-3-70B; the default here is 1024 (set ``max_length``
 
 Answers SFT trains on the ``sft`` config's chat records: the system and user turns are the prompt,
 the assistant turn (the teacher's answer) is the completion, and only the completion is in the
-loss.
+loss. Every record is fitted to ``max_length`` before trl sees it (:mod:`kailin.train.fit`): its
+contexts are cut, the longest first, keeping the template, the question and the answer whole
+(trl would otherwise truncate the end, and drop a record whose prompt alone fills
+``max_length``). ``kailin_train.json`` counts ``truncated`` records and ``dropped`` ones (only
+those whose question and answer alone exceed ``max_length``, each with its reason in
+``dropped_records``); ``n_examples`` is what was trained on. ``fit="error"`` fails instead.
 
 Output directories follow :mod:`kailin.train.common`: ``OUT/checkpoints/checkpoint-N`` (resumed
 from the last one), ``OUT/adapter``, ``OUT/model`` (merged, safetensors), ``OUT/kailin_train.json``.
@@ -20,13 +25,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from kailin.errors import InputError
+from kailin.errors import InputError, KailinError
 from kailin.io import read_text_strict
 from kailin.train.common import (
     LoraSettings,
@@ -45,6 +51,7 @@ from kailin.train.common import (
     step_intervals,
     training_args,
 )
+from kailin.train.fit import fit_contexts
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +68,7 @@ class DownstreamTrainConfig(TrainingSettings):
     added_fields: ClassVar[tuple[str, ...]] = (
         "lora_r", "lora_alpha", "epochs", "grad_accum", "packing", "warmup", "lr_scheduler",
         "weight_decay", "save_steps", "save_total_limit", "logging_steps", "seed", "limit",
-        "lora", "keep_checkpoints")
+        "lora", "keep_checkpoints", "fit")
 
     model: str = Field("smollm2", description="the model to train: smollm2, a local "
                        "checkpoint or a hub id")
@@ -87,6 +94,9 @@ class DownstreamTrainConfig(TrainingSettings):
                                       "fifth of max_steps, or 10 with epochs)")
     seed: int = Field(3407, description="training seed (the authors')")
     limit: int | None = Field(None, ge=1, description="train on the first N records only")
+    fit: Literal["truncate", "error"] = Field(
+        "truncate", description="answers SFT: a record longer than max_length has its contexts "
+        "cut (truncate, counted in kailin_train.json) or is an error (error)")
 
     @classmethod
     def authors(cls, **overrides: Any) -> DownstreamTrainConfig:
@@ -148,9 +158,103 @@ def _read_rows(path: str | os.PathLike[str], config: str, column: str) -> list[d
     return rows
 
 
+_CONTEXT_LINE = re.compile(r"\[\d+\] ?(.*)$")
+
+
+def split_user_contexts(content: str) -> tuple[list[str], str] | None:
+    """``(contexts, rest)`` of a user turn written by ``kailin.dataset.export.sft_messages``
+    (``Contexts:\n[1] ...\n[2] ...\n\nQuestion: ...``), else None."""
+    if not content.startswith("Contexts:\n"):
+        return None
+    head, sep, rest = content[len("Contexts:\n"):].partition("\n\n")
+    if not sep:
+        return None
+    contexts = []
+    for line in head.split("\n") if head else []:
+        m = _CONTEXT_LINE.match(line)
+        if m is None:
+            return None
+        contexts.append(m.group(1))
+    return contexts, rest
+
+
+def join_user_contexts(contexts: list[str], rest: str) -> str:
+    """The inverse of :func:`split_user_contexts`."""
+    lines = "\n".join(f"[{i + 1}] {c}" for i, c in enumerate(contexts))
+    return f"Contexts:\n{lines}\n\n{rest}"
+
+
+def record_tokens(tok: Any, record: dict[str, Any]) -> int:
+    """Tokens of a prompt-completion record as trl's ``SFTTrainer`` tokenizes it (chat template
+    for conversational records, plain text + EOS otherwise)."""
+    if isinstance(record["prompt"], list):
+        ids = tok.apply_chat_template(record["prompt"] + record["completion"], tokenize=True,
+                                      return_dict=True)["input_ids"]
+        return len(ids)
+    text = record["prompt"] + record["completion"]
+    return len(tok(text=text)["input_ids"]) + int(not text.endswith(tok.eos_token or "\0"))
+
+
+def fit_chat_records(records: list[dict[str, Any]], tok: Any, max_length: int,
+                     fit: str = "truncate", source: str = "",
+                     pmids: list[Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Fit conversational prompt-completion records to ``max_length`` by cutting the contexts
+    of their user turn (see :mod:`kailin.train.fit`). Returns the records to train on and the
+    counts ``{"truncated", "dropped", "dropped_records": [{"record", "pmid", "reason"}],
+    "max_tokens_before", "max_tokens_after"}``; with ``fit="error"`` a record that does not fit
+    is an :class:`InputError` naming it."""
+    if fit not in ("truncate", "error"):
+        raise InputError(f"fit must be 'truncate' or 'error', got {fit!r}")
+    out: list[dict[str, Any]] = []
+    truncated, dropped = 0, []
+    before = after = 0
+    for i, rec in enumerate(records):
+        pmid = pmids[i] if pmids else None
+        n = record_tokens(tok, rec)
+        before = max(before, n)
+        if n <= max_length:
+            out.append(rec)
+            after = max(after, n)
+            continue
+        where = f"{source}: record {i}" + (f" (pmid {pmid})" if pmid is not None else "")
+        if fit == "error":
+            raise InputError(f"{where} takes {n} tokens, more than max_length {max_length}; "
+                             "raise --max-length or use --fit truncate")
+        users = [j for j, m in enumerate(rec["prompt"]) if m["role"] == "user"]
+        parsed = split_user_contexts(rec["prompt"][users[-1]]["content"]) if users else None
+        if parsed is None:
+            dropped.append({"record": i, "pmid": pmid, "tokens": n,
+                            "reason": "too long and its user turn has no 'Contexts:' block to cut"})
+            continue
+        contexts, rest = parsed
+        j = users[-1]
+
+        def with_contexts(ctx: list[str], rec: dict[str, Any] = rec, j: int = j,
+                          rest: str = rest) -> dict[str, Any]:
+            prompt = [dict(m) for m in rec["prompt"]]
+            prompt[j]["content"] = join_user_contexts(ctx, rest)
+            return {**rec, "prompt": prompt}
+
+        res = fit_contexts(contexts, lambda c: record_tokens(tok, with_contexts(c)), tok,
+                           max_length)
+        if res.contexts is None:
+            dropped.append({"record": i, "pmid": pmid, "tokens": res.tokens,
+                            "reason": res.reason})
+            continue
+        truncated += 1
+        after = max(after, res.tokens)
+        out.append(with_contexts(res.contexts))
+    if truncated or dropped:
+        log.warning("%s: %d of %d record(s) had their contexts cut to fit max_length %d; %d "
+                    "dropped (question and answer alone too long)", source, truncated,
+                    len(records), max_length, len(dropped))
+    return out, {"truncated": truncated, "dropped": len(dropped), "dropped_records": dropped,
+                 "max_tokens_before": before, "max_tokens_after": after}
+
+
 def _train(kind: str, records: list[dict[str, Any]], out_dir: str | os.PathLike[str],
-           s: DownstreamTrainConfig, source: str, callbacks: list[Any] | None
-           ) -> dict[str, Any]:
+           s: DownstreamTrainConfig, source: str, callbacks: list[Any] | None,
+           fitted: dict[str, Any] | None = None, tok: Any = None) -> dict[str, Any]:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -161,7 +265,7 @@ def _train(kind: str, records: list[dict[str, Any]], out_dir: str | os.PathLike[
     if (done := finished_run(out, sdict)) is not None:
         return done
     ckpt_dir = prepare_checkpoints(out, sdict, ignore=("max_steps", "epochs"))
-    tok = load_tokenizer(s.model)
+    tok = tok if tok is not None else load_tokenizer(s.model)
     model = load_model(s.model)
     extra: dict[str, Any] = (
         {"packing": s.packing, "packing_strategy": "wrapped", "completion_only_loss": False,
@@ -175,6 +279,12 @@ def _train(kind: str, records: list[dict[str, Any]], out_dir: str | os.PathLike[
         callbacks=callbacks,
     )
     attach_progress(trainer, kind)
+    # what trl really trains on (unpacked kinds: one row per record; it drops rows that its
+    # truncation leaves without a loss token, which fitting is there to prevent)
+    n_trained = len(records) if kind == "cpt" else len(trainer.train_dataset)
+    if n_trained < len(records):
+        raise KailinError(f"{source}: trl kept {n_trained} of {len(records)} records after "
+                          f"tokenizing at max_length {s.max_length}; none may be lost")
     resume = last_checkpoint(ckpt_dir)
     if resume:
         log.info("resuming %s from %s", kind, resume)
@@ -185,6 +295,8 @@ def _train(kind: str, records: list[dict[str, Any]], out_dir: str | os.PathLike[
         "settings": sdict,
         "base_model": s.model,
         "resumed_from": resume,
+        "n_examples": n_trained,
+        **(fitted or {}),
         "global_step": trainer.state.global_step,
         "train_loss": result.training_loss,
         "seconds": round(time.perf_counter() - t0, 2),
@@ -215,6 +327,8 @@ def train_answers(data: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     require_training()
     s = settings or DownstreamTrainConfig()
     rows = _read_rows(data, "sft", "messages")
+    if s.limit:
+        rows = rows[: s.limit]
     records = []
     for i, r in enumerate(rows):
         msgs = r["messages"]
@@ -223,9 +337,14 @@ def train_answers(data: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                              "assistant message")
         records.append({"prompt": [{"role": m["role"], "content": m["content"]} for m in msgs[:-1]],
                         "completion": [{"role": "assistant", "content": msgs[-1]["content"]}]})
-    if s.limit:
-        records = records[: s.limit]
-    return _train("answers", records, out_dir, s, str(data), callbacks)
+    tok = load_tokenizer(s.model)
+    records, fitted = fit_chat_records(records, tok, s.max_length, s.fit, str(data),
+                                       [r.get("pmid") for r in rows])
+    if not records:
+        raise InputError(f"{data}: no record fits max_length {s.max_length} even with its "
+                         f"contexts removed ({fitted['dropped_records'][0]['reason']}); raise "
+                         "--max-length")
+    return _train("answers", records, out_dir, s, str(data), callbacks, fitted, tok)
 
 
 class DownstreamConfig(DownstreamTrainConfig):
