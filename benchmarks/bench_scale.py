@@ -347,7 +347,9 @@ def child_score(work: Path, size: int, nq: int) -> dict:
     qdir, out = work / "questions" / f"q{nq}", d / f"q{nq}" / "scores"
     rss0 = _status_mib("VmRSS")
     t0 = time.perf_counter()
-    stage = ScoreStage(d / "index", corpus_dir=d / "corpus")
+    # the default document score; BENCH_SCALE_MEASURE (a MeSH measure) only for quick checks
+    stage = ScoreStage(d / "index", corpus_dir=d / "corpus",
+                       measure=os.environ.get("BENCH_SCALE_MEASURE") or None)
     stage.ensure_setup()
     stage(next(iter_input_shards(qdir, ROWS_PER_SHARD)))
     setup_s, rss_setup = time.perf_counter() - t0, _status_mib("VmRSS")
@@ -371,7 +373,7 @@ def child_prefer(work: Path, size: int, nq: int) -> dict:
 
     def run() -> dict:
         st = prefer(d / "scores", d / "preferences")
-        return {"rows": nq, "pairs": st.get("pairs"), "out": d / "preferences"}
+        return {"rows": nq, "pairs": st["kept"], "pmids": st["pmids"], "out": d / "preferences"}
 
     return _timed(run)
 

@@ -86,3 +86,34 @@ def test_markdown_marks_what_is_not_measured_and_fits(bs, tmp_path):
     text = doc.read_text()
     assert text.startswith("intro\n") and text.endswith(f"{bs.DOC_END}\nafter\n")
     assert "old" not in text and "| 4,000 | index |" in text
+
+
+def test_every_stage_runs_on_a_small_corpus(bs, tmp_path, monkeypatch):
+    """Each stage body of the rehearsal, in this process, on copies of a real PubMed excerpt
+    (the path measure instead of the descriptor embeddings, to stay cheap)."""
+    from kailin.corpus.store import ingest
+
+    monkeypatch.setenv("BENCH_SCALE_MEASURE", "path")
+    monkeypatch.setenv("KAILIN_CACHE", str(tmp_path / "cache"))
+    work = tmp_path / "w"
+    ingest([ROOT / "data" / "samples" / "pubmed_xml_samples" / "pubmed20n1016_excerpt.xml.gz"],
+           work / "base", progress=False)
+    from kailin.corpus.reader import open_corpus
+
+    n_base = open_corpus(work / "base").num_rows
+    size = n_base * 2 + n_base // 2
+    made = bs.child_make(work, size)
+    assert made["rows"] == size and made["files"] == 3
+    ing = bs.child_ingest(work, size)
+    assert ing["rows"] == size and ing["bytes"] > 0 and ing["rss_peak_mib"] > 0
+    assert bs.child_index(work, size)["mib_per_million_docs"] >= 0
+    assert 0 < bs.child_workset(work, size)["rows"] <= size
+    assert bs.child_stats(work, size)["rows"] == size
+    nq = 40
+    assert bs.child_questions(work, nq)["rows"] == nq
+    sc = bs.child_score(work, size, nq)
+    assert sc["rows"] == sc["rows_out"] == nq
+    pr = bs.child_prefer(work, size, nq)
+    assert pr["pmids"] == nq // 2 and 0 <= pr["pairs"] <= pr["pmids"]
+    ex = bs.child_export(work, size, nq)
+    assert 0 < ex["records"] <= nq // 2
