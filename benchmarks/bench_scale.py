@@ -289,15 +289,25 @@ def child_questions(work: Path, nq: int) -> dict:
         qdir.mkdir(parents=True)
         need = math.ceil(nq / 2)
         srcs: list[tuple[int, str, str]] = []
-        for f in sorted((work / "copies").glob("copy-*.parquet")):
-            if "-head" in f.name:
-                continue
-            t = pq.read_table(f, columns=["pmid", "title", "abstract"])
+        # per copy its longest file written (a -head file is a prefix of the full copy), in
+        # copy order: the same sources whichever sizes wrote the files
+        longest: dict[str, tuple[int, Path]] = {}
+        for f in (work / "copies").glob("copy-*.parquet"):
+            n = pq.ParquetFile(f).metadata.num_rows
+            c = f.name.split("-")[1].split(".")[0]
+            if n > longest.get(c, (0, f))[0]:
+                longest[c] = (n, f)
+        scanned = 0
+        for c in sorted(longest):
+            t = pq.read_table(longest[c][1], columns=["pmid", "title", "abstract"])
             for p, ti, ab in zip(*(t[c].to_pylist() for c in t.column_names), strict=True):
+                scanned += 1
                 if ti and ti.strip() and ab and ab.strip():
                     srcs.append((p, ti, ab))
-            if len(srcs) >= need:
-                break
+                if len(srcs) >= need:
+                    break
+            if len(srcs) >= need or longest[c][0] < max(n for n, _ in longest.values()):
+                break  # a copy cut short: the records after it are in no corpus yet
         if len(srcs) < need:
             raise SystemExit(f"only {len(srcs)} source records written for {nq} questions")
         rows: dict[str, list] = {n: [] for n in QUESTIONS_SCHEMA.names}
@@ -314,7 +324,9 @@ def child_questions(work: Path, nq: int) -> dict:
         for i, start in enumerate(range(0, nq, ROWS_PER_SHARD)):
             pq.write_table(table.slice(start, ROWS_PER_SHARD), qdir / f"part-{i:05d}.parquet")
         (qdir / "_complete").touch()
-        return {"rows": nq, "out": qdir}
+        # the first ``sources_span`` records (in copy order) hold every source: a corpus of
+        # fewer records lacks some
+        return {"rows": nq, "sources_span": scanned, "out": qdir}
 
     return _timed(run)
 
@@ -506,6 +518,10 @@ class Bench:
                 qfile = w / "questions" / f"q{nq}" / "_complete"
                 if self.stage(qp, f"q{nq}", qfile, w, nq, kind="questions") is None:
                     continue
+                if qp[f"q{nq}"].get("sources_span", 0) > size:
+                    print(f"  !! {nq} questions: their sources span the first "
+                          f"{qp[f'q{nq}']['sources_span']:,} records, more than {size:,}: some "
+                          "are not in this corpus", flush=True)
                 qs = self.res["questions"].setdefault(str(size), {}).setdefault(str(nq), {})
                 sdir = d / f"q{nq}" / "scores"
                 if self.stage(qs, "score", sdir, w, size, nq) is None:
