@@ -533,12 +533,17 @@ class Bench:
 
 
 # ------------------------------------------------------------------ analysis and reporting
+def _records(res: dict, size: int | str) -> int:
+    """The live records of the corpus of ``size`` (its ingest's count; else the size)."""
+    return int(res.get("corpus", {}).get(str(size), {}).get("ingest", {}).get("rows", size))
+
+
 def summarize(res: dict) -> dict:
     """alpha per stage, RSS ratios, index memory per document and the 36M/72M projections."""
     out: dict[str, Any] = {"corpus": {}, "questions_vs_corpus": {}, "questions_vs_count": {}}
     sizes = sorted(int(s) for s in res.get("corpus", {}))
     for stage in CORPUS_STAGES:
-        pts = [(res["corpus"][str(s)][stage]["rows"], res["corpus"][str(s)][stage])
+        pts = [(_records(res, s), res["corpus"][str(s)][stage])
                for s in sizes if "cpu_s" in res["corpus"][str(s)].get(stage, {})]
         if not pts:
             continue
@@ -547,9 +552,18 @@ def summarize(res: dict) -> dict:
              "alpha_wall": fit_alpha(ns, [r["wall_s"] for _, r in pts]),
              "rss_ratio": pts[-1][1]["rss_peak_mib"] / pts[0][1]["rss_peak_mib"]}
         if stage == "index":
-            per = pts[-1][1]["mib_per_million_docs"]
+            # memory per document: the slope of peak RSS over the two largest corpora (with one,
+            # the peak above the RSS before the build, an upper bound: it holds fixed costs)
+            if len(pts) >= 2:
+                (n0, r0), (n1, r1) = pts[-2], pts[-1]
+                per = (r1["rss_peak_mib"] - r0["rss_peak_mib"]) / (n1 - n0) * 1e6
+                base = r1["rss_peak_mib"] - per * n1 / 1e6
+                e["per_doc_from"] = "slope"
+            else:
+                per, base = pts[-1][1]["mib_per_million_docs"], 0.0
+                e["per_doc_from"] = "one size (upper bound)"
             e["mib_per_million_docs"] = per
-            e["projected_gib_36m"] = per * TARGET_RECORDS / 1e6 / 1024
+            e["projected_gib_36m"] = (base + per * TARGET_RECORDS / 1e6) / 1024
         out["corpus"][stage] = e
     settings = res.get("settings", {})
     qres = res.get("questions", {})
@@ -558,7 +572,7 @@ def summarize(res: dict) -> dict:
         pts = [(int(s), qres[s][str(q0)][stage]) for s in sorted(qres, key=int)
                if "cpu_s" in qres[s].get(str(q0), {}).get(stage, {})]
         if pts:
-            recs = [res["corpus"][str(s)]["ingest"]["rows"] for s, _ in pts]
+            recs = [_records(res, s) for s, _ in pts]
             a = fit_alpha(recs, [r["cpu_s"] for _, r in pts])
             e = {"records": recs, "questions": q0, "alpha_cpu": a,
                  "alpha_wall": fit_alpha(recs, [r["wall_s"] for _, r in pts]),
@@ -618,19 +632,20 @@ def render_markdown(res: dict, planned: dict | None = None) -> str:
                   f"{max(loads):.0f} at the stages' ends): judge the CPU seconds, not the wall "
                   "seconds. Rows marked *not yet measured* are still running or to come.", ""]
     lines += ["Corpus-sized work (each stage in its own process; RSS in MiB):", "",
-             "| corpus records | stage | wall s | CPU s | rows/s | peak RSS | workers' peak RSS "
-             "| on disk (MiB) |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "| corpus records | stage | rows out | wall s | CPU s | records/s | peak RSS | "
+             "workers' peak RSS | on disk (MiB) |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for size in sizes:
         cs = res.get("corpus", {}).get(str(size), {})
         for stage in CORPUS_STAGES:
             r = cs.get(stage)
+            recs = _records(res, size)
             if r is None or "error" in r:
                 note = "failed: " + r["error"] if r else "*not yet measured*"
-                lines.append(f"| {size:,} | {stage} | {note} | | | | | |")
+                lines.append(f"| {recs:,} | {stage} | {note} | | | | | | |")
                 continue
             lines.append(
-                f"| {r['rows']:,} | {stage} | {r['wall_s']:,.1f} | {r['cpu_s']:,.1f} | "
-                f"{_f(r['rows'] / r['wall_s'])} | {_f(r['rss_peak_mib'])} | "
+                f"| {recs:,} | {stage} | {r['rows']:,} | {r['wall_s']:,.1f} | {r['cpu_s']:,.1f} | "
+                f"{_f(recs / r['wall_s'])} | {_f(r['rss_peak_mib'])} | "
                 f"{_f(r['workers_rss_peak_mib'])} | {r['bytes'] / 2**20:,.1f} |")
     lines += ["", "Per-question work (score: BM25 retrieval + MeSH document score, k = 6):", "",
               "| corpus records | questions | stage | wall s | CPU s | questions/s | "
@@ -663,8 +678,9 @@ def render_markdown(res: dict, planned: dict | None = None) -> str:
     ix = summ["corpus"].get("index")
     if ix:
         lines += ["", f"BM25 index build: {ix['mib_per_million_docs']:,.0f} MiB of peak RSS per "
-                  f"million documents at {ix['sizes'][-1]:,} documents; projected to 36M: "
-                  f"{ix['projected_gib_36m']:,.0f} GiB in one process."]
+                  f"million documents ({ix['per_doc_from']}, up to {ix['sizes'][-1]:,} "
+                  f"documents); projected to 36M: {ix['projected_gib_36m']:,.0f} GiB in one "
+                  "process."]
     if summ["projection"]:
         lines += ["", "Projection to 72M questions over 36M records (CPU per question at the "
                   "largest corpus, grown with the stage's alpha in the corpus size):", "",
