@@ -24,7 +24,9 @@ Two questions, measured separately:
   ``bench_memory.py``) and the first sentence of its abstract (``lead``); source records in PMID
   order, copy 0 first, so every corpus holds every source.
 
-Each stage runs in its own process (torch, BLAS and numba one thread each). Printed per stage:
+Each stage runs in its own process (torch, BLAS and numba one thread each). The index build
+stops itself when its RSS passes ``BENCH_SCALE_MAX_RSS_GIB`` (default 10; the machine is
+shared): the stage is then recorded as failed, with the RSS it reached. Printed per stage:
 wall and CPU seconds (of the stage, after imports; ``cpu`` counts every thread and the stage's
 own worker processes), rows/s (rows per wall second), the peak RSS of the stage's process
 (``VmHWM``) and of its worker processes (``RUSAGE_CHILDREN``; 0 when it has none), the peak RSS
@@ -220,10 +222,29 @@ def child_ingest(work: Path, size: int) -> dict:
     return _timed(run)
 
 
+def _rss_watchdog(limit_gib: float) -> None:
+    """Stop this process (exit 3) once its RSS passes ``limit_gib``: the machine is shared, and
+    a build that does not fit must not push other jobs out of memory."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            rss = _status_mib("VmRSS")
+            if rss > limit_gib * 1024:
+                sys.stderr.write(f"stopped: RSS {rss:,.0f} MiB passed the limit of {limit_gib} GiB "
+                                 "(BENCH_SCALE_MAX_RSS_GIB)\n")
+                sys.stderr.flush()
+                os._exit(3)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def child_index(work: Path, size: int) -> dict:
     from kailin.corpus.reader import open_corpus
     from kailin.retrieval import build_index
 
+    _rss_watchdog(float(os.environ.get("BENCH_SCALE_MAX_RSS_GIB", "10")))
     d = work / f"n{size}"
 
     def run() -> dict:
