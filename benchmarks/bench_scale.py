@@ -25,7 +25,7 @@ Two questions, measured separately:
   order, copy 0 first, so every corpus holds every source.
 
 Each stage runs in its own process (torch, BLAS and numba one thread each). The index build
-stops itself when its RSS passes ``BENCH_SCALE_MAX_RSS_GIB`` (default 10; the machine is
+stops itself when its RSS passes ``BENCH_SCALE_MAX_RSS_GIB`` (default 8; the machine is
 shared): the stage is then recorded as failed, with the RSS it reached. Printed per stage:
 wall and CPU seconds (of the stage, after imports; ``cpu`` counts every thread and the stage's
 own worker processes), rows/s (rows per wall second), the peak RSS of the stage's process
@@ -244,7 +244,7 @@ def child_index(work: Path, size: int) -> dict:
     from kailin.corpus.reader import open_corpus
     from kailin.retrieval import build_index
 
-    _rss_watchdog(float(os.environ.get("BENCH_SCALE_MAX_RSS_GIB", "10")))
+    _rss_watchdog(float(os.environ.get("BENCH_SCALE_MAX_RSS_GIB", "8")))
     d = work / f"n{size}"
 
     def run() -> dict:
