@@ -288,3 +288,38 @@ def test_sigkill_at_random_points_then_resume(tmp_path: Path) -> None:
     assert _live(out) == expected
     m = json.loads((out / "manifest.json").read_text())
     assert len(m["files"]) == 7 and m["records"] == len(expected)
+
+
+def test_corpus_queries_bound_duckdb_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    """The work set's ORDER BY over the whole corpus and the ingest's merge ran with DuckDB's
+    default limit (80% of the machine's memory), so their RSS grew with the corpus (~2.4 KB a
+    record, benchmarks/bench_scale.py); both now run under a bound and spill to disk."""
+    import duckdb
+
+    from kailin.corpus.query import connect
+    from kailin.io import duckdb_memory_limit
+
+    def limit(con) -> str:
+        return con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+
+    def ref(size: str) -> str:
+        con = duckdb.connect()
+        con.execute(f"SET memory_limit='{size}'")
+        return limit(con)
+
+    bounds: list[str] = []
+    real = store.bound_duckdb_memory
+    monkeypatch.setattr(store, "bound_duckdb_memory",
+                        lambda con, d=None: bounds.append(real(con, d)) or bounds[-1])
+    monkeypatch.delenv("KAILIN_DUCKDB_MEMORY", raising=False)
+    _ingest([BASE], tmp_path / "c")
+    con = connect(tmp_path / "c")
+    threads = int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
+    assert bounds == [duckdb_memory_limit(threads)]
+    assert limit(con) == ref(duckdb_memory_limit(threads)) != limit(duckdb.connect())
+    rows = con.sql("SELECT pmid FROM corpus ORDER BY pmid").fetchall()
+    assert [r[0] for r in rows] == sorted(r[0] for r in rows) and len(rows) > 0
+    assert duckdb_memory_limit(1) == "1024MB" and duckdb_memory_limit(8) == "4096MB"
+    monkeypatch.setenv("KAILIN_DUCKDB_MEMORY", "300MB")
+    assert limit(connect(tmp_path / "c")) == ref("300MB")

@@ -193,6 +193,34 @@ def user_cache_dir() -> Path:
     return p
 
 
+#: bytes of DuckDB memory per thread in :func:`bound_duckdb_memory` (at least 1 GiB in all)
+DUCKDB_MEMORY_PER_THREAD = 512 * 2**20
+
+
+def duckdb_memory_limit(threads: int) -> str:
+    """The memory limit of kailin's corpus-sized DuckDB queries: ``$KAILIN_DUCKDB_MEMORY`` (a
+    DuckDB size such as ``4GB``), else 512 MiB per thread and at least 1 GiB."""
+    env = os.environ.get("KAILIN_DUCKDB_MEMORY", "").strip()
+    if env:
+        return env
+    return f"{max(2**30, DUCKDB_MEMORY_PER_THREAD * max(1, threads)) // 2**20}MB"
+
+
+def bound_duckdb_memory(con: Any, temp_dir: str | os.PathLike[str] | None = None) -> str:
+    """Bound the memory of a DuckDB connection that sorts or aggregates a whole corpus, so that
+    DuckDB spills to ``temp_dir`` (default: a folder per process under the system's temporary
+    directory) instead of holding every row: its default limit is 80% of the machine's memory,
+    so an ``ORDER BY`` over the corpus (the work set, the merge of an ingest) grew with the
+    corpus (~2.4 KB per record). Returns the limit set."""
+    threads = int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
+    limit = duckdb_memory_limit(threads)
+    if temp_dir is None:
+        temp_dir = Path(tempfile.gettempdir()) / f"kailin-duckdb-{os.getpid()}"
+    con.execute(f"SET memory_limit='{limit}'")
+    con.execute(f"SET temp_directory='{Path(temp_dir).as_posix()}'")
+    return limit
+
+
 def duckdb_reader(rel: Any, batch_size: int = 65536) -> pa.RecordBatchReader:
     """A DuckDB relation or result as an Arrow batch reader (DuckDB 1.x and 2.x name this
     differently)."""

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from kailin.corpus import layout as _layout
 from kailin.corpus.schema import CORPUS_SCHEMA
-from kailin.io import duckdb_reader, duckdb_table, write_json_atomic
+from kailin.io import bound_duckdb_memory, duckdb_reader, duckdb_table, write_json_atomic
 
 log = logging.getLogger("kailin.corpus.store")
 
@@ -158,7 +158,7 @@ def _merge(
 
     con = duckdb.connect()
     tmpdir = root / ".duckdb_tmp"
-    con.execute(f"SET temp_directory='{tmpdir.as_posix()}'")
+    bound_duckdb_memory(con, tmpdir)  # the merge sorts every staged row: spill, don't grow
     con.execute("SET preserve_insertion_order=false")
     ranks = pa.table({"name": list(name_rank), "rank": list(name_rank.values())})
     con.register("ranks_t", ranks)

@@ -15,7 +15,7 @@ from kailin.corpus.reader import open_corpus
 from kailin.corpus.schema import CORPUS_SCHEMA
 from kailin.corpus.store import ROWS_PER_SHARD
 from kailin.errors import InputError
-from kailin.io import duckdb_reader, duckdb_table, write_json_atomic
+from kailin.io import bound_duckdb_memory, duckdb_reader, duckdb_table, write_json_atomic
 
 
 def connect(corpus_dir: str | Path) -> Any:
@@ -27,6 +27,7 @@ def connect(corpus_dir: str | Path) -> Any:
     if not files:
         raise InputError(f"{c.root}: the corpus is empty (no data/*.parquet)")
     con = duckdb.connect()
+    bound_duckdb_memory(con)  # sorts and aggregates over the corpus spill instead of growing
     lst = ", ".join(f"'{f.as_posix()}'" for f in files)
     con.execute(f"CREATE VIEW corpus AS SELECT * FROM read_parquet([{lst}])")
     return con
