@@ -25,16 +25,23 @@ def test_cli_defaults_are_the_authors_run() -> None:
         16, 4, 1024, 50, 0)
     assert s["max_steps"] == 300  # 3 epochs of 6400 pairs at 16 x 4 per step
     # `kailin train dpo` with no options builds exactly DPOConfig.authors()
-    import inspect
+    import kailin.align.dpo as dpo_mod
+    from kailin.cli.main import app
 
-    from kailin.cli.train import dpo
+    seen: dict = {}
 
-    opts = {k: p.default.default for k, p in inspect.signature(dpo).parameters.items()
-            if hasattr(p.default, "default")}
-    assert (opts["beta"], opts["lr"], opts["warmup_steps"], opts["weight_decay"],
-            opts["lora_r"], opts["lora_alpha"], opts["epochs"], opts["max_steps"],
-            opts["batch_size"], opts["grad_accum"], opts["max_length"], opts["save_steps"],
-            opts["seed"]) == (0.1, 5e-4, 100, 0.05, 8, 16, 3.0, -1, 16, 4, 1024, 50, 0)
+    def fake(pairs, out, settings, **kw):
+        seen["settings"] = settings
+        return {"skipped": True}
+
+    import pytest
+    from typer.testing import CliRunner
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dpo_mod, "train_dpo", fake)
+        res = CliRunner().invoke(app, ["train", "dpo", "pairs", "--out", "o"])
+    assert res.exit_code == 0, res.output
+    assert seen["settings"] == DPOConfig.authors()
 
 
 def test_pipeline_defaults_and_the_steps_rule() -> None:
