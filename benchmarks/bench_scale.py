@@ -373,9 +373,9 @@ def child_score(work: Path, size: int, nq: int) -> dict:
     """The pipeline's score stage (``ScoreStage`` through the ``LocalExecutor``, default
     settings); setup and a warm-up shard (numba compilation) are timed apart."""
     import pyarrow.parquet as pq
-    from kailin.pipeline.executors.local import LocalExecutor, iter_input_shards
 
     from kailin.align.score import ScoreStage
+    from kailin.engine.executors.local import LocalExecutor, iter_input_shards
 
     d = work / f"n{size}"
     qdir, out = work / "questions" / f"q{nq}", d / f"q{nq}" / "scores"

@@ -309,8 +309,10 @@ def test_corpus_queries_bound_duckdb_memory(tmp_path: Path, monkeypatch: pytest.
         return limit(con)
 
     bounds: list[str] = []
-    real = store.bound_duckdb_memory
-    monkeypatch.setattr(store, "bound_duckdb_memory",
+    import kailin.corpus.merge as merge
+
+    real = merge.bound_duckdb_memory
+    monkeypatch.setattr(merge, "bound_duckdb_memory",
                         lambda con, d=None: bounds.append(real(con, d)) or bounds[-1])
     monkeypatch.delenv("KAILIN_DUCKDB_MEMORY", raising=False)
     _ingest([BASE], tmp_path / "c")

@@ -235,7 +235,10 @@ def evaluate(
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as a JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """recall@1/4/10 and MRR of the index on labelled queries (the source is not left out)."""
+    """recall@1/4/10 and MRR of the index on labelled queries (the source is not left out).
+
+    Queries whose relevant PMID is not in the index are counted apart (not_in_corpus) and left
+    out of the metrics."""
     from rich.console import Console
     from rich.table import Table
 
@@ -253,11 +256,17 @@ def evaluate(
         typer.echo(json.dumps(res, indent=2))
         return
     t = Table(title=f"{index_dir} ({res['kind']}, {res['documents']} documents)")
-    for col in ("queries", "recall@1", "recall@4", "recall@10", f"MRR@{res['mrr_depth']}"):
+    for col in ("queries", "not in corpus", "recall@1", "recall@4", "recall@10",
+                f"MRR@{res['mrr_depth']}"):
         t.add_column(col, justify="right")
-    t.add_row(
-        str(res["n"]), *(f"{res[f'recall@{k}']:.3f}" for k in (1, 4, 10)), f"{res['mrr']:.3f}"
-    )
+
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    t.add_row(str(res["n"]), str(res["not_in_corpus"]),
+              *(fmt(res[f"recall@{k}"]) for k in (1, 4, 10)), fmt(res["mrr"]))
+    t.caption = (f"metrics over the {res['n']} of {res['n_queries']} queries whose relevant PMID "
+                 f"is in the index; {res['not_in_corpus']} not in the corpus are left out")
     Console().print(t)
 
 

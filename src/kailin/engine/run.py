@@ -84,6 +84,12 @@ class StageSpec:
     output_digest: Callable[[RunContext], str] | None = None
 
 
+def key_settings(spec: StageSpec, cfg: ConfigLike) -> Any:
+    """What a step's key holds of ``cfg``: its declared settings (or its settings function's
+    values)."""
+    return _settings_of(spec, cfg)
+
+
 #: how keys are made; a key recorded under another scheme is stale once (``kailin status`` says
 #: why). 2: inputs by the digest of their outputs (early cutoff), code versions per step, no
 #: kailin version

@@ -269,12 +269,10 @@ def downstream_summary(ctx: RunContext) -> dict:
     """What the pubmedqa stage measured, when it has run and its models do not come from this
     stage: with ``export.questions_from: policy`` the downstream models train on the policy's
     export, so an existing ``pubmedqa.json`` is of an earlier policy's; the pubmedqa stage, which
-    runs after, fills it in. With downstream off in this config, a ``pubmedqa.json`` that holds
-    trained models was left by an earlier config of the same run folder (a downstream config run
-    on an earlier policy): only a base-model-only result is carried."""
+    runs after, fills it in; a ``pubmedqa.json`` that holds trained models was left by an earlier
+    policy's downstream run: only a base-model-only result is carried. (Whether downstream is on
+    in this config does not matter, so toggling it never re-runs the experiment.)"""
     cfg = ctx.cfg
-    if cfg.export.questions_from == "policy" and cfg.downstream.enabled:
-        return {}
     p = ctx.path("reports", "pubmedqa.json")
     rep = json.loads(p.read_text()) if p.exists() else {}
     if cfg.export.questions_from == "policy" and set(rep.get("models") or {}) - {"before"}:
@@ -287,7 +285,7 @@ def steps(cfg: Any) -> list[StageSpec]:
     g = dpo_generator(cfg)
     return [StageSpec("steering", run,
                       reads=("steering", "dpo", "preferences", "export.questions_from",
-                             "downstream.enabled", *QUESTION_READS, *SCORE_READS,
+                             *QUESTION_READS, *SCORE_READS,
                              *policy_reads(cfg)),
                       inputs=["dpo", "prefer", "score", "generator_eval", f"sft:{g}", "index",
                               "corpus", "workset"],
