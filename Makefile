@@ -12,9 +12,10 @@ PIP := $(PY) -m pip
 # the demo's packages, then the full set on top (the test suite's)
 DEMO_STAMP := $(VENV)/.installed-demo
 STAMP := $(VENV)/.installed
-# torch's CPU wheels (the default PyPI wheel bundles CUDA, gigabytes a CPU run never uses);
-# `make demo TORCH_PIP_ARGS=` installs PyPI's
-TORCH_PIP_ARGS ?= --index-url https://download.pytorch.org/whl/cpu
+# extra pip arguments for torch (e.g. `TORCH_PIP_ARGS="--index-url URL"` for another wheel
+# index); torch==2.13.0 from PyPI is the CPU wheel, and PyPI is the one registry every machine
+# that builds kailin reaches
+TORCH_PIP_ARGS ?=
 # llama.cpp (the test extra's OpenAI-compatible server) built for a portable x86-64 level: its
 # -march=native build picks AMX kernels that crash (SIGSEGV in ggml_backend_amx_mul_mat) on VMs
 # whose CPU reports AMX but whose kernel does not grant the tile state. --no-cache-dir: a wheel
