@@ -17,6 +17,7 @@ from kailin.align.prefer import PreferConfig
 from kailin.align.score import ScoreConfig
 from kailin.align.sft import SFTConfig
 from kailin.cli.main import app
+from kailin.dataset.answers import AnswerConfig
 from kailin.dataset.export import ExportConfig
 from kailin.dataset.train import DownstreamTrainConfig
 from kailin.errors import InputError
@@ -35,6 +36,7 @@ COMMANDS = {
     ("index", "finetune"): FinetuneConfig,
     ("dataset", "export"): ExportConfig,
     ("generate", "questions"): GenerationConfig,
+    ("dataset", "answers"): AnswerConfig,
     ("evaluate", "pubmedqa-finetuned"): PubMedQAFinetuneConfig,
 }
 #: options the commands had before they were derived, which must keep working
@@ -73,6 +75,9 @@ KEPT = {
                                          "--grad-accum", "--fold", "--setting", "--full",
                                          "--lora-r", "--lora-alpha", "--limit",
                                          "--eval-batch-size", "--chat", "--quiet"],
+    ("dataset", "answers"): ["--corpus", "--teacher", "--grounding", "--grounding-model",
+                             "--threshold", "--n-contexts", "--max-new-tokens", "--batch-size",
+                             "--limit", "--rows-per-shard", "--device", "--cache", "--no-cache"],
     ("dataset", "export"): ["--corpus", "--formats", "--template-file", "--cpt-with-answer",
                             "--n-contexts", "--select", "--min-score", "--max-score",
                             "--require-grounded", "--decontaminate", "--no-decontaminate",

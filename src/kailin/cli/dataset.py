@@ -8,6 +8,7 @@ import typer
 
 from kailin.cli.derive import settings_command
 from kailin.cli.files import read_pmids, read_text
+from kailin.dataset.answers import AnswerConfig
 from kailin.dataset.export import ExportConfig
 
 app = typer.Typer(help="Answer questions with a teacher LLM and export the AI-ready dataset.",
@@ -15,26 +16,16 @@ app = typer.Typer(help="Answer questions with a teacher LLM and export the AI-re
 
 
 @app.command("answers")
+@settings_command(AnswerConfig, param="config", section="answers",
+                  defaults=AnswerConfig(grounding="lexical", max_new_tokens=256),
+                  names={"grounding_threshold": "--threshold"},
+                  skip=("enabled", "filter_ungrounded"))
 def answers(
     scores: Path = typer.Argument(..., help="Scores table (Parquet file or directory)."),
     out: Path = typer.Argument(..., help="Output directory (Parquet parts; resumable)."),
     corpus: Path | None = typer.Option(None, "--corpus", help="Corpus dir for the texts."),
-    teacher: str = typer.Option("smollm2", "--teacher",
-                                help="Teacher LLM spec (kailin.llm): smollm2, hf:ID_OR_PATH, PATH, openai:URL#MODEL, vllm:ID."),
-    grounding: str = typer.Option(
-        "lexical", "--grounding", help="Grounding check: nli, llm-judge, embedding, lexical, none."
-    ),
-    grounding_model: str | None = typer.Option(
-        None, "--grounding-model",
-        help="NLI CrossEncoder dir (nli), judge LLM (llm-judge, default smollm2), or "
-             "sentence-transformers model (embedding, default all-MiniLM-L6-v2).",
-    ),
-    threshold: float | None = typer.Option(None, "--threshold",
-                                           help="Grounded when score >= threshold."),
     n_contexts: int = typer.Option(4, "--n-contexts", help="Contexts shown to the teacher."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
     batch_size: int = typer.Option(4, "--batch-size"),
-    limit: int | None = typer.Option(None, "--limit", help="Only the first N rows."),
     rows_per_shard: int = typer.Option(64, "--rows-per-shard"),
     device: str | None = typer.Option(None, "--device"),
     cache: Path | None = typer.Option(
@@ -42,8 +33,10 @@ def answers(
     no_cache: bool = typer.Option(False, "--no-cache", help="Send every prompt to the teacher "
                                   "(default: answers already in the LLM response cache are "
                                   "reused, with their finish reason)."),
+    config: AnswerConfig = None,  # type: ignore[assignment]  # derived: one option per field
 ) -> None:
-    """Answer each question from its contexts with a teacher LLM and check grounding."""
+    """Answer each question from its contexts with a teacher LLM and check grounding
+    (filtering the ungrounded ones is the export's: ``--require-grounded``)."""
     from kailin.dataset.answers import AnswerStage
     from kailin.engine.executors.local import LocalExecutor
     from kailin.errors import InputError
@@ -53,14 +46,13 @@ def answers(
         src = read_parquet(scores)
     except FileNotFoundError as exc:
         raise InputError(f"{scores}: {exc}") from None
-    if limit is not None:
-        src = src.slice(0, limit)
-    stage = AnswerStage(teacher=teacher, corpus_dir=str(corpus) if corpus else None,
-                        n_contexts=n_contexts, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, grounding=grounding,
-                        grounding_model=grounding_model, grounding_threshold=threshold,
-                        device=device, use_cache=not no_cache,
-                        cache_path=str(cache) if cache else None)
+    if config.limit is not None:
+        src = src.slice(0, config.limit)
+    max_new_tokens = config.max_new_tokens
+    stage = AnswerStage.from_config(config, corpus_dir=str(corpus) if corpus else None,
+                                    n_contexts=n_contexts, batch_size=batch_size, device=device,
+                                    use_cache=not no_cache,
+                                    cache_path=str(cache) if cache else None)
     stats = LocalExecutor(rows_per_shard=rows_per_shard).run(stage, src, out)
     typer.echo(f"answers: {stats['rows_out']} rows in {out} ({stats['skipped']} of "
                f"{stats['shards']} shards already done)")

@@ -315,6 +315,18 @@ class AnswerStage(Stage):
         self.grounder = Grounder(grounding, grounding_model, grounding_threshold, batch_size)
         self._generate: Callable[[list[str]], list[Any]] | None = None
 
+    @classmethod
+    def from_config(cls, config: AnswerConfig, *, corpus_dir: str | None, n_contexts: int,
+                    grounding_model: str | None = None, **kwargs: Any) -> AnswerStage:
+        """The stage with the settings of an :class:`AnswerConfig` (what ``kailin dataset
+        answers`` and the pipeline's answers step build); ``grounding_model`` overrides the
+        config's (a path the caller resolved), ``kwargs`` are the run's own (batch size,
+        device, cache)."""
+        return cls(teacher=config.teacher, corpus_dir=corpus_dir, n_contexts=n_contexts,
+                   max_new_tokens=config.max_new_tokens, grounding=config.grounding,
+                   grounding_model=grounding_model or config.grounding_model,
+                   grounding_threshold=config.grounding_threshold, **kwargs)
+
     def fingerprint_config(self) -> dict[str, Any]:
         from kailin.corpus.reader import corpus_identity
         from kailin.io import content_fingerprint

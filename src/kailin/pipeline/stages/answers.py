@@ -24,10 +24,8 @@ def run(ctx: RunContext) -> dict:
     best = best_questions(export_scores(ctx))
     if a.limit:
         best = best.slice(0, a.limit)
-    stage = AnswerStage(teacher=a.teacher, corpus_dir=str(corpus_dir(ctx)),
-                        n_contexts=ctx.cfg.index.k, max_new_tokens=a.max_new_tokens,
-                        grounding=a.grounding, grounding_model=grounding_model(ctx),
-                        grounding_threshold=a.grounding_threshold)
+    stage = AnswerStage.from_config(a, corpus_dir=str(corpus_dir(ctx)), n_contexts=ctx.cfg.index.k,
+                                    grounding_model=grounding_model(ctx))
     key = ctx.sub_key({"answers": dump(a), "k": ctx.cfg.index.k}, ["corpus"])
     stats = ctx.executor().run(stage, best, ctx.path("answers"), key=key)
     return {"rows": stats["rows_out"], "shards_computed": stats["computed"],
