@@ -22,6 +22,7 @@ from kailin.dataset.export import ExportConfig
 from kailin.dataset.train import DownstreamTrainConfig
 from kailin.errors import InputError
 from kailin.evaluate.pubmedqa_finetune import PubMedQAFinetuneConfig
+from kailin.evaluate.pubmedqa_model import PubMedQAConfig
 from kailin.generate.questions import GenerationConfig
 from kailin.retrieval.finetune import FinetuneConfig
 
@@ -37,6 +38,7 @@ COMMANDS = {
     ("dataset", "export"): ExportConfig,
     ("generate", "questions"): GenerationConfig,
     ("dataset", "answers"): AnswerConfig,
+    ("evaluate", "pubmedqa"): PubMedQAConfig,
     ("evaluate", "pubmedqa-finetuned"): PubMedQAFinetuneConfig,
 }
 #: options the commands had before they were derived, which must keep working
@@ -78,6 +80,11 @@ KEPT = {
     ("dataset", "answers"): ["--corpus", "--teacher", "--grounding", "--grounding-model",
                              "--threshold", "--n-contexts", "--max-new-tokens", "--batch-size",
                              "--limit", "--rows-per-shard", "--device", "--cache", "--no-cache"],
+    ("evaluate", "pubmedqa"): ["--predictions", "-p", "--ground-truth", "--model", "-m",
+                               "--adapter", "--setting", "--method", "--limit", "--batch-size",
+                               "--max-length", "--chat", "--max-new-tokens", "--device",
+                               "--save-predictions", "--json", "--calibration", "--n-boot",
+                               "--seed"],
     ("dataset", "export"): ["--corpus", "--formats", "--template-file", "--cpt-with-answer",
                             "--n-contexts", "--select", "--min-score", "--max-score",
                             "--require-grounded", "--decontaminate", "--no-decontaminate",

@@ -63,6 +63,9 @@ def _option_type(ann: Any) -> tuple[Any, click.ParamType | None] | None:
         return None
     if isinstance(inner, type) and issubclass(inner, BaseModel):
         return None
+    if origin is list and any(typing.get_origin(a) is typing.Literal
+                              for a in typing.get_args(inner)):
+        return list[str], None  # typer reads no list of choices: the settings class checks them
     if origin in (list, tuple) or inner in (int, float, str, bool, Path):
         return ann, None
     if origin in (typing.Union, types.UnionType):  # e.g. int | str: read as text

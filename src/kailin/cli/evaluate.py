@@ -9,11 +9,15 @@ import typer
 
 from kailin.cli.derive import settings_command
 from kailin.evaluate.pubmedqa_finetune import PubMedQAFinetuneConfig
+from kailin.evaluate.pubmedqa_model import PubMedQAConfig
 
 app = typer.Typer(help="Evaluate generators and downstream models.", no_args_is_help=True)
 
 
 @app.command("pubmedqa")
+@settings_command(PubMedQAConfig, param="config", section="pubmedqa",
+                  defaults=PubMedQAConfig(n_boot=1000), names={"settings": "--setting"},
+                  skip=("enabled",))
 def pubmedqa(
     predictions: Path | None = typer.Option(
         None, "--predictions", "-p",
@@ -27,15 +31,6 @@ def pubmedqa(
         help="Evaluate a causal LM: local path, hub id, kailin training output, or 'smollm2'.",
     ),
     adapter: Path | None = typer.Option(None, "--adapter", help="A LoRA adapter to apply."),
-    setting: list[str] = typer.Option(
-        ["reasoning_required", "question_only"], "--setting",
-        help="reasoning_required (question + contexts) and/or question_only; repeatable.",
-    ),
-    method: str = typer.Option(
-        "loglik", "--method", help="loglik (score yes/no/maybe) or generate (generate + parse)."
-    ),
-    limit: int | None = typer.Option(None, "--limit", help="Only N test items, evenly spaced over the split (label proportions kept)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Prompts per forward pass."),
     max_length: int = typer.Option(1024, "--max-length", help="Prompt token limit."),
     chat: str = typer.Option("auto", "--chat", help="Chat template: auto, always, never."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="For --method generate."),
@@ -44,13 +39,8 @@ def pubmedqa(
         None, "--save-predictions", help="Directory for pred_{setting}.json (official format)."
     ),
     json_out: Path | None = typer.Option(None, "--json", help="Write the results as JSON here."),
-    calibration: str = typer.Option(
-        "none", "--calibration",
-        help="none, contextual (Zhao et al. 2021) or dcpmi (Holtzman et al. 2021): calibrated "
-             "figures beside the official ones (--method loglik).",
-    ),
-    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples of the gold-margin CI."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    config: PubMedQAConfig = None,  # type: ignore[assignment]  # derived: one option per field
 ) -> None:
     """PubMedQA (PQA-L test, 500 PMIDs): score a prediction file, or evaluate a model."""
     from kailin.errors import InputError
@@ -69,13 +59,13 @@ def pubmedqa(
         from kailin.evaluate.pubmedqa_model import evaluate_model
 
         res = evaluate_model(
-            model, adapter=adapter, settings=setting, method=method, limit=limit,
-            batch_size=batch_size, max_length=max_length, chat=chat,
+            model, adapter=adapter, settings=list(config.settings), method=config.method,
+            limit=config.limit, batch_size=config.batch_size, max_length=max_length, chat=chat,
             max_new_tokens=max_new_tokens, device=device, predictions_dir=save_predictions,
-            calibration=calibration, n_boot=n_boot, seed=seed,
+            calibration=config.calibration, n_boot=config.n_boot, seed=seed,
         )
         for s, r in res["settings"].items():
-            typer.echo(pq.format_table(r, title=f"PubMedQA {s} ({method})"))
+            typer.echo(pq.format_table(r, title=f"PubMedQA {s} ({config.method})"))
             typer.echo(_continuous_line(r))
     if json_out is not None:
         write_json_atomic(json_out, res)
