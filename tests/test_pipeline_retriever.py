@@ -126,7 +126,7 @@ def test_retriever_stage_trains_indexes_and_is_keyed(tmp_path: Path) -> None:
     rows = {r["stage"]: r for r in run_status(run, cfg2, tmp_path, pipeline_stages(cfg2))}
     assert rows["retriever"]["status"] == "stale"
     assert "setting retriever.max_steps changed" in rows["retriever"]["reasons"]
-    assert "input retriever changed" in rows["index"]["reasons"]
+    assert any(r.startswith("input retriever") for r in rows["index"]["reasons"])
     ran, m = _run(tmp_path, cfg2)
     assert ran == {"retriever", "index"}
     assert m["stages"]["retriever"]["counts"]["steps"] == 2

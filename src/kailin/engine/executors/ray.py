@@ -242,5 +242,5 @@ def _kailin_cause(exc: BaseException) -> KailinError | None:
         if isinstance(e, KailinError):
             found = e
         seen.add(id(e))
-        e = getattr(e, "cause", None) or e.__cause__
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
     return found
