@@ -155,6 +155,17 @@ def weights_fingerprint(path: str | os.PathLike[str]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+def sha256_file(path: str | os.PathLike[str], bufsize: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 _CONTENT_MEMO: dict[tuple, str] = {}
 
 
@@ -173,11 +184,7 @@ def content_fingerprint(path: str | os.PathLike[str]) -> str:
         st = f.stat()
         memo = (str(f.resolve()), st.st_size, st.st_mtime_ns)
         if memo not in _CONTENT_MEMO:
-            fh = hashlib.sha256()
-            with f.open("rb") as fp:
-                for block in iter(lambda: fp.read(1 << 20), b""):
-                    fh.update(block)
-            _CONTENT_MEMO[memo] = fh.hexdigest()
+            _CONTENT_MEMO[memo] = sha256_file(f)
         h.update(f"{f.name}:{_CONTENT_MEMO[memo]}\n".encode())
     return h.hexdigest()[:16]
 

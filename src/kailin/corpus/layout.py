@@ -5,12 +5,11 @@ patch :func:`checkpoint` to simulate a crash at one)."""
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-from pathlib import Path
 
 import pyarrow as pa
 
 from kailin.corpus.schema import CORPUS_SCHEMA
+from kailin.io import sha256_file  # noqa: F401  (the corpus layout's file digest)
 
 STAGE_SCHEMA = CORPUS_SCHEMA.append(pa.field("_seq", pa.int64()))
 TOMB_SCHEMA = pa.schema(
@@ -23,14 +22,6 @@ BATCH = 2000
 
 def checkpoint(name: str) -> None:
     """A named point of the commit protocol (tests patch this to simulate a crash there)."""
-
-
-def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(bufsize):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def now() -> str:

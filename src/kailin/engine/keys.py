@@ -26,7 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from kailin.io import write_json_atomic
+from kailin.io import sha256_file, write_json_atomic
 
 KEY_CHARS = 16
 #: files and folders in a step's output that record how it was made, not what it holds: key
@@ -53,14 +53,6 @@ def table_digest(table: pa.Table) -> str:
     return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:KEY_CHARS]
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class FileDigests:
     """Content digests of input files, cached in ``cache_path`` by (path, size, mtime)."""
 
@@ -83,7 +75,7 @@ class FileDigests:
         hit = self._cache.get(k)
         if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
             return hit["sha256"]
-        sha = _file_sha(path)
+        sha = sha256_file(path)
         self._cache[k] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha}
         self._dirty = True
         self.hashed.append(k)

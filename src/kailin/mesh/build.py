@@ -16,7 +16,6 @@ used whenever no ``--mesh`` folder is given.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from functools import cached_property
@@ -29,7 +28,7 @@ import pyarrow.parquet as pq
 
 import kailin
 from kailin.errors import InputError
-from kailin.io import write_json_atomic, write_parquet_atomic
+from kailin.io import sha256_file, write_json_atomic, write_parquet_atomic
 from kailin.mesh.hierarchy import MeshHierarchy
 from kailin.mesh.ic import (
     CategoryIC,
@@ -183,14 +182,6 @@ class Mesh:
         return mesh
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_mesh(descriptors: str | Path, out: str | Path, corpus: str | Path | None = None,
                frequencies: str | Path | None = None) -> Mesh:
     """Build a MeSH folder from a descriptor file and a frequency source (a corpus of Parquet
@@ -202,11 +193,11 @@ def build_mesh(descriptors: str | Path, out: str | Path, corpus: str | Path | No
     vocab = load_vocabulary(descriptors)
     if len(vocab) == 0:
         raise InputError(f"{descriptors}: no descriptors found")
-    meta: dict = {"descriptors_source": {"path": descriptors.name, "sha256": _sha256(descriptors)}}
+    meta: dict = {"descriptors_source": {"path": descriptors.name, "sha256": sha256_file(descriptors)}}
     if frequencies is not None:
         df, stats = read_frequency_table(frequencies, vocab)
         meta["frequency_source"] = {"kind": "table", "path": Path(frequencies).name,
-                                    "sha256": _sha256(Path(frequencies)), **stats}
+                                    "sha256": sha256_file(Path(frequencies)), **stats}
     elif corpus is not None:
         df, stats = frequencies_from_corpus(corpus, vocab)
         meta["frequency_source"] = {"kind": "corpus", "path": str(corpus), **stats}
