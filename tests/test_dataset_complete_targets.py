@@ -28,7 +28,7 @@ from kailin.dataset.answers import AnswerStage
 from kailin.dataset.export import export_dataset, type_name
 from kailin.engine.executors.local import LocalExecutor
 from kailin.llm import CachedBackend, Completion, ResponseCache, SamplingParams
-from kailin.llm.base import Backend
+from kailin.llm.base import Backend, apply_stop
 from test_dataset_export import make_corpus, make_scores
 
 
@@ -249,3 +249,44 @@ def test_cli_answers_with_smollm2_record_and_report_cut_answers(tmp_path: Path) 
     assert [r["raw_answer"] for r in rows2] == [r["raw_answer"] for r in rows]
     assert [r["finish_reason"] for r in rows2] == ["length", "length"]
     assert len(ResponseCache(tmp_path / "cache.sqlite")) == 2
+
+
+def test_answer_settings_reach_the_teacher_and_yes_no_keeps_its_decision(
+        corpus, tmp_path: Path, monkeypatch) -> None:
+    """``answers.instruction`` is what the prompt asks; ``answers.stop`` ends open answers at a
+    blank line but is not sent with yes/no questions, whose decision line comes after the
+    explanation (a blank line before it must not cut the decision off)."""
+    import kailin.dataset.answers as answers_mod
+
+    calls: list[tuple[tuple[str, ...], float, list[str]]] = []
+
+    def fake_complete_fn(spec, max_new_tokens=256, batch_size=4, device=None, use_cache=True,
+                         cache_path=None, stop=(), repetition_penalty=1.0):
+        def complete(prompts: list[str]) -> list[Completion]:
+            calls.append((tuple(stop), repetition_penalty, prompts))
+            text = "It is shown.\n\nDecision: yes"
+            return [Completion(apply_stop(text, stop)[0] if stop else text, 5, 9,
+                               "stop") for _ in prompts]
+        return complete
+
+    monkeypatch.setattr(answers_mod, "llm_complete_fn", fake_complete_fn)
+    root, info = corpus
+    scores = make_scores(info)
+    qs = scores.column("question").to_pylist()
+    qs = [("Does " + q[0].lower() + q[1:]) if i % 2 else q for i, q in enumerate(qs)]
+    scores = scores.set_column(scores.column_names.index("question"), "question",
+                               pa.array(qs, pa.string()))
+    stage = AnswerStage(teacher="smollm2", corpus_dir=str(root), grounding="lexical",
+                        instruction="Answer in one short sentence.", stop=["\n\n"],
+                        repetition_penalty=1.1)
+    LocalExecutor(rows_per_shard=64, progress=False).run(stage, scores, tmp_path / "a")
+    rows = pq.read_table(tmp_path / "a").to_pylist()
+    assert {c[0] for c in calls} == {("\n\n",), ()} and {c[1] for c in calls} == {1.1}
+    assert all("Answer in one short sentence." in p for c in calls for p in c[2])
+    yes_no_prompts = [p for stop, _, ps in calls if not stop for p in ps]
+    assert yes_no_prompts and all("Decision: yes" in p for p in yes_no_prompts)
+    for r in rows:
+        if r["is_yes_no"]:
+            assert r["decision"] == "yes"
+        else:
+            assert r["raw_answer"] == "It is shown." and r["decision"] is None

@@ -307,3 +307,16 @@ def test_vllm_backend_with_a_stand_in_engine(monkeypatch) -> None:
     gen_kw = calls[1][1][1]
     assert gen_kw["max_tokens"] == 5 and gen_kw["seed"] == 3 and gen_kw["stop"] == ["###"]
     assert ("chat", (1, True, False)) in calls and ("chat", (1, False, True)) in calls
+
+
+@pytest.mark.slow
+def test_transformers_stop_string_ends_generation(smol) -> None:
+    """A stop string ends the row during generation (not only cut afterwards): the completion
+    is shorter than the budget, finishes ``stop`` and does not hold the stop string."""
+    req = [{"role": "user", "content": "List the numbers from one to fifty, one per line."}]
+    free = smol.generate([req], SamplingParams(max_new_tokens=40))[0]
+    assert "\n" in free.text
+    stopped = smol.generate([req], SamplingParams(max_new_tokens=40, stop=("\n",)))[0]
+    assert stopped.finish_reason == "stop" and "\n" not in stopped.text
+    assert stopped.completion_tokens < free.completion_tokens
+    assert free.text.startswith(stopped.text)

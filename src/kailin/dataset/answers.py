@@ -70,9 +70,10 @@ ANSWER_PROMPT = (
     "information in them.\n\n"
     "Contexts:\n{contexts}\n\n"
     "Question: {question}\n\n"
-    "Answer in two or three short sentences that explain the evidence in the contexts."
-    "{decision_instruction}"
+    "{instruction}{decision_instruction}"
 )
+#: what the prompt asks of the answer (``answers.instruction`` replaces it)
+DEFAULT_INSTRUCTION = "Answer in two or three short sentences that explain the evidence in the contexts."
 DECISION_INSTRUCTION = (
     " Then, on a last line, write 'Decision: yes', 'Decision: no' or 'Decision: maybe'."
 )
@@ -105,9 +106,11 @@ def format_contexts(contexts: Sequence[str]) -> str:
     return "\n".join(f"[{i + 1}] {' '.join(str(c).split())}" for i, c in enumerate(contexts))
 
 
-def answer_prompt(question: str, contexts: Sequence[str], yes_no: bool) -> str:
+def answer_prompt(question: str, contexts: Sequence[str], yes_no: bool,
+                  instruction: str | None = None) -> str:
     return ANSWER_PROMPT.format(
         contexts=format_contexts(contexts), question=question.strip(),
+        instruction=(instruction or DEFAULT_INSTRUCTION).strip(),
         decision_instruction=DECISION_INSTRUCTION if yes_no else "",
     )
 
@@ -231,13 +234,16 @@ class Grounder:
 
 def llm_complete_fn(spec: str, max_new_tokens: int = 256, batch_size: int = 4,
                     device: str | None = None, use_cache: bool = True,
-                    cache_path: str | None = None) -> Callable[[list[str]], list[Completion]]:
+                    cache_path: str | None = None, stop: Sequence[str] = (),
+                    repetition_penalty: float = 1.0,
+                    ) -> Callable[[list[str]], list[Completion]]:
     """A ``complete(prompts) -> completions`` callable over a :mod:`kailin.llm` backend (any
     spec: ``smollm2``, ``hf:...``, a local checkpoint, ``openai:URL#MODEL``, ``vllm:...``). Each
     prompt is sent as one user message (chat template applied by the backend); greedy. Each
     :class:`~kailin.llm.Completion` carries its ``finish_reason`` (``stop``/``length``), also
     when it comes from the response cache (``use_cache``; ``cache_path`` default: the user
-    cache's ``llm_cache.sqlite``), so a re-run pays nothing for the answers it has."""
+    cache's ``llm_cache.sqlite``), so a re-run pays nothing for the answers it has. ``stop``
+    strings end an answer (``finish_reason`` ``stop``; the string is not kept)."""
     from kailin.llm import (
         BackendOptions,
         CachedBackend,
@@ -249,7 +255,8 @@ def llm_complete_fn(spec: str, max_new_tokens: int = 256, batch_size: int = 4,
     backend = build_backend(spec, BackendOptions(device=device or "auto", batch_size=batch_size))
     if use_cache:
         backend = CachedBackend(backend, ResponseCache(cache_path))
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=tuple(stop),
+                            repetition_penalty=repetition_penalty)
 
     def complete(prompts: list[str]) -> list[Completion]:
         reqs = [[{"role": "user", "content": p}] for p in prompts]
@@ -300,8 +307,14 @@ class AnswerStage(Stage):
         device: str | None = None,
         use_cache: bool = True,
         cache_path: str | None = None,
+        instruction: str | None = None,
+        stop: Sequence[str] = (),
+        repetition_penalty: float = 1.0,
     ) -> None:
         super().__init__()
+        self.instruction = instruction
+        self.stop = tuple(stop)
+        self.repetition_penalty = repetition_penalty
         self.teacher = teacher
         self.use_cache = use_cache
         self.cache_path = str(cache_path) if cache_path else None
@@ -314,6 +327,9 @@ class AnswerStage(Stage):
         self.device = device
         self.grounder = Grounder(grounding, grounding_model, grounding_threshold, batch_size)
         self._generate: Callable[[list[str]], list[Any]] | None = None
+        #: yes/no questions' teacher: no stop strings, so the decision line after the
+        #: explanation is never cut off
+        self._generate_yes_no: Callable[[list[str]], list[Any]] | None = None
 
     @classmethod
     def from_config(cls, config: AnswerConfig, *, corpus_dir: str | None, n_contexts: int,
@@ -325,7 +341,9 @@ class AnswerStage(Stage):
         return cls(teacher=config.teacher, corpus_dir=corpus_dir, n_contexts=n_contexts,
                    max_new_tokens=config.max_new_tokens, grounding=config.grounding,
                    grounding_model=grounding_model or config.grounding_model,
-                   grounding_threshold=config.grounding_threshold, **kwargs)
+                   grounding_threshold=config.grounding_threshold,
+                   instruction=config.instruction, stop=config.stop,
+                   repetition_penalty=config.repetition_penalty, **kwargs)
 
     def fingerprint_config(self) -> dict[str, Any]:
         from kailin.corpus.reader import corpus_identity
@@ -337,7 +355,8 @@ class AnswerStage(Stage):
                        "content": content_fingerprint(Path(teacher).expanduser())}
         return {"teacher": teacher, "n_contexts": self.n_contexts,
                 "max_new_tokens": self.max_new_tokens, "grounding": self.grounder.describe(),
-                "prompt": ANSWER_PROMPT,
+                "prompt": ANSWER_PROMPT, "instruction": self.instruction or DEFAULT_INSTRUCTION,
+                "stop": list(self.stop), "repetition_penalty": self.repetition_penalty,
                 "corpus": corpus_identity(self.corpus_dir) if self.corpus_dir else None}
 
     def place(self, device: str) -> None:
@@ -347,27 +366,35 @@ class AnswerStage(Stage):
 
     def setup(self) -> None:
         if callable(self.teacher):
-            self._generate = self.teacher
-        else:
-            self._generate = llm_complete_fn(self.teacher, self.max_new_tokens, self.batch_size,
-                                             self.device, self.use_cache, self.cache_path)
+            self._generate = self._generate_yes_no = self.teacher
+            return
+        def make(stop: Sequence[str]) -> Callable[[list[str]], list[Any]]:
+            return llm_complete_fn(self.teacher, self.max_new_tokens, self.batch_size,
+                                   self.device, self.use_cache, self.cache_path, stop=stop,
+                                   repetition_penalty=self.repetition_penalty)
+        self._generate = make(self.stop)
+        self._generate_yes_no = make(()) if self.stop else self._generate
 
     def process(self, batch: pa.Table) -> pa.Table:
         t = attach_texts(batch, self.corpus_dir, self.n_contexts, source=False)
         questions = [q or "" for q in t.column("question").to_pylist()]
         contexts = [list(c or [])[: self.n_contexts] for c in t.column("contexts").to_pylist()]
         yes_no = [is_yes_no_question(q) for q in questions]
-        prompts = [answer_prompt(q, c, yn) for q, c, yn in zip(questions, contexts, yes_no,
-                                                                strict=True)]
-        assert self._generate is not None
-        outs: list[Any] = []
-        for s in range(0, len(prompts), self.batch_size):
-            chunk = prompts[s:s + self.batch_size]
-            outs.extend(self._generate(chunk))
-            self.advance(len(chunk))
-        if len(outs) != len(prompts):
-            raise InputError(f"teacher {self.teacher_name} returned {len(outs)} outputs for "
-                             f"{len(prompts)} prompts")
+        prompts = [answer_prompt(q, c, yn, self.instruction)
+                   for q, c, yn in zip(questions, contexts, yes_no, strict=True)]
+        assert self._generate is not None and self._generate_yes_no is not None
+        outs: list[Any] = [None] * len(prompts)
+        for flag, generate in ((False, self._generate), (True, self._generate_yes_no)):
+            idx = [i for i, yn in enumerate(yes_no) if yn is flag]
+            for s in range(0, len(idx), self.batch_size):
+                chunk = idx[s:s + self.batch_size]
+                got = list(generate([prompts[i] for i in chunk]))
+                if len(got) != len(chunk):
+                    raise InputError(f"teacher {self.teacher_name} returned {len(got)} outputs "
+                                     f"for {len(chunk)} prompts")
+                for i, o in zip(chunk, got, strict=True):
+                    outs[i] = o
+                self.advance(len(chunk))
         raw = [_text_and_finish(o)[0] for o in outs]
         finish = [_text_and_finish(o)[1] for o in outs]
         parsed = [parse_teacher_output(r, yn) for r, yn in zip(raw, yes_no, strict=True)]
@@ -412,6 +439,15 @@ class AnswerConfig(StageConfig):
     enabled: bool = True
     teacher: str = "smollm2"
     max_new_tokens: int = Field(96, ge=1)
+    instruction: str | None = Field(None, description="what the prompt asks of the answer "
+                                    "(default: two or three short sentences that explain the "
+                                    "evidence); a small teacher finishes more answers when "
+                                    "asked for one sentence")
+    stop: list[str] = Field(default_factory=list, description="strings that end an answer "
+                            "(e.g. a blank line); not used for yes/no questions, whose decision "
+                            "line follows the explanation")
+    repetition_penalty: float = Field(1.0, gt=0, description="the teacher's repetition "
+                                      "penalty (1.0: none); small teachers loop without one")
     grounding: Literal["lexical", "embedding", "nli", "llm-judge", "none"] = "embedding"
     grounding_model: str | None = Field(None, description="the grounding model: nli: a local "
                                         "NLI CrossEncoder folder (required); embedding: a "

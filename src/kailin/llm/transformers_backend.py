@@ -195,6 +195,8 @@ class TransformersBackend(Backend):
             gen_kw.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
         if params.repetition_penalty != 1.0:
             gen_kw["repetition_penalty"] = params.repetition_penalty
+        if params.stop:  # a row ends at its stop string instead of running to the budget
+            gen_kw.update(stop_strings=[s for s in params.stop if s], tokenizer=tok)
         for b, start in enumerate(range(0, len(order), self.batch_size)):
             idx = order[start : start + self.batch_size]
             enc = tok.pad({"input_ids": [ids[i] for i in idx]}, padding=True,

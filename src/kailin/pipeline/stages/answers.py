@@ -43,7 +43,8 @@ def grounding_model(ctx: RunContext) -> str | None:
 #: the answer settings the teacher's answers depend on (``filter_ungrounded`` is applied by the
 #: export, so changing it re-asks no teacher)
 READS = ("answers.enabled", "answers.teacher", "answers.max_new_tokens", "answers.grounding",
-         "answers.grounding_model", "answers.grounding_threshold", "answers.limit", "index.k",
+         "answers.grounding_model", "answers.grounding_threshold", "answers.limit",
+         "answers.instruction", "answers.stop", "answers.repetition_penalty", "index.k",
          "export.questions_from", *CORPUS_DIR_READS)
 
 
