@@ -24,11 +24,12 @@ class UndeclaredSetting(KailinError, AttributeError):
     """A step read a setting it does not declare (a bug in the step, not in the config)."""
 
 
-def _dump(value: Any) -> Any:
+def dump(value: Any) -> Any:
+    """A settings value as plain JSON data (settings classes dumped, lists item by item)."""
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json")
     if isinstance(value, list | tuple):
-        return [_dump(v) for v in value]
+        return [dump(v) for v in value]
     return value
 
 
@@ -55,7 +56,7 @@ def resolve(cfg: Any, path: str) -> Any:
 def settings_view(cfg: Any, reads: Iterable[str]) -> dict[str, Any]:
     """``{path: value}`` of the declared settings, as JSON-able values: what a step's key holds
     of the config."""
-    return {p: _dump(resolve(cfg, p)) for p in sorted(set(reads))}
+    return {p: dump(resolve(cfg, p)) for p in sorted(set(reads))}
 
 
 class ConfigView:
@@ -110,7 +111,7 @@ class ConfigView:
             node, segs = out, path.split(".")
             for seg in segs[:-1]:
                 node = node.setdefault(seg, {})
-            node[segs[-1]] = _dump(resolve(self._obj, path))
+            node[segs[-1]] = dump(resolve(self._obj, path))
         return out
 
     def model_copy(self, update: dict[str, Any] | None = None) -> Any:

@@ -11,16 +11,13 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from kailin.engine.run import RunContext
+from kailin.engine.view import dump
 from kailin.io import duckdb_table
 
 if TYPE_CHECKING:
     from kailin.pipeline.config import RunConfig
 
 log = logging.getLogger("kailin.run")
-
-
-def dump(model: Any) -> Any:
-    return model.model_dump(mode="json") if hasattr(model, "model_dump") else model
 
 
 def flat(d: dict, prefix: str = "") -> dict:
