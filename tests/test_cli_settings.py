@@ -13,17 +13,23 @@ import typer
 from typer.testing import CliRunner
 
 from kailin.align.dpo import DPOConfig
+from kailin.align.evaluator import EvaluatorConfig
+from kailin.align.generator_eval import GeneratorEvalConfig
 from kailin.align.prefer import PreferConfig
 from kailin.align.score import ScoreConfig
 from kailin.align.sft import SFTConfig
 from kailin.cli.main import app
+from kailin.corpus.config import CorpusConfig
 from kailin.dataset.answers import AnswerConfig
 from kailin.dataset.export import ExportConfig
 from kailin.dataset.train import DownstreamTrainConfig
 from kailin.errors import InputError
+from kailin.evaluate.perplexity import PerplexityConfig
 from kailin.evaluate.pubmedqa_finetune import PubMedQAFinetuneConfig
 from kailin.evaluate.pubmedqa_model import PubMedQAConfig
+from kailin.evaluate.signal import SignalEvalConfig
 from kailin.generate.questions import GenerationConfig
+from kailin.retrieval import IndexBuildConfig
 from kailin.retrieval.finetune import FinetuneConfig
 
 #: every command whose settings are a library class, and that class
@@ -40,6 +46,12 @@ COMMANDS = {
     ("dataset", "answers"): AnswerConfig,
     ("evaluate", "pubmedqa"): PubMedQAConfig,
     ("evaluate", "pubmedqa-finetuned"): PubMedQAFinetuneConfig,
+    ("ingest",): CorpusConfig,
+    ("index", "build"): IndexBuildConfig,
+    ("train", "evaluator"): EvaluatorConfig,
+    ("evaluate", "signal"): SignalEvalConfig,
+    ("evaluate", "generator"): GeneratorEvalConfig,
+    ("evaluate", "perplexity"): PerplexityConfig,
 }
 #: options the commands had before they were derived, which must keep working
 KEPT = {

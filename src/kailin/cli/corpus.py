@@ -9,6 +9,9 @@ from pathlib import Path
 
 import typer
 
+from kailin.cli.derive import settings_command
+from kailin.corpus.config import CorpusConfig
+
 app = typer.Typer(
     help="Inspect, query and select from a corpus directory (see docs/corpus.md).",
     no_args_is_help=True,
@@ -19,6 +22,13 @@ def _echo_json(obj: object) -> None:
     typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
 
+#: CorpusConfig's fields of the run's corpus stage that are not ingest's (what to ingest, what
+#: to select afterwards)
+_NOT_INGEST = ("demo", "inputs", "corpus_dir", "select_mesh", "select_years", "limit", "heldout")
+
+
+@settings_command(CorpusConfig, param="cfg", short={"workers": "-w"}, skip=_NOT_INGEST,
+                  section="corpus")
 def ingest_cmd(
     files: list[Path] = typer.Argument(
         ...,
@@ -26,10 +36,6 @@ def ingest_cmd(
         "or directories holding them.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Corpus directory (created or updated)."),
-    exclude_pmids: Path | None = typer.Option(
-        None, "--exclude-pmids", help="File of PMIDs to keep out (one per line, or JSON)."
-    ),
-    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Parallel parser processes."),
     no_default_exclusions: bool = typer.Option(
         False,
         "--no-default-exclusions",
@@ -48,11 +54,7 @@ def ingest_cmd(
     compact_max_small: int = typer.Option(
         8, "--compact-max-small", min=0,
         help="Merge the small shards once more than this many pile up."),
-    salvage: bool = typer.Option(
-        False, "--salvage",
-        help="A PubMed XML file that stops being UTF-8 (e.g. Latin-1 bytes): commit its records "
-        "before the bad byte and give up the rest (default: the file is an error, nothing of it "
-        "is committed)."),
+    cfg: CorpusConfig = None,  # type: ignore[assignment]  # derived: workers, exclude_pmids, ...
 ) -> None:
     """Ingest PubMed/MEDLINE files into a columnar corpus (resumable; re-runs are no-ops).
 
@@ -63,15 +65,15 @@ def ingest_cmd(
     report = ingest(
         files,
         out,
-        exclude_pmids=exclude_pmids,
+        exclude_pmids=cfg.exclude_pmids,
         default_exclude=not no_default_exclusions,
-        workers=workers,
+        workers=cfg.workers,
         progress=not no_progress,
         incremental=not full_rewrite,
         **({"rows_per_shard": rows_per_shard} if rows_per_shard else {}),
         compact_small_fraction=compact_small_fraction,
         compact_max_small=compact_max_small,
-        salvage=salvage,
+        salvage=cfg.salvage,
     )
     _echo_json(report.summary())
 

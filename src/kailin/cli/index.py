@@ -10,6 +10,7 @@ import typer
 
 from kailin.cli.derive import settings_command
 from kailin.cli.files import read_pmids
+from kailin.retrieval import IndexBuildConfig
 from kailin.retrieval.finetune import FinetuneConfig
 
 # third-party chatter at INFO/DEBUG (FAISS CPU-feature probing, bm25s internals)
@@ -33,102 +34,20 @@ def _load(index_dir: Path, corpus: Path | None):
 
 
 @app.command("build")
+@settings_command(IndexBuildConfig, param="cfg", skip=("k", "leave_source_out"), section="index")
 def build(
     corpus_dir: Path = typer.Argument(..., help="Corpus directory (manifest.json + data/)."),
     out: Path = typer.Option(..., "--out", "-o", help="Index directory to write."),
-    kind: str = typer.Option("bm25", "--kind", help="bm25, dense, hybrid or qdrant."),
-    backend: str = typer.Option(
-        "faiss", "--backend", help="Vector store for dense: faiss, or qdrant (= --kind qdrant)."
-    ),
-    model: str | None = typer.Option(
-        None, "--model", help="Embedding model: local path or hub id (default: packaged MiniLM)."
-    ),
-    query_model: str | None = typer.Option(
-        None, "--query-model", help="Separate query encoder (e.g. MedCPT-Query-Encoder)."
-    ),
-    faiss_index: str = typer.Option(
-        "auto",
-        "--faiss-index",
-        help="auto (flat below --exact-threshold, else hnsw), flat, ivf or hnsw.",
-    ),
-    exact_threshold: int | None = typer.Option(
-        None, "--exact-threshold", help="Largest corpus searched exactly with auto (100000)."
-    ),
-    nlist: int | None = typer.Option(None, "--nlist", help="IVF lists (default 4*sqrt(N))."),
-    nprobe: int | None = typer.Option(None, "--nprobe", help="IVF lists searched per query."),
-    ef_search: int | None = typer.Option(None, "--ef-search", help="HNSW efSearch (128)."),
-    max_seq_length: int | None = typer.Option(
-        None, "--max-seq-length", help="Encoder token limit per document."
-    ),
-    rrf_k: float | None = typer.Option(None, "--rrf-k", help="Hybrid: RRF constant (60)."),
-    reuse_dense: Path | None = typer.Option(
-        None,
-        "--reuse-dense",
-        help="Hybrid/qdrant: reuse the vectors of this dense index (same "
-        "corpus) instead of encoding again.",
-    ),
-    qdrant_url: str | None = typer.Option(
-        None,
-        "--qdrant-url",
-        help="Qdrant server (API key from $QDRANT_API_KEY); default: "
-        "embedded local storage in the index directory.",
-    ),
-    collection: str | None = typer.Option(None, "--collection", help="Qdrant collection name."),
-    shards: int = typer.Option(
-        1,
-        "--shards",
-        min=1,
-        help="BM25: build N shards in parallel, scored with corpus-wide statistics (search "
-        "returns what one index would; build memory is bounded by a shard).",
-    ),
-    batch_size: int = typer.Option(1024, "--batch-size", help="Corpus rows read per batch."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    cfg: IndexBuildConfig = None,  # type: ignore[assignment]  # derived: one option per field
 ) -> None:
     """Build an index over CORPUS_DIR into --out."""
-    from kailin.errors import InputError
     from kailin.retrieval import build_index
 
-    if backend not in ("faiss", "qdrant"):
-        raise InputError(f"unknown --backend {backend!r}: use faiss or qdrant")
-    if backend == "qdrant":
-        if kind not in ("dense", "qdrant"):
-            raise InputError("--backend qdrant stores dense vectors: use it with --kind dense")
-        kind = "qdrant"
-    opts = {
-        "model": model,
-        "query_model": query_model,
-        "max_seq_length": max_seq_length,
-    }
-    if kind in ("dense", "hybrid"):
-        opts.update(
-            faiss_index=faiss_index,
-            exact_threshold=exact_threshold,
-            nlist=nlist,
-            nprobe=nprobe,
-            ef_search=ef_search,
-        )
-    if kind == "hybrid":
-        opts.update(rrf_k=rrf_k, reuse_dense=str(reuse_dense) if reuse_dense else None)
-    if kind == "qdrant":
-        opts.update(
-            qdrant_url=qdrant_url,
-            collection=collection,
-            reuse_dense=str(reuse_dense) if reuse_dense else None,
-        )
-    if kind == "bm25":
-        opts = {"shards": shards}
-    elif shards != 1:
-        raise InputError(f"--shards applies to --kind bm25 only, not {kind}")
-    index = build_index(
-        corpus_dir,
-        out,
-        kind=kind,
-        overwrite=overwrite,
-        batch_size=batch_size,
-        progress=not quiet,
-        **opts,
-    )
+    kind, opts = cfg.build_options()
+    index = build_index(corpus_dir, out, kind=kind, overwrite=overwrite,
+                        batch_size=cfg.batch_size, progress=not quiet, **opts)
     m = index.meta
     n_shards = m["params"].get("bm25", {}).get("shards", 1) if m["kind"] == "bm25" else 1
     typer.echo(
