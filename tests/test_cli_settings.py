@@ -265,3 +265,80 @@ def test_step_names_as_aliases(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     r = CliRunner().invoke(app, ["train", "cpt", "d", "--out", "o", "--config", str(run)])
     assert r.exit_code == 0, r.output
     assert seen["args"][2].max_steps == 9
+
+
+def _commands(cmd: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """Every command of the app, walking its groups."""
+    if hasattr(cmd, "commands"):
+        return [c for name, sub in cmd.commands.items() for c in _commands(sub, (*path, name))]
+    return [(path, cmd)]
+
+
+def test_every_command_but_run_has_config() -> None:
+    """`kailin run` takes the config as its argument; every other command has --config FILE."""
+    found = _commands(typer.main.get_command(app))
+    assert len(found) > 30
+    missing = [" ".join(p) for p, c in found
+               if p != ("run",) and not any("--config" in q.opts for q in c.params)]
+    assert not missing, f"no --config: {missing}"
+
+
+def test_run_config_supplies_the_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--config RUN.yaml on the commands that look at a run: the corpus, MeSH build, index and
+    run folder come from the config (relative to its folder); the line wins."""
+    import kailin.cli.index as cli_index
+    import kailin.corpus.query as query
+    import kailin.mesh.build as mesh_build
+    from kailin.cli.runconf import run_files
+
+    run = tmp_path / "run.yaml"
+    run.write_text("run_dir: out\ncorpus:\n  corpus_dir: corp\nmesh:\n  dir: meshb\n")
+    files = run_files(run)
+    assert (files.run_dir, files.corpus, files.mesh, files.index) == (
+        tmp_path / "out", tmp_path / "corp", tmp_path / "meshb", tmp_path / "out" / "index")
+    seen: dict = {}
+
+    def fake(name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            seen[name] = args
+            raise typer.Exit(0)
+        return call
+
+    monkeypatch.setattr(query, "stats", fake("stats"))
+    monkeypatch.setattr(query, "show", fake("show"))
+    monkeypatch.setattr(cli_index, "_load", fake("load"))
+    monkeypatch.setattr(mesh_build, "load_mesh", fake("mesh"))
+    runner = CliRunner()
+    for args in (["corpus", "stats", "--config", str(run)],
+                 ["corpus", "show", "--config", str(run), "123"],
+                 ["index", "search", "--config", str(run), "a question"],
+                 ["mesh", "info", "D001", "--config", str(run)]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, (args, r.output)
+    assert seen["stats"] == (tmp_path / "corp",)
+    assert seen["show"] == (tmp_path / "corp", 123)
+    assert seen["load"][0] == tmp_path / "out" / "index"
+    assert seen["mesh"] == (tmp_path / "meshb",)
+    r = runner.invoke(app, ["corpus", "show", "other", "7", "--config", str(run)])
+    assert seen["show"] == (Path("other"), 7)  # given on the line: the line's
+    r = runner.invoke(app, ["report", "--config", str(run)])
+    assert isinstance(r.exception, InputError) and "out: no such run folder" in str(r.exception)
+    r = runner.invoke(app, ["corpus", "stats"])
+    assert isinstance(r.exception, InputError) and "CORPUS_DIR" in str(r.exception)
+
+
+def test_index_build_reads_the_run_index_section(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _capture(monkeypatch, "kailin.retrieval", "build_index")
+    run = tmp_path / "run.yaml"
+    run.write_text("index:\n  kind: bm25\n  shards: 3\n  k: 6\n")
+    r = CliRunner().invoke(app, ["index", "build", "c", "--out", "o", "--config", str(run)])
+    assert r.exit_code == 0, r.output
+    assert seen["kwargs"]["kind"] == "bm25" and seen["kwargs"]["shards"] == 3
+    r = CliRunner().invoke(app, ["index", "build", "c", "--out", "o", "--kind", "dense",
+                                 "--backend", "qdrant", "--model", "m", "--collection", "x"])
+    assert r.exit_code == 0, r.output
+    kw = seen["kwargs"]
+    assert (kw["kind"], kw["model"], kw["collection"], kw["batch_size"]) == ("qdrant", "m", "x",
+                                                                             1024)
+    assert "shards" not in kw and "faiss_index" not in kw

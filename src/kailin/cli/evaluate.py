@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from kailin.cli.derive import settings_command
+from kailin.cli.runconf import config_option, run_files
 from kailin.evaluate.perplexity import PerplexityConfig
 from kailin.evaluate.pubmedqa_finetune import PubMedQAFinetuneConfig
 from kailin.evaluate.pubmedqa_model import PubMedQAConfig
@@ -122,6 +123,7 @@ def contamination(
     span_words: int = typer.Option(25, "--span-words",
                                    help="Words in a shared span that counts as a copy."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the report here."),
+    config: Path | None = config_option("--heldout (RUN/corpus/heldout.parquet)"),
 ) -> None:
     """Whether any held-out evaluation text (by PMID or by a long shared span) occurs in any
     arm's training data; exit code 1 when one does."""
@@ -135,6 +137,9 @@ def contamination(
         if not sep or not arm or not path:
             raise InputError(f"--train {spec!r}: give ARM=TABLE, e.g. dpo=runs/x/export/cpt")
         arms[arm] = path
+    files = run_files(config)
+    if heldout is None and files is not None and files.heldout.is_file():
+        heldout = files.heldout
     if texts is not None:
         from kailin.evaluate.perplexity import load_texts
 

@@ -10,6 +10,7 @@ import typer
 
 from kailin.cli.derive import settings_command
 from kailin.cli.files import read_pmids
+from kailin.cli.runconf import config_option, mesh_of, need, run_files
 from kailin.retrieval import IndexBuildConfig
 from kailin.retrieval.finetune import FinetuneConfig
 
@@ -77,8 +78,10 @@ def _mesh_namer():
 
 @app.command("search")
 def search(
-    index_dir: Path = typer.Argument(..., help="Index directory."),
-    query: list[str] = typer.Argument(..., help="One or more queries."),
+    args: list[str] = typer.Argument(..., metavar="[INDEX_DIR] QUERY...",
+                                     help="Index directory (default with --config: the run's "
+                                          "index; a first argument that is no folder is a "
+                                          "query), then one or more queries."),
     k: int = typer.Option(4, "-k", "--top-k", help="Hits per query."),
     exclude_pmid: int | None = typer.Option(
         None, "--exclude-pmid", help="Leave this PMID out (the question's source document)."
@@ -89,11 +92,19 @@ def search(
         None, "--corpus", help="Check the index is up to date with this corpus directory."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the hits as JSON."),
+    config: Path | None = config_option("INDEX_DIR"),
 ) -> None:
     """Search the index; print a table of hits with their MeSH names."""
     from rich.console import Console
     from rich.table import Table
 
+    files = run_files(config)
+    if files is not None and not Path(args[0]).is_dir():
+        index_dir, query = files.index, args
+    elif len(args) >= 2:
+        index_dir, query = Path(args[0]), args[1:]
+    else:
+        raise typer.BadParameter("give INDEX_DIR QUERY... (or --config RUN.yaml and QUERY...)")
     index = _load(index_dir, corpus)
     try:
         hits = index.search(
@@ -143,7 +154,8 @@ def search(
 
 @app.command("evaluate")
 def evaluate(
-    index_dir: Path = typer.Argument(..., help="Index directory."),
+    index_dir: Path | None = typer.Argument(None, help="Index directory (default with "
+                                            "--config: the run's)."),
     queries: Path = typer.Option(
         ..., "--queries", help="PubMedQA JSON (QUESTION per PMID key) or TSV query<TAB>PMID."
     ),
@@ -153,6 +165,7 @@ def evaluate(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as a JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    config: Path | None = config_option("INDEX_DIR"),
 ) -> None:
     """recall@1/4/10 and MRR of the index on labelled queries (the source is not left out).
 
@@ -165,6 +178,8 @@ def evaluate(
     from kailin.retrieval.evaluate import load_queries
 
     labelled = load_queries(queries)[:limit]
+    files = run_files(config)
+    index_dir = need(index_dir, files, "index", "INDEX_DIR")
     index = _load(index_dir, corpus)
     try:
         res = run_eval(index, labelled, progress=not quiet and not json_out)
@@ -206,12 +221,13 @@ def embed_mesh(
         [], "--pairs", help="Only the descriptors of these rated-pair CSV files (repeatable)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    config: Path | None = config_option("--mesh (the config's mesh.dir)"),
 ) -> None:
     """Embed MeSH descriptors (name, entry terms, tree path) for the `embedding` measure."""
     from kailin.mesh import load_mesh
     from kailin.mesh.embeddings import build_mesh_embeddings, rated_pair_uis
 
-    mesh = load_mesh(mesh_dir)
+    mesh = load_mesh(mesh_of(mesh_dir, run_files(config)))
     uis = rated_pair_uis(pairs, mesh) if pairs else None
     path = build_mesh_embeddings(mesh, model, out, uis=uis, mode=mode, progress=not quiet)
     meta = json.loads((path / "mesh_embeddings.json").read_text(encoding="utf-8"))
