@@ -13,17 +13,23 @@ import typer
 from typer.testing import CliRunner
 
 from kailin.align.dpo import DPOConfig
+from kailin.align.evaluator import EvaluatorConfig
+from kailin.align.generator_eval import GeneratorEvalConfig
 from kailin.align.prefer import PreferConfig
 from kailin.align.score import ScoreConfig
 from kailin.align.sft import SFTConfig
 from kailin.cli.main import app
+from kailin.corpus.config import CorpusConfig
 from kailin.dataset.answers import AnswerConfig
 from kailin.dataset.export import ExportConfig
 from kailin.dataset.train import DownstreamTrainConfig
 from kailin.errors import InputError
+from kailin.evaluate.perplexity import PerplexityConfig
 from kailin.evaluate.pubmedqa_finetune import PubMedQAFinetuneConfig
 from kailin.evaluate.pubmedqa_model import PubMedQAConfig
+from kailin.evaluate.signal import SignalEvalConfig
 from kailin.generate.questions import GenerationConfig
+from kailin.retrieval import IndexBuildConfig
 from kailin.retrieval.finetune import FinetuneConfig
 
 #: every command whose settings are a library class, and that class
@@ -40,6 +46,12 @@ COMMANDS = {
     ("dataset", "answers"): AnswerConfig,
     ("evaluate", "pubmedqa"): PubMedQAConfig,
     ("evaluate", "pubmedqa-finetuned"): PubMedQAFinetuneConfig,
+    ("ingest",): CorpusConfig,
+    ("index", "build"): IndexBuildConfig,
+    ("train", "evaluator"): EvaluatorConfig,
+    ("evaluate", "signal"): SignalEvalConfig,
+    ("evaluate", "generator"): GeneratorEvalConfig,
+    ("evaluate", "perplexity"): PerplexityConfig,
 }
 #: options the commands had before they were derived, which must keep working
 KEPT = {
@@ -89,6 +101,48 @@ KEPT = {
                             "--n-contexts", "--select", "--min-score", "--max-score",
                             "--require-grounded", "--decontaminate", "--no-decontaminate",
                             "--exclude-pmids", "--mesh-dir", "--plots"],
+    # hand-written before they were derived (or given --config): every spelling stays
+    ("ingest",): ["--out", "-o", "--exclude-pmids", "--workers", "-w", "--no-default-exclusions",
+                  "--no-progress", "--full-rewrite", "--rows-per-shard",
+                  "--compact-small-fraction", "--compact-max-small", "--salvage"],
+    ("index", "build"): ["--out", "-o", "--kind", "--backend", "--model", "--query-model",
+                         "--faiss-index", "--exact-threshold", "--nlist", "--nprobe",
+                         "--ef-search", "--max-seq-length", "--rrf-k", "--reuse-dense",
+                         "--qdrant-url", "--collection", "--shards", "--batch-size",
+                         "--overwrite", "--quiet", "-q"],
+    ("index", "search"): ["-k", "--top-k", "--exclude-pmid", "--from-year", "--to-year",
+                          "--corpus", "--json"],
+    ("index", "evaluate"): ["--queries", "--limit", "--corpus", "--json", "--quiet", "-q"],
+    ("index", "embed-mesh"): ["--out", "--mesh", "--model", "--mode", "--pairs", "--quiet", "-q"],
+    ("train", "evaluator"): ["--out", "--test-fraction", "--l2", "--encoder", "--seed"],
+    ("evaluate", "signal"): ["--index", "--questions", "--measure", "--aggregate", "--exclude",
+                             "--major-weight", "--rank-weighting", "--ic-power", "--hybrid-alpha",
+                             "--k", "--k-sweep", "--split", "--mesh", "--max-items",
+                             "--max-passed-over", "--n-boot", "--seed", "--out", "--top",
+                             "--quiet", "--no-progress"],
+    ("evaluate", "generator"): ["--before", "--after", "--before-scores", "--after-scores",
+                                "--before-generator", "--after-generator", "--corpus", "--index",
+                                "--mesh", "--n", "--exclude", "--k", "-k", "--work", "--mode",
+                                "--max-new-tokens", "--device", "--n-boot", "--seed", "--json"],
+    ("evaluate", "perplexity"): ["--model", "-m", "--texts", "--json", "--max-length",
+                                 "--stride", "--truncate", "--batch-size", "--limit", "--n-boot",
+                                 "--seed", "--device", "--quiet", "--no-progress"],
+    ("evaluate", "contamination"): ["--train", "--texts", "--heldout", "--no-pubmedqa",
+                                    "--write-texts", "--span-words", "--json"],
+    ("mesh", "build"): ["--descriptors", "--out", "--corpus", "--frequencies"],
+    ("mesh", "similarity"): ["--mesh", "--measure", "--faithful", "--pairs"],
+    ("mesh", "info"): ["--mesh"],
+    ("mesh", "lca"): ["--mesh"],
+    ("mesh", "evaluate"): ["--mesh", "--measures", "--json"],
+    ("dataset", "adaptllm"): ["--corpus", "--with-contexts"],
+    ("corpus", "sql"): ["--format", "-f", "--limit"],
+    ("corpus", "select"): ["--mesh", "-m", "--out", "-o", "--major-only", "--no-descendants",
+                           "--years"],
+    ("corpus", "demo"): ["--out", "-o"],
+    ("report",): ["--out", "--pairs", "--seed"],
+    ("results",): ["--out"],
+    ("run",): ["--out", "--only", "--from", "--force", "--executor", "--no-progress", "--set",
+               "--check"],
 }
 
 
@@ -211,3 +265,80 @@ def test_step_names_as_aliases(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     r = CliRunner().invoke(app, ["train", "cpt", "d", "--out", "o", "--config", str(run)])
     assert r.exit_code == 0, r.output
     assert seen["args"][2].max_steps == 9
+
+
+def _commands(cmd: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """Every command of the app, walking its groups."""
+    if hasattr(cmd, "commands"):
+        return [c for name, sub in cmd.commands.items() for c in _commands(sub, (*path, name))]
+    return [(path, cmd)]
+
+
+def test_every_command_but_run_has_config() -> None:
+    """`kailin run` takes the config as its argument; every other command has --config FILE."""
+    found = _commands(typer.main.get_command(app))
+    assert len(found) > 30
+    missing = [" ".join(p) for p, c in found
+               if p != ("run",) and not any("--config" in q.opts for q in c.params)]
+    assert not missing, f"no --config: {missing}"
+
+
+def test_run_config_supplies_the_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--config RUN.yaml on the commands that look at a run: the corpus, MeSH build, index and
+    run folder come from the config (relative to its folder); the line wins."""
+    import kailin.cli.index as cli_index
+    import kailin.corpus.query as query
+    import kailin.mesh.build as mesh_build
+    from kailin.cli.runconf import run_files
+
+    run = tmp_path / "run.yaml"
+    run.write_text("run_dir: out\ncorpus:\n  corpus_dir: corp\nmesh:\n  dir: meshb\n")
+    files = run_files(run)
+    assert (files.run_dir, files.corpus, files.mesh, files.index) == (
+        tmp_path / "out", tmp_path / "corp", tmp_path / "meshb", tmp_path / "out" / "index")
+    seen: dict = {}
+
+    def fake(name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            seen[name] = args
+            raise typer.Exit(0)
+        return call
+
+    monkeypatch.setattr(query, "stats", fake("stats"))
+    monkeypatch.setattr(query, "show", fake("show"))
+    monkeypatch.setattr(cli_index, "_load", fake("load"))
+    monkeypatch.setattr(mesh_build, "load_mesh", fake("mesh"))
+    runner = CliRunner()
+    for args in (["corpus", "stats", "--config", str(run)],
+                 ["corpus", "show", "--config", str(run), "123"],
+                 ["index", "search", "--config", str(run), "a question"],
+                 ["mesh", "info", "D001", "--config", str(run)]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, (args, r.output)
+    assert seen["stats"] == (tmp_path / "corp",)
+    assert seen["show"] == (tmp_path / "corp", 123)
+    assert seen["load"][0] == tmp_path / "out" / "index"
+    assert seen["mesh"] == (tmp_path / "meshb",)
+    r = runner.invoke(app, ["corpus", "show", "other", "7", "--config", str(run)])
+    assert seen["show"] == (Path("other"), 7)  # given on the line: the line's
+    r = runner.invoke(app, ["report", "--config", str(run)])
+    assert isinstance(r.exception, InputError) and "out: no such run folder" in str(r.exception)
+    r = runner.invoke(app, ["corpus", "stats"])
+    assert isinstance(r.exception, InputError) and "CORPUS_DIR" in str(r.exception)
+
+
+def test_index_build_reads_the_run_index_section(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _capture(monkeypatch, "kailin.retrieval", "build_index")
+    run = tmp_path / "run.yaml"
+    run.write_text("index:\n  kind: bm25\n  shards: 3\n  k: 6\n")
+    r = CliRunner().invoke(app, ["index", "build", "c", "--out", "o", "--config", str(run)])
+    assert r.exit_code == 0, r.output
+    assert seen["kwargs"]["kind"] == "bm25" and seen["kwargs"]["shards"] == 3
+    r = CliRunner().invoke(app, ["index", "build", "c", "--out", "o", "--kind", "dense",
+                                 "--backend", "qdrant", "--model", "m", "--collection", "x"])
+    assert r.exit_code == 0, r.output
+    kw = seen["kwargs"]
+    assert (kw["kind"], kw["model"], kw["collection"], kw["batch_size"]) == ("qdrant", "m", "x",
+                                                                             1024)
+    assert "shards" not in kw and "faiss_index" not in kw

@@ -41,10 +41,11 @@ import re
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
 from kailin.config import StageConfig
 from kailin.errors import InputError
@@ -312,4 +313,15 @@ def relabel_scores(t: pa.Table, evaluator_dir: str | os.PathLike[str],
 
 
 class EvaluatorConfig(StageConfig):
-    enabled: bool = False
+    """The evaluator agent's training (``kailin train evaluator``, the run's ``evaluator``)."""
+
+    added_fields: ClassVar[tuple[str, ...]] = ("test_fraction", "l2", "encoder", "seed")
+
+    enabled: bool = Field(False, description="train the evaluator in a run (also when "
+                          "preferences.labeller is evaluator)")
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="share of PMIDs held out "
+                                 "to measure agreement")
+    l2: float = Field(1.0, description="L2 penalty")
+    encoder: str | None = Field(None, description="sentence encoder (default: the packaged "
+                                "all-MiniLM-L6-v2)")
+    seed: int = Field(0, description="seed of the held-out split")

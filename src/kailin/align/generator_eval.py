@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from pydantic import Field
 
+from kailin.config import StageConfig
 from kailin.errors import InputError
 from kailin.io import read_parquet
 
@@ -195,6 +197,21 @@ def _fmt(x: float) -> str:
 def json_result(res: dict[str, Any]) -> dict[str, Any]:
     """The contract object (``n``, means, delta, CI) plus the extra fields; NaN -> null."""
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in res.items()}
+
+
+class GeneratorEvalConfig(StageConfig):
+    """Settings of ``kailin evaluate generator`` (:func:`evaluate_generators`; the bootstrap's
+    also for :func:`compare_score_tables`)."""
+
+    n: int = Field(100, description="held-out abstracts to draw")
+    k: int | None = Field(None, description="contexts per question (default: the document "
+                          "score's, 6)")
+    mode: str = Field("raw", description="prompt mode for generation: raw (the KAILIN prompt "
+                      "as trained) or chat")
+    max_new_tokens: int = 64
+    device: str = Field("auto", description="auto | cpu | cuda[:N]")
+    n_boot: int = Field(10_000, description="bootstrap resamples")
+    seed: int = 0
 
 
 def evaluate_generators(

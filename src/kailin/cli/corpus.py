@@ -9,6 +9,10 @@ from pathlib import Path
 
 import typer
 
+from kailin.cli.derive import settings_command
+from kailin.cli.runconf import config_option, need, run_files
+from kailin.corpus.config import CorpusConfig
+
 app = typer.Typer(
     help="Inspect, query and select from a corpus directory (see docs/corpus.md).",
     no_args_is_help=True,
@@ -19,6 +23,13 @@ def _echo_json(obj: object) -> None:
     typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
 
+#: CorpusConfig's fields of the run's corpus stage that are not ingest's (what to ingest, what
+#: to select afterwards)
+_NOT_INGEST = ("demo", "inputs", "corpus_dir", "select_mesh", "select_years", "limit", "heldout")
+
+
+@settings_command(CorpusConfig, param="cfg", short={"workers": "-w"}, skip=_NOT_INGEST,
+                  section="corpus")
 def ingest_cmd(
     files: list[Path] = typer.Argument(
         ...,
@@ -26,10 +37,6 @@ def ingest_cmd(
         "or directories holding them.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Corpus directory (created or updated)."),
-    exclude_pmids: Path | None = typer.Option(
-        None, "--exclude-pmids", help="File of PMIDs to keep out (one per line, or JSON)."
-    ),
-    workers: int = typer.Option(1, "--workers", "-w", min=1, help="Parallel parser processes."),
     no_default_exclusions: bool = typer.Option(
         False,
         "--no-default-exclusions",
@@ -48,11 +55,7 @@ def ingest_cmd(
     compact_max_small: int = typer.Option(
         8, "--compact-max-small", min=0,
         help="Merge the small shards once more than this many pile up."),
-    salvage: bool = typer.Option(
-        False, "--salvage",
-        help="A PubMed XML file that stops being UTF-8 (e.g. Latin-1 bytes): commit its records "
-        "before the bad byte and give up the rest (default: the file is an error, nothing of it "
-        "is committed)."),
+    cfg: CorpusConfig = None,  # type: ignore[assignment]  # derived: workers, exclude_pmids, ...
 ) -> None:
     """Ingest PubMed/MEDLINE files into a columnar corpus (resumable; re-runs are no-ops).
 
@@ -63,37 +66,48 @@ def ingest_cmd(
     report = ingest(
         files,
         out,
-        exclude_pmids=exclude_pmids,
+        exclude_pmids=cfg.exclude_pmids,
         default_exclude=not no_default_exclusions,
-        workers=workers,
+        workers=cfg.workers,
         progress=not no_progress,
         incremental=not full_rewrite,
         **({"rows_per_shard": rows_per_shard} if rows_per_shard else {}),
         compact_small_fraction=compact_small_fraction,
         compact_max_small=compact_max_small,
-        salvage=salvage,
+        salvage=cfg.salvage,
     )
     _echo_json(report.summary())
 
 
 @app.command("stats")
-def stats_cmd(corpus_dir: Path = typer.Argument(..., help="Corpus directory.")) -> None:
+def stats_cmd(
+    corpus_dir: Path | None = typer.Argument(None, help="Corpus directory (default with "
+                                             "--config: the run's)."),
+    config: Path | None = config_option("the corpus folder"),
+) -> None:
     """Counts: records, abstracts, MeSH coverage, years, journals, ingestion totals."""
     from kailin.corpus.query import stats
 
-    _echo_json(stats(corpus_dir))
+    _echo_json(stats(need(corpus_dir, run_files(config), "corpus", "CORPUS_DIR")))
 
 
 @app.command("show")
 def show_cmd(
-    corpus_dir: Path = typer.Argument(..., help="Corpus directory."),
-    pmid: int = typer.Argument(..., help="PubMed ID."),
+    args: list[str] = typer.Argument(..., metavar="[CORPUS_DIR] PMID",
+                                     help="Corpus directory (default with --config: the "
+                                          "run's) and PubMed ID."),
+    config: Path | None = config_option("the corpus folder"),
 ) -> None:
     """Print the live record of PMID as JSON (title and abstract without the source file's line
     layout: see kailin.corpus.pubmed_xml.tidy_layout)."""
     from kailin.corpus.pubmed_xml import tidy_layout
     from kailin.corpus.query import show
 
+    corpus_dir, pmid_text = _corpus_and(args, config, "PMID")
+    try:
+        pmid = int(pmid_text)
+    except ValueError:
+        raise typer.BadParameter(f"{pmid_text!r} is not a PubMed ID") from None
     rec = show(corpus_dir, pmid)
     if rec is None:
         typer.echo(f"PMID {pmid} is not in {corpus_dir}", err=True)
@@ -106,14 +120,18 @@ def show_cmd(
 
 @app.command("sql")
 def sql_cmd(
-    corpus_dir: Path = typer.Argument(..., help="Corpus directory."),
-    query: str = typer.Argument(..., help="SQL; the view `corpus` holds the live records."),
+    args: list[str] = typer.Argument(..., metavar="[CORPUS_DIR] QUERY",
+                                     help="Corpus directory (default with --config: the "
+                                          "run's) and SQL; the view `corpus` holds the live "
+                                          "records."),
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or jsonl."),
     limit: int = typer.Option(50, "--limit", help="Rows shown in table format (0 = all)."),
+    config: Path | None = config_option("the corpus folder"),
 ) -> None:
     """Plain SQL over the shards with DuckDB, e.g. "select year, count(*) from corpus group by 1"."""
     from kailin.corpus.query import sql
 
+    corpus_dir, query = _corpus_and(args, config, "QUERY")
     t = sql(corpus_dir, query)
     rows = t.to_pylist()
     if fmt == "jsonl":
@@ -140,7 +158,8 @@ def sql_cmd(
 
 @app.command("select")
 def select_cmd(
-    corpus_dir: Path = typer.Argument(..., help="Corpus directory."),
+    corpus_dir: Path | None = typer.Argument(None, help="Corpus directory (default with "
+                                             "--config: the run's)."),
     mesh: list[str] = typer.Option(
         ..., "--mesh", "-m", help="MeSH descriptor (name, entry term or UI); repeatable."
     ),
@@ -150,13 +169,14 @@ def select_cmd(
         False, "--no-descendants", help="Match the descriptors only, not those below them."
     ),
     years: str | None = typer.Option(None, "--years", help="e.g. 2000-2024, 2010-, -1999."),
+    config: Path | None = config_option("the corpus folder"),
 ) -> None:
     """Write the records annotated with these descriptors (or any descendant) as a corpus."""
     from kailin.corpus.query import select
 
     _echo_json(
         select(
-            corpus_dir,
+            need(corpus_dir, run_files(config), "corpus", "CORPUS_DIR"),
             mesh,
             out,
             major_only=major_only,
@@ -168,9 +188,23 @@ def select_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    out: Path = typer.Option(..., "--out", "-o", help="Corpus directory to build."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Corpus directory to build "
+                                    "(default with --config: the run's corpus/full)."),
+    config: Path | None = config_option("--out"),
 ) -> None:
     """Build the bundled demo corpus (~2,160 real abstracts with MeSH) from the repo's samples."""
     from kailin.corpus.demo import build_demo_corpus
 
-    _echo_json(build_demo_corpus(out).summary())
+    files = run_files(config)
+    if out is None and files is not None:
+        out = files.run_dir / "corpus" / "full"
+    _echo_json(build_demo_corpus(need(out, files, "run_dir", "--out")).summary())
+
+
+def _corpus_and(args: list[str], config: Path | None, what: str) -> tuple[Path, str]:
+    """``[CORPUS_DIR] WHAT``: two arguments as given; one, with --config: the run's corpus."""
+    if len(args) == 2:
+        return Path(args[0]), args[1]
+    if len(args) == 1 and config is not None:
+        return need(None, run_files(config), "corpus", "CORPUS_DIR"), args[0]
+    raise typer.BadParameter(f"give CORPUS_DIR {what} (or --config RUN.yaml and {what})")

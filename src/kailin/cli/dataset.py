@@ -8,6 +8,7 @@ import typer
 
 from kailin.cli.derive import settings_command
 from kailin.cli.files import read_pmids, read_text
+from kailin.cli.runconf import config_option, run_files
 from kailin.dataset.answers import AnswerConfig
 from kailin.dataset.export import ExportConfig
 
@@ -123,12 +124,15 @@ def adaptllm(
     corpus: Path | None = typer.Option(None, "--corpus", help="Corpus dir for the texts."),
     with_contexts: bool = typer.Option(False, "--with-contexts",
                                        help="Also the rows' context_pmids as documents."),
+    config: Path | None = config_option("--corpus"),
 ) -> None:
     """AdaptLLM peer arm (arXiv 2309.09530): each abstract followed by reading-comprehension
     tasks mined from it with regex patterns (no LLM, no MeSH)."""
     from kailin.dataset.adaptllm import source_documents, write_adaptllm
 
-    docs = source_documents(source, corpus, with_contexts)
+    files = run_files(config)
+    docs = source_documents(source, corpus if corpus is not None or files is None
+                            else files.corpus, with_contexts)
     stats = write_adaptllm(docs, out, provenance={"source": str(source),
                                                   "with_contexts": with_contexts})
     typer.echo(f"{stats['records']} AdaptLLM texts ({stats['tasks']} tasks; "

@@ -8,8 +8,11 @@ from pathlib import Path
 import typer
 
 from kailin.cli.derive import settings_command
+from kailin.cli.runconf import config_option, run_files
+from kailin.evaluate.perplexity import PerplexityConfig
 from kailin.evaluate.pubmedqa_finetune import PubMedQAFinetuneConfig
 from kailin.evaluate.pubmedqa_model import PubMedQAConfig
+from kailin.evaluate.signal import SignalEvalConfig
 
 app = typer.Typer(help="Evaluate generators and downstream models.", no_args_is_help=True)
 
@@ -73,6 +76,7 @@ def pubmedqa(
 
 
 @app.command("perplexity")
+@settings_command(PerplexityConfig, param="cfg")
 def perplexity(
     model: str = typer.Option(..., "--model", "-m",
                               help="Causal LM: local path, hub id, kailin training output, or "
@@ -83,26 +87,14 @@ def perplexity(
     json_out: Path | None = typer.Option(
         None, "--json", help="Write the results here and the per-text NLLs beside it "
                              "(OUT's stem + .per_text.parquet)."),
-    max_length: int = typer.Option(1024, "--max-length", help="Tokens per forward pass."),
-    stride: int | None = typer.Option(None, "--stride",
-                                      help="Tokens each sliding window moves on (default "
-                                           "max-length / 2)."),
-    truncate: bool = typer.Option(False, "--truncate",
-                                  help="Score only the first max-length tokens of long texts "
-                                       "(default: sliding windows)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Windows per forward pass."),
-    limit: int | None = typer.Option(None, "--limit", help="Only the first N texts."),
-    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples (over texts)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda, ... (default: cpu)."),
     quiet: bool = typer.Option(False, "--quiet", "--no-progress", help="No progress bars."),
+    cfg: PerplexityConfig = None,  # type: ignore[assignment]  # derived: one option per field
 ) -> None:
     """Held-out perplexity: the token-weighted mean NLL of a model on a table of texts."""
     from kailin.evaluate.perplexity import evaluate_perplexity
 
-    r = evaluate_perplexity(model, texts, max_length=max_length, stride=stride,
-                            truncate=truncate, batch_size=batch_size, limit=limit, n_boot=n_boot,
-                            seed=seed, device=device, json_out=json_out, progress=not quiet)
+    r = evaluate_perplexity(model, texts, **cfg.model_dump(), json_out=json_out,
+                            progress=not quiet)
     typer.echo(f"mean NLL {r['mean_nll']:.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}] "
                f"nats/token (perplexity {r['perplexity']:.2f}) over {r['tokens']} tokens of "
                f"{r['n']} texts; {r['windows']} windows, {r['truncated_texts']} texts truncated "
@@ -131,6 +123,7 @@ def contamination(
     span_words: int = typer.Option(25, "--span-words",
                                    help="Words in a shared span that counts as a copy."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the report here."),
+    config: Path | None = config_option("--heldout (RUN/corpus/heldout.parquet)"),
 ) -> None:
     """Whether any held-out evaluation text (by PMID or by a long shared span) occurs in any
     arm's training data; exit code 1 when one does."""
@@ -144,6 +137,9 @@ def contamination(
         if not sep or not arm or not path:
             raise InputError(f"--train {spec!r}: give ARM=TABLE, e.g. dpo=runs/x/export/cpt")
         arms[arm] = path
+    files = run_files(config)
+    if heldout is None and files is not None and files.heldout.is_file():
+        heldout = files.heldout
     if texts is not None:
         from kailin.evaluate.perplexity import load_texts
 
@@ -223,6 +219,7 @@ def pubmedqa_finetuned(
 
 
 @app.command("signal")
+@settings_command(SignalEvalConfig, param="cfg")
 def signal(
     corpus_dir: Path = typer.Argument(..., help="Corpus folder (kailin ingest): the sources' "
                                       "and contexts' MeSH."),
@@ -232,58 +229,20 @@ def signal(
         help="Trusted questions: PubMedQA JSON (ori_pqal.json), the PQA-A JSONL sample, or "
              "Parquet/JSONL with pmid and question.",
     ),
-    measure: list[str] = typer.Option(
-        [], "--measure",
-        help="Measures to compare (repeatable; default all: kailin, faithful, lin, resnik, "
-             "jiang, path, embedding, hybrid).",
-    ),
-    aggregate: list[str] = typer.Option([], "--aggregate",
-                                        help="mean and/or bma (repeatable; default both)."),
-    exclude: list[str] = typer.Option([], "--exclude",
-                                      help="none and/or check-tags (repeatable; default both)."),
-    major_weight: list[float] = typer.Option(
-        [], "--major-weight", help="Weights of MajorTopicYN descriptors (default 1 and 2)."),
-    rank_weighting: list[str] = typer.Option(
-        [], "--rank-weighting", help="none and/or reciprocal (default both)."),
-    ic_power: list[float] = typer.Option(
-        [], "--ic-power", help="Descriptor weights (IC/MaxIC)^p: values of p (default 0 and 1)."),
-    hybrid_alpha: list[float] = typer.Option(
-        [], "--hybrid-alpha", help="Weights of Resnik in the hybrid measure (default 0.5)."),
-    k: list[int] = typer.Option([], "--k", help="Contexts per question (default 4)."),
-    k_sweep: int = typer.Option(3, "--k-sweep",
-                                help="Also score the best N configurations at k = 1..8."),
-    split: str = typer.Option("all", "--split",
-                              help="PubMedQA PQA-L only: dev (outside the test split), test, "
-                                   "all."),
     mesh_dir: Path | None = typer.Option(None, "--mesh", help="MeSH build (default: packaged)."),
-    max_items: int | None = typer.Option(None, "--max-items", help="Use at most N questions."),
-    max_passed_over: int = typer.Option(
-        16, "--max-passed-over",
-        help="Contexts without MeSH passed over per question before giving up."),
-    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the negatives and the bootstrap."),
     out: Path | None = typer.Option(None, "--out",
                                     help="Folder for signal.json and signal.md."),
     top: int = typer.Option(30, "--top", help="Rows printed (all rows go to --out)."),
     quiet: bool = typer.Option(False, "--quiet", "--no-progress", help="No progress bars."),
+    cfg: SignalEvalConfig = None,  # type: ignore[assignment]  # derived: one option per field
 ) -> None:
     """How well the MeSH document score tells a trusted question from a bad one (AUC)."""
     from kailin.evaluate import signal as sg
 
-    configs = sg.candidate_configs(
-        measures=measure or sg.SIGNAL_MEASURES,
-        aggregates=aggregate or ("mean", "bma"),
-        excludes=exclude or ("none", "check-tags"),
-        major_weights=major_weight or (1.0, 2.0),
-        rank_weightings=rank_weighting or ("none", "reciprocal"),
-        ks=k or (4,),
-        ic_powers=ic_power or (0.0, 1.0),
-        hybrid_alphas=hybrid_alpha or (0.5,),
-    )
     report = sg.evaluate_signal(
-        corpus_dir, index, questions, configs=configs, mesh_dir=mesh_dir, split=split,
-        max_items=max_items, max_passed_over=max_passed_over, k_sweep=k_sweep, n_boot=n_boot,
-        seed=seed, progress=not quiet,
+        corpus_dir, index, questions, configs=cfg.configs(), mesh_dir=mesh_dir, split=cfg.split,
+        max_items=cfg.max_items, max_passed_over=cfg.max_passed_over, k_sweep=cfg.k_sweep,
+        n_boot=cfg.n_boot, seed=cfg.seed, progress=not quiet,
     )
     typer.echo(sg.format_markdown(report, limit=top))
     if out is not None:

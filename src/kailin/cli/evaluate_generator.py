@@ -10,11 +10,14 @@ from pathlib import Path
 
 import typer
 
+from kailin.align.generator_eval import GeneratorEvalConfig
+from kailin.cli.derive import settings_command
 from kailin.cli.evaluate import app
 from kailin.errors import InputError
 
 
 @app.command("generator")
+@settings_command(GeneratorEvalConfig, param="cfg", short={"k": "-k"})
 def generator(
     before: str | None = typer.Option(None, "--before", help="Generator before DPO: 'smollm2', "
                                       "a checkpoint, a `kailin train` output, or a hub id."),
@@ -31,20 +34,12 @@ def generator(
                                        "abstracts (generating mode)."),
     index: Path | None = typer.Option(None, "--index", help="Retrieval index (generating mode)."),
     mesh: Path | None = typer.Option(None, "--mesh", help="MeSH build (default: packaged)."),
-    n: int = typer.Option(100, "--n", help="Held-out abstracts to draw."),
     exclude: Path | None = typer.Option(None, "--exclude", help="Parquet whose PMIDs are not "
                                         "held out (e.g. the preference pairs DPO used)."),
-    k: int | None = typer.Option(None, "--k", "-k", help="Contexts per question (default: "
-                                 "the document score's, 6)."),
     work: Path | None = typer.Option(None, "--work", help="Where generated questions and scores "
                                      "are kept (default: OUT of --json's folder or ./)."),
-    mode: str = typer.Option("raw", "--mode", help="Prompt mode for generation: raw (the "
-                             "KAILIN prompt as trained) or chat."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]"),
-    n_boot: int = typer.Option(10_000, "--n-boot", help="Bootstrap resamples."),
-    seed: int = typer.Option(0, "--seed"),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the result as JSON."),
+    cfg: GeneratorEvalConfig = None,  # type: ignore[assignment]  # derived: one per field
 ) -> None:
     """Mean MeSH score of a generator's questions on held-out abstracts, before vs after DPO,
     with a paired bootstrap confidence interval of the difference."""
@@ -60,15 +55,14 @@ def generator(
         if not (before_scores and after_scores):
             raise InputError("give both --before-scores and --after-scores")
         res = compare_score_tables(before_scores, after_scores, before_generator,
-                                   after_generator, n_boot=n_boot, seed=seed)
+                                   after_generator, n_boot=cfg.n_boot, seed=cfg.seed)
     else:
         if not (before and after and corpus and index):
             raise InputError("give --before, --after, --corpus and --index (or two score tables "
                              "with --before-scores/--after-scores)")
         wdir = work or ((json_out.parent if json_out else Path(".")) / "generator_eval")
-        res = evaluate_generators(before, after, corpus, index, wdir, mesh_dir=mesh, n=n,
-                                  exclude=exclude, k=k, n_boot=n_boot, seed=seed, mode=mode,
-                                  max_new_tokens=max_new_tokens, device=device)
+        res = evaluate_generators(before, after, corpus, index, wdir, mesh_dir=mesh,
+                                  exclude=exclude, **cfg.model_dump())
     typer.echo(format_result_table(res))
     if json_out:
         write_json_atomic(json_out, json_result(res))

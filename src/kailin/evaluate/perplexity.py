@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from pydantic import Field
 
+from kailin.config import StageConfig
 from kailin.errors import InputError
 from kailin.evaluate.stats import bootstrap_mean, bootstrap_ratio
 from kailin.io import read_parquet, write_json_atomic, write_parquet_atomic
@@ -211,6 +213,21 @@ def per_text_path(json_out: str | os.PathLike[str]) -> Path:
     """Where the per-text NLLs go beside ``--json OUT``: OUT's stem + ``.per_text.parquet``."""
     p = Path(json_out)
     return p.with_name(p.stem + ".per_text.parquet")
+
+
+class PerplexityConfig(StageConfig):
+    """Settings of :func:`evaluate_perplexity` (``kailin evaluate perplexity``)."""
+
+    max_length: int = Field(1024, description="tokens per forward pass")
+    stride: int | None = Field(None, description="tokens each sliding window moves on "
+                               "(default max-length / 2)")
+    truncate: bool = Field(False, description="score only the first max-length tokens of long "
+                           "texts (default: sliding windows)")
+    batch_size: int = Field(8, description="windows per forward pass")
+    limit: int | None = Field(None, description="only the first N texts")
+    n_boot: int = Field(1000, description="bootstrap resamples (over texts)")
+    seed: int = Field(0, description="seed of the bootstrap")
+    device: str | None = Field(None, description="cpu, cuda, ... (default: cpu)")
 
 
 def evaluate_perplexity(

@@ -33,8 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from kailin.align.score import CorpusMeshLookup
+from kailin.config import StageConfig
 from kailin.errors import InputError
 from kailin.evaluate.signal_questions import (
     QuestionSet,
@@ -116,6 +118,48 @@ def candidate_configs(
         for h in (hybrid_alphas if m == "hybrid" else (0.5,)):
             out.append(SignalConfig(m, a, e, float(w), r, float(p), int(k), float(h)))
     return out
+
+
+class SignalEvalConfig(StageConfig):
+    """Settings of ``kailin evaluate signal``: the grid of scoring settings compared (an empty
+    list: that setting's defaults) and the run's size and seeds."""
+
+    measure: list[str] = Field(default_factory=list, description="measures to compare (default "
+                               "all: " + ", ".join(SIGNAL_MEASURES) + ")")
+    aggregate: list[str] = Field(default_factory=list, description="mean and/or bma (default "
+                                 "both)")
+    exclude: list[str] = Field(default_factory=list, description="none and/or check-tags "
+                               "(default both)")
+    major_weight: list[float] = Field(default_factory=list, description="weights of "
+                                      "MajorTopicYN descriptors (default 1 and 2)")
+    rank_weighting: list[str] = Field(default_factory=list, description="none and/or "
+                                      "reciprocal (default both)")
+    ic_power: list[float] = Field(default_factory=list, description="descriptor weights "
+                                  "(IC/MaxIC)^p: values of p (default 0 and 1)")
+    hybrid_alpha: list[float] = Field(default_factory=list, description="weights of Resnik in "
+                                      "the hybrid measure (default 0.5)")
+    k: list[int] = Field(default_factory=list, description="contexts per question (default 4)")
+    k_sweep: int = Field(3, description="also score the best N configurations at k = 1..8")
+    split: str = Field("all", description="PubMedQA PQA-L only: dev (outside the test split), "
+                       "test, all")
+    max_items: int | None = Field(None, description="use at most N questions")
+    max_passed_over: int = Field(16, description="contexts without MeSH passed over per "
+                                 "question before giving up")
+    n_boot: int = Field(1000, description="bootstrap resamples")
+    seed: int = Field(0, description="seed of the negatives and the bootstrap")
+
+    def configs(self) -> list[SignalConfig]:
+        """The grid: :func:`candidate_configs` of the given settings, defaults for the rest."""
+        return candidate_configs(
+            measures=self.measure or SIGNAL_MEASURES,
+            aggregates=self.aggregate or ("mean", "bma"),
+            excludes=self.exclude or ("none", "check-tags"),
+            major_weights=self.major_weight or (1.0, 2.0),
+            rank_weightings=self.rank_weighting or ("none", "reciprocal"),
+            ks=self.k or (4,),
+            ic_powers=self.ic_power or (0.0, 1.0),
+            hybrid_alphas=self.hybrid_alpha or (0.5,),
+        )
 
 
 # --- questions --------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ __all__ = [
     "KINDS",
     "Hit",
     "Index",
+    "IndexBuildConfig",
+    "IndexConfig",
     "StaleIndexError",
     "build_index",
     "load_index",
@@ -113,3 +115,64 @@ class IndexConfig(StageConfig):
         if self.shards > 1 and self.kind != "bm25":
             raise ValueError(f"shards {self.shards}: only a bm25 index is built in shards")
         return self
+
+
+class IndexBuildConfig(IndexConfig):
+    """Every setting of ``kailin index build``: the run's :class:`IndexConfig` (kind, encoder,
+    shards) and the vector store's (``k`` and ``leave_source_out`` are the retrieval's, not the
+    build's). :meth:`build_options` turns it into :func:`build_index`'s ``kind`` and ``opts``."""
+
+    kind: Literal["bm25", "dense", "hybrid", "qdrant"] = Field(  # type: ignore[assignment]
+        "bm25", description="bm25, dense, hybrid or qdrant")
+    backend: Literal["faiss", "qdrant"] = Field(
+        "faiss", description="vector store for dense: faiss, or qdrant (= --kind qdrant)")
+    model: str | None = Field(None, description="embedding model: local path or hub id "
+                              "(default: packaged MiniLM)")
+    query_model: str | None = Field(None, description="separate query encoder (e.g. "
+                                    "MedCPT-Query-Encoder)")
+    faiss_index: Literal["auto", "flat", "ivf", "hnsw"] = Field(
+        "auto", description="auto (flat below --exact-threshold, else hnsw), flat, ivf or hnsw")
+    exact_threshold: int | None = Field(None, description="largest corpus searched exactly with "
+                                        "auto (100000)")
+    nlist: int | None = Field(None, description="IVF lists (default 4*sqrt(N))")
+    nprobe: int | None = Field(None, description="IVF lists searched per query")
+    ef_search: int | None = Field(None, description="HNSW efSearch (128)")
+    max_seq_length: int | None = Field(None, description="encoder token limit per document")
+    rrf_k: float | None = Field(None, description="hybrid: RRF constant (60)")
+    reuse_dense: str | None = Field(None, description="hybrid/qdrant: reuse the vectors of this "
+                                    "dense index (same corpus) instead of encoding again")
+    qdrant_url: str | None = Field(None, description="Qdrant server (API key from "
+                                   "$QDRANT_API_KEY); default: embedded local storage in the "
+                                   "index directory")
+    collection: str | None = Field(None, description="Qdrant collection name")
+    batch_size: int = Field(1024, ge=1, description="corpus rows read per batch")
+
+    @model_validator(mode="after")
+    def _shards(self) -> IndexBuildConfig:  # the build's kinds and backends
+        if self.backend == "qdrant" and self.kind not in ("dense", "qdrant"):
+            raise ValueError("--backend qdrant stores dense vectors: use it with --kind dense")
+        if self.shards != 1 and self.kind != "bm25":
+            raise ValueError(f"--shards applies to --kind bm25 only, not {self.store}")
+        return self
+
+    @property
+    def store(self) -> str:
+        """The kind built: ``qdrant`` for a dense index with ``backend`` qdrant."""
+        return "qdrant" if self.backend == "qdrant" else self.kind
+
+    def build_options(self) -> tuple[str, dict[str, Any]]:
+        """``(kind, opts)`` for :func:`build_index`: each kind's own settings only."""
+        kind = self.store
+        if kind == "bm25":
+            return kind, {"shards": self.shards}
+        opts: dict[str, Any] = {"model": self.model, "query_model": self.query_model,
+                                "max_seq_length": self.max_seq_length}
+        if kind in ("dense", "hybrid"):
+            opts.update(faiss_index=self.faiss_index, exact_threshold=self.exact_threshold,
+                        nlist=self.nlist, nprobe=self.nprobe, ef_search=self.ef_search)
+        if kind == "hybrid":
+            opts.update(rrf_k=self.rrf_k, reuse_dense=self.reuse_dense)
+        if kind == "qdrant":
+            opts.update(qdrant_url=self.qdrant_url, collection=self.collection,
+                        reuse_dense=self.reuse_dense)
+        return kind, opts

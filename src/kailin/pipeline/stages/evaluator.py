@@ -11,7 +11,9 @@ from kailin.engine.run import RunContext, StageSpec
 def run(ctx: RunContext) -> dict:
     from kailin.align.evaluator import train_evaluator
 
-    res = train_evaluator(ctx.path("scores"), ctx.path("evaluator"))
+    c = ctx.cfg.evaluator
+    res = train_evaluator(ctx.path("scores"), ctx.path("evaluator"), test_fraction=c.test_fraction,
+                          seed=c.seed, l2=c.l2, model=c.encoder)
     return {k: v for k, v in res.items() if isinstance(v, int | float | str)}
 
 
