@@ -276,6 +276,9 @@ def test_answer_settings_reach_the_teacher_and_yes_no_keeps_its_decision(
     qs = [("Does " + q[0].lower() + q[1:]) if i % 2 else q for i, q in enumerate(qs)]
     scores = scores.set_column(scores.column_names.index("question"), "question",
                                pa.array(qs, pa.string()))
+    # the scores table's finish_reason is the question generator's: it stays, renamed
+    scores = scores.append_column("finish_reason", pa.array(
+        ["length" if i % 3 == 0 else "stop" for i in range(scores.num_rows)], pa.string()))
     stage = AnswerStage(teacher="smollm2", corpus_dir=str(root), grounding="lexical",
                         instruction="Answer in one short sentence.", stop=["\n\n"],
                         repetition_penalty=1.1)
@@ -285,6 +288,11 @@ def test_answer_settings_reach_the_teacher_and_yes_no_keeps_its_decision(
     assert all("Answer in one short sentence." in p for c in calls for p in c[2])
     yes_no_prompts = [p for stop, _, ps in calls if not stop for p in ps]
     assert yes_no_prompts and all("Decision: yes" in p for p in yes_no_prompts)
+    want = {(p, q): f for p, q, f in zip(scores["pmid"].to_pylist(), qs,
+                                          scores["finish_reason"].to_pylist(), strict=True)}
+    assert [r["question_finish_reason"] for r in rows] == [want[(r["pmid"], r["question"])]
+                                                           for r in rows]
+    assert {r["finish_reason"] for r in rows} == {"stop"}
     for r in rows:
         if r["is_yes_no"]:
             assert r["decision"] == "yes"

@@ -13,7 +13,8 @@ grounding check judges each answer against those contexts.
 * ``finish_reason`` (string, null): ``stop`` when the teacher ended its answer itself,
   ``length`` when it hit ``max_new_tokens`` (a truncated answer: ``kailin dataset export``
   leaves it out of the SFT records unless ``keep_truncated_answers``), null when unknown (a
-  teacher callable that returns plain strings);
+  teacher callable that returns plain strings); the input's own ``finish_reason`` (the question
+  generator's, in a scores table) is kept as ``question_finish_reason``;
 * ``grounded`` (bool, null), ``grounding_score`` (float64, null), ``grounding_method`` (string):
   the grounding verdict (null with ``grounding="none"``).
 
@@ -292,6 +293,8 @@ class AnswerStage(Stage):
     """Teacher answers + grounding verdicts for each (question, contexts) row."""
 
     name: ClassVar[str] = "answer"
+    #: 2: the input's finish_reason is kept as question_finish_reason
+    code_version: ClassVar[str] = "2"
     stateful: ClassVar[bool] = True
 
     def __init__(
@@ -414,6 +417,10 @@ class AnswerStage(Stage):
                                         pa.float64()),
             "grounding_method": pa.array([self.grounder.mode] * n, pa.string()),
         }
+        if "finish_reason" in t.column_names and "question_finish_reason" not in t.column_names:
+            # the input's finish_reason is the question generator's: keep it under its own name
+            t = t.rename_columns([("question_finish_reason" if c == "finish_reason" else c)
+                                  for c in t.column_names])
         for name, arr in cols.items():
             if name in t.column_names:
                 t = t.drop_columns([name])

@@ -52,4 +52,4 @@ def steps(cfg: Any) -> list[StageSpec]:
     return [StageSpec("answers", run, reads=READS,
                       inputs=["score", "policy_questions", "corpus"],
                       enabled=lambda c: c.answers.enabled, outputs=["answers"], mode="self",
-                      code="1")]
+                      code="2")]
