@@ -354,10 +354,9 @@ def child_questions(work: Path, nq: int) -> dict:
 def child_embed(work: Path) -> dict:
     """Embed every descriptor of the base corpus once (into KAILIN_CACHE), before any timing:
     every copy has the same descriptors."""
-    from kailin.retrieval.mesh_embeddings import ensure_mesh_embeddings
-
     from kailin.corpus.query import connect
     from kailin.mesh import load_mesh
+    from kailin.mesh.embeddings import ensure_mesh_embeddings
 
     def run() -> dict:
         con = connect(work / "base")
