@@ -139,6 +139,11 @@ def test_per_model_layout_perplexity_and_results_in_a_tiny_run(tmp_path: Path) -
     seed, a tiny token budget): arms trained on equal tokens, the perplexity step on held-out
     abstracts and PubMedQA contexts after the contamination check, downstream.json; then a
     killed downstream step re-runs training only the arm that had not finished."""
+    tiny_downstream_run(tmp_path)
+
+
+def tiny_downstream_run(tmp_path: Path) -> None:
+    """The test's body (a run folder in ``tmp_path``; a finished part of one is reused)."""
     import yaml
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -163,7 +168,7 @@ def test_per_model_layout_perplexity_and_results_in_a_tiny_run(tmp_path: Path) -
     arms = tr["models"]["smollm2"]["arms"]
     assert set(arms) == {"export", "raw_abstracts", "pre_dpo", "adaptllm"}
     assert len({a["tokens"] for a in arms.values()}) <= 2  # the budget, within a cut token
-    assert all(abs(a["tokens"] - 192) <= 2 and a["steps"] == 3 for a in arms.values())
+    assert all(abs(a["tokens"] - 192) <= 5 and a["steps"] == 3 for a in arms.values())
     ada = read_parquet(run / "controls" / "adaptllm" / "cpt")
     assert ada.num_rows >= read_parquet(run / "export" / "cpt").num_rows
     ppl = json.loads((run / "reports" / "perplexity.json").read_text())

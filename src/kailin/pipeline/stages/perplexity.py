@@ -38,8 +38,13 @@ def training_tables(ctx: RunContext) -> dict[str, Any]:
     for name, scores in sources.items():
         best = best_questions(scores)
         best = best.filter(pc.is_in(best["pmid"].cast(pa.int64()), value_set=keep))
-        tables[name] = best.select([c for c in ("pmid", "question", "contexts", "context_pmids")
-                                    if c in best.column_names])
+        # the question as text (the contexts' texts are in the arms' CPT texts), and the
+        # context PMIDs: a held-out abstract retrieved as a context counts by PMID
+        tables[name] = pa.table({
+            "pmid": best["pmid"].cast(pa.int64()),
+            "context_pmids": (best["context_pmids"] if "context_pmids" in best.column_names
+                              else pa.nulls(best.num_rows, pa.list_(pa.int64()))),
+            "text": best["question"]})
     return tables
 
 
