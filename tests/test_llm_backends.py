@@ -160,7 +160,7 @@ def test_packaged_checkpoint_build_is_once_under_concurrency(tmp_path: Path, mon
 
     calls: list[Path] = []
 
-    def fake_convert(gguf: Path, out: Path) -> None:
+    def fake_convert(gguf: Path, out: Path, pm: object = None) -> None:
         calls.append(out)
         time.sleep(0.3)
         (out / "model.safetensors").write_bytes(b"x")

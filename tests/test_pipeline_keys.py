@@ -34,6 +34,8 @@ FULL = {
     "dpo": {"max_steps": 4},
     "steering": {"enabled": True},
     "export": {"questions_from": "policy"},
+    "perplexity": {"enabled": True},
+    "pubmedqa_finetune": {"enabled": True},
 }
 #: keys that say where or how a run goes, not what it makes
 NO_OUTPUT_CHANGE = {"run_dir", "corpus.workers"}
@@ -221,7 +223,8 @@ def test_force_changes_the_stage_and_its_readers(tmp_path: Path, digests: FileDi
     changed = {s for s in before if before[s] != forced[s]}
     # the policy (dpo, then the steering rounds) writes the export: everything after it re-runs
     assert changed == {"prefer", "dpo", "generator_eval", "steering", "policy_questions",
-                       "answers", "export", "downstream", "pubmedqa"}
+                       "answers", "export", "downstream", "perplexity", "pubmedqa",
+                       "pubmedqa_finetune", "downstream_results"}
 
 
 def test_input_files_keyed_by_content(tmp_path: Path) -> None:

@@ -288,14 +288,20 @@ def test_experiment_configs_load_and_name_real_inputs() -> None:
     # the downstream half: the same run and settings, so only downstream + pubmedqa run
     ds, _ = load_config(root / "configs" / "experiment-downstream.yaml")
     a, b = cfg.model_dump(), ds.model_dump()
-    assert {k for k in a if a[k] != b[k]} == {"downstream", "pubmedqa"}
+    evals = {"downstream", "pubmedqa", "perplexity", "pubmedqa_finetune"}
+    assert {k for k in a if a[k] != b[k]} == evals
     assert ds.downstream.enabled and ds.downstream.controls and ds.pubmedqa.limit is None
     assert control_arms(ds) == ["raw_abstracts", "pre_dpo"]
+    # issue 25's protocol: every arm, equal tokens, two models, fine-tuned PubMedQA for SmolLM2
+    d = ds.downstream
+    assert d.adaptllm and d.equal_tokens and d.models == ["smollm2", "gemma3-270m"]
+    assert d.finetune_list() == ["smollm2"] and ds.perplexity.enabled
+    assert ds.pubmedqa_finetune.enabled
     from kailin.engine.run import key_settings
 
     keys_a = {s.name: key_settings(s, cfg) for s in pipeline_stages(cfg)}
     keys_b = {s.name: key_settings(s, ds) for s in pipeline_stages(ds)}
-    assert {n for n in keys_a if keys_a[n] != keys_b[n]} == {"downstream", "pubmedqa"}
+    assert {n for n in keys_a if keys_a[n] != keys_b[n]} == evals | {"downstream_results"}
 
 
 def test_results_page_renders_downstream_cis() -> None:

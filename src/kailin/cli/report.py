@@ -37,18 +37,31 @@ def report(
 def results(
     steering_json: Path | None = typer.Argument(
         None, help="RUN_DIR/reports/steering.json (or the committed "
-        "docs/results/steering.json); default with --config: the run's."),
+        "docs/results/steering.json), or RUN_DIR/reports/downstream.json (the downstream "
+        "experiment's page, told by its `models` key); default with --config: the run's "
+        "steering.json."),
     out: Path | None = typer.Option(
         None, "--out",
         help="Markdown page; its SVG plots go to results/ beside it [default: results.md next "
-        "to STEERING_JSON; the committed page is --out docs/results.md]."),
+        "to STEERING_JSON (downstream.md for a downstream JSON); the committed page is --out "
+        "docs/results.md]."),
     config: Path | None = config_option("STEERING_JSON"),
 ) -> None:
     """The steering experiment's results page (tables and plots), generated from its JSON.
 
     Written next to its input unless --out says otherwise, so a run from the repository root
     never overwrites the committed docs/results.md by accident."""
+    import json
+
+    from kailin.report.downstream import is_downstream_report
     from kailin.report.results import write_results
 
     steering_json = need(steering_json, run_files(config), "steering", "STEERING_JSON")
-    typer.echo(str(write_results(steering_json, out or steering_json.parent / "results.md")))
+    name = "results.md"
+    if out is None and steering_json.suffix == ".json" and steering_json.is_file():
+        try:
+            if is_downstream_report(json.loads(steering_json.read_text(encoding="utf-8"))):
+                name = "downstream.md"
+        except ValueError:
+            pass  # write_results says what is wrong with it
+    typer.echo(str(write_results(steering_json, out or steering_json.parent / name)))

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kailin.errors import InputError, KailinError
 from kailin.io import read_text_strict
@@ -347,12 +347,21 @@ def train_answers(data: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     return _train("answers", records, out_dir, s, str(data), callbacks, fitted, tok)
 
 
+def model_tag(spec: str) -> str:
+    """A model spec as a folder and JSON key: every run of characters other than letters and
+    digits becomes ``-`` (``smollm2`` -> ``smollm2``, ``hf:org/Model-1B`` -> ``hf-org-Model-1B``)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", str(spec)).strip("-") or "model"
+
+
 class DownstreamConfig(DownstreamTrainConfig):
     """The ``downstream`` stage: CPT on the export with the settings of ``kailin train cpt``
     (``kailin.dataset.train.DownstreamTrainConfig``; ``cpt_steps`` is its ``max_steps``), the
     control arms with the same settings, then optionally SFT on the answered records."""
 
     renamed: ClassVar[dict[str, str]] = {"max_steps": "cpt_steps"}
+    added_fields: ClassVar[tuple[str, ...]] = (
+        *DownstreamTrainConfig.added_fields, "adaptllm", "equal_tokens", "token_budget", "seeds",
+        "models", "finetune_models")
 
     enabled: bool = Field(True, description="run the downstream stage")
     sft_steps: int = Field(0, ge=0, description="after CPT, SFT steps on the answered "
@@ -362,6 +371,56 @@ class DownstreamConfig(DownstreamTrainConfig):
                            "when the export comes from the policy, CPT on an export of the "
                            "pre-DPO questions (pre_dpo); pubmedqa compares them with paired "
                            "bootstrap CIs")
+    adaptllm: bool = Field(False, description="also train the peer arm adaptllm: CPT on AdaptLLM "
+                           "reading-comprehension texts (kailin.dataset.adaptllm) mined from the "
+                           "same raw abstracts (and contexts) the export used")
+    equal_tokens: bool = Field(False, description="give every trained arm the same training "
+                               "tokens (kailin.dataset.budget): each arm is cut to the budget "
+                               "and trained for BudgetPlan.max_steps (one pass) instead of "
+                               "cpt_steps")
+    token_budget: int | None = Field(None, ge=1, description="with equal_tokens: the budget "
+                                     "in tokens (default: the smallest arm's tokens)")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="train "
+                             "every arm once per entry: entry s trains with seed `seed + s` "
+                             "into <arm>-s<s> (0 is `seed` itself)")
+    models: list[str] | None = Field(None, min_length=1, description="the downstream models, "
+                                     "each a model spec (default: [model]); results are keyed "
+                                     "by each one's tag (the spec, non-alphanumerics as -)")
+    finetune_models: list[str] | None = Field(None, description="which of models also get the "
+                                              "fine-tuned PubMedQA (pubmedqa_finetune; default: "
+                                              "all)")
+
+    @model_validator(mode="after")
+    def _models(self) -> DownstreamConfig:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"downstream.seeds must be distinct: {self.seeds}")
+        models = self.models or [self.model]
+        if len({model_tag(m) for m in models}) != len(models):
+            raise ValueError(f"downstream.models: two models share a tag: {models}")
+        bad = [m for m in self.finetune_models or [] if m not in models]
+        if bad:
+            raise ValueError(f"downstream.finetune_models {bad} are not in downstream.models "
+                             f"{models}")
+        if self.multi() and self.sft_steps:
+            raise ValueError("downstream.sft_steps runs in the single-model layout only: leave "
+                             "adaptllm, equal_tokens, models and seeds unset, or set sft_steps 0")
+        if self.token_budget is not None and not self.equal_tokens:
+            raise ValueError("downstream.token_budget needs equal_tokens: true")
+        return self
+
+    def model_list(self) -> list[str]:
+        """The downstream models (``models``, default ``[model]``)."""
+        return list(self.models or [self.model])
+
+    def finetune_list(self) -> list[str]:
+        """The models that get the fine-tuned PubMedQA."""
+        return list(self.model_list() if self.finetune_models is None else self.finetune_models)
+
+    def multi(self) -> bool:
+        """Whether the per-model, per-seed layout is used (``models/downstream/<tag>/<arm>-s<s>``):
+        any of adaptllm, equal_tokens, models or seeds other than [0] is set. Otherwise the
+        single-model layout (``models/downstream``, ``models/downstream-<arm>``) is kept."""
+        return bool(self.adaptllm or self.equal_tokens or self.models or self.seeds != [0])
 
     def sft_settings(self, model: str) -> DownstreamTrainConfig:
         """The settings of the SFT after CPT: these, for ``sft_steps`` steps from ``model``."""

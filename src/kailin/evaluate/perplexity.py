@@ -295,3 +295,23 @@ def evaluate_perplexity(
              result["mean_nll"], result["ci_low"], result["ci_high"], result["tokens"],
              result["n"])
     return result
+
+
+class PerplexityStageConfig(StageConfig):
+    """The pipeline's ``perplexity`` step: held-out NLL of every downstream model on texts no
+    arm trained on (the run's held-out abstracts and the PubMedQA test items' contexts), after
+    the contamination check of every arm's training data (:mod:`kailin.evaluate.contamination`)."""
+
+    enabled: bool = Field(False, description="run the perplexity step")
+    max_length: int = Field(1024, ge=2, description="tokens per scoring window (longer texts: "
+                            "sliding windows)")
+    stride: int | None = Field(None, ge=1, description="window stride (default max_length // 2)")
+    batch_size: int = Field(8, ge=1, description="windows per forward pass")
+    heldout_limit: int | None = Field(None, ge=1, description="score the first N held-out "
+                                      "abstracts only (default: all of corpus.heldout)")
+    pubmedqa: bool = Field(True, description="also score the PubMedQA test items' contexts")
+    pubmedqa_limit: int | None = Field(None, ge=1, description="N PubMedQA test items evenly "
+                                       "spaced (default: all 500)")
+    span_words: int = Field(25, ge=5, description="contamination: shared word span that marks "
+                            "an evaluation text as trained on")
+    n_boot: int = Field(2000, ge=100, description="bootstrap resamples of the CIs")

@@ -226,3 +226,10 @@ def finetune_and_evaluate(model: str | os.PathLike[str], out_dir: str | os.PathL
     log.info("fine-tuned PubMedQA %s: accuracy %.4f macro-F1 %.4f (n=%d; dev %.4f)", model,
              report["accuracy"], report["macro_f1"], report["n"], dev["accuracy"])
     return report
+
+
+class PubMedQAFinetuneStageConfig(PubMedQAFinetuneConfig):
+    """The pipeline's ``pubmedqa_finetune`` step: :func:`finetune_and_evaluate` of every model
+    of ``downstream.finetune_models`` on every arm and seed, all with these settings."""
+
+    enabled: bool = Field(False, description="run the pubmedqa_finetune step")

@@ -82,7 +82,7 @@ def resolve_mode(g: GeneratorSpec) -> tuple[str, str]:
         return "chat", ("an OpenAI-compatible server applies the model's chat template (pass "
                         "--mode raw for a server serving a KAILIN-tuned generator)")
     model = g.model
-    if model in PACKAGED:
+    if model in PACKAGED and model == "smollm2":
         return "chat", (f"the packaged {model} is an instruct model with a chat template and "
                         "was not fine-tuned on the raw KAILIN prompt")
     meta = trained_on_raw_prompt(model)

@@ -5,6 +5,7 @@ SPEC                                meaning
 ==================================  ==========================================================
 ``smollm2``                         the packaged SmolLM2-135M-Instruct (:mod:`.packaged`) on
                                     the local transformers backend
+``gemma3-270m``                     the packaged Gemma 3 270M base model, the same way
 ``hf:ID_OR_PATH``                   transformers; a hub id (``hf:HuggingFaceTB/SmolLM2-360M-
                                     Instruct``) or a local checkpoint folder (``hf:./ckpt``)
 ``./ckpt``, ``/abs/ckpt``,          transformers, without the prefix: an existing folder or a
@@ -32,7 +33,9 @@ from typing import Any
 from kailin.errors import InputError
 from kailin.llm.base import Backend
 
-PACKAGED = {"smollm2"}
+#: the packaged models (:data:`kailin.llm.packaged.PACKAGED_MODELS`): SmolLM2-135M-Instruct and
+#: the Gemma 3 270M base model
+PACKAGED = {"smollm2", "gemma3-270m"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _HUB_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
@@ -162,9 +165,9 @@ def parse_generators(args: list[str]) -> list[GeneratorSpec]:
 def resolve_model(model: str) -> str:
     """Map the packaged model's name to its local checkpoint; other models pass through."""
     if model in PACKAGED:
-        from kailin.llm.packaged import smollm2_checkpoint
+        from kailin.llm.packaged import packaged_checkpoint
 
-        return str(smollm2_checkpoint())
+        return str(packaged_checkpoint(model))
     return model
 
 
@@ -196,9 +199,9 @@ def build_backend(spec: GeneratorSpec | str, options: BackendOptions | None = No
         if g.model in PACKAGED:
             import importlib.util
 
-            from kailin.llm.packaged import smollm2_gguf
+            from kailin.llm import packaged
 
-            gguf = str(smollm2_gguf())
+            gguf = str(getattr(packaged, packaged.PACKAGED_MODELS[g.model].gguf)())
             if importlib.util.find_spec("transformers") is not None:
                 tokenizer = resolve_model(g.model)  # same token ids as the transformers path
         return LlamaCppBackend(gguf, tokenizer=tokenizer, batch_size=o.batch_size,

@@ -29,6 +29,8 @@ from kailin.dataset.export import ExportStageConfig
 from kailin.dataset.train import DownstreamConfig
 from kailin.engine.executors.config import ExecutorConfig
 from kailin.errors import InputError
+from kailin.evaluate.perplexity import PerplexityStageConfig
+from kailin.evaluate.pubmedqa_finetune import PubMedQAFinetuneStageConfig
 from kailin.evaluate.pubmedqa_model import PubMedQAConfig
 from kailin.generate.questions import GenerationConfig
 from kailin.retrieval import IndexConfig
@@ -56,6 +58,9 @@ class RunConfig(StageConfig):
     export: ExportStageConfig = Field(default_factory=ExportStageConfig)
     downstream: DownstreamConfig = Field(default_factory=DownstreamConfig)
     pubmedqa: PubMedQAConfig = Field(default_factory=PubMedQAConfig)
+    perplexity: PerplexityStageConfig = Field(default_factory=PerplexityStageConfig)
+    pubmedqa_finetune: PubMedQAFinetuneStageConfig = Field(
+        default_factory=PubMedQAFinetuneStageConfig)
 
     #: section names that are the step's name (``score``, ``prefer``) for the sections whose
     #: YAML key stays as committed configs spell it (``mesh``, ``preferences``)
@@ -110,6 +115,12 @@ class RunConfig(StageConfig):
                              "(RUN_DIR/models/retriever), so leave index.model unset (set "
                              "retriever.base to fine-tune another encoder), or set "
                              "retriever.enabled false")
+        if (self.perplexity.enabled or self.pubmedqa_finetune.enabled) and not \
+                self.downstream.enabled:
+            raise ValueError("perplexity and pubmedqa_finetune evaluate the downstream models: "
+                             "enable downstream")
+        if self.perplexity.enabled and not (self.corpus.heldout or self.perplexity.pubmedqa):
+            raise ValueError("perplexity needs texts: set corpus.heldout or perplexity.pubmedqa")
         if self.dpo.generator and self.dpo.generator not in {g.name for g in self.generators}:
             raise ValueError(f"dpo.generator {self.dpo.generator!r} is not one of the "
                              "generators")

