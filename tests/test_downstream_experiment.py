@@ -201,3 +201,41 @@ def tiny_downstream_run(tmp_path: Path) -> None:
              if p.is_dir()}
     assert after.keys() == stamps.keys()
     assert {k for k in stamps if stamps[k] != after[k]} == {"adaptllm-s0"}
+
+
+@pytest.mark.slow
+def test_pubmedqa_finetune_step_in_a_tiny_run(tmp_path: Path) -> None:
+    """The fine-tuned PubMedQA step on every arm of the tiny run (one step on PQA-L fold 0, two
+    test items): every arm is fine-tuned with the same settings, none of the train items is
+    dropped, and downstream.json gains finetuned_macro_f1 in every contrast, paired on the test
+    items."""
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from kailin.pipeline.config import RunConfig
+    from kailin.pipeline.stages import run_config
+    from test_pipeline_run import TINY
+
+    raw = yaml.safe_load(TINY)
+    raw.update({
+        "answers": {"enabled": False},
+        "downstream": {"model": "smollm2", "batch_size": 1, "max_length": 64, "controls": True,
+                       "adaptllm": True, "equal_tokens": True, "token_budget": 128},
+        "pubmedqa": {"limit": 2, "n_boot": 200, "settings": ["reasoning_required"]},
+        "pubmedqa_finetune": {"enabled": True, "max_steps": 1, "batch_size": 2,
+                              "max_length": 192, "limit": 2, "eval_batch_size": 16}})
+    cfg = RunConfig.model_validate(raw)
+    run = tmp_path / "run"
+    m = run_config(cfg, tmp_path, run_dir=run, progress=False)
+    assert m["status"] == "done" and "pubmedqa_finetune" in m["ran"]
+    ft = json.loads((run / "reports" / "pubmedqa_finetune.json").read_text())
+    assert set(ft["runs"]) == {"smollm2.base", *(f"smollm2.{a}.s0" for a in
+                                                 ("export", "raw_abstracts", "pre_dpo",
+                                                  "adaptllm"))}
+    for r in ft["runs"].values():
+        assert r["n"] == 2 and r["train"]["dropped"] == 0 and r["train"]["n_examples"] == 450
+        assert r["train"]["global_step"] == 1
+    assert len({json.dumps(r["train"].get("truncated")) for r in ft["runs"].values()}) == 1
+    rep = json.loads((run / "reports" / "downstream.json").read_text())
+    for name, c in rep["models"]["smollm2"]["contrasts"].items():
+        assert c["finetuned_macro_f1"]["n"] == 2, name

@@ -108,6 +108,26 @@ def test_trainer_folder_from_another_key_is_replaced(base: Path) -> None:
     assert (model / "weights").read_text() == "30.3"
 
 
+def test_a_resumed_step_may_write_a_report_file_beside_its_folders(base: Path) -> None:
+    """A ``resume`` step's outputs are folders, except those named like a file: a report such
+    as ``reports/x.json`` is written by the step, not made a folder before it runs (the
+    pubmedqa_finetune step failed on that: "Is a directory")."""
+    def t(ctx: RunContext) -> dict:
+        (ctx.path("models", "t") / "w").write_text(str(ctx.cfg.dpo.beta))
+        ctx.path("reports").mkdir(exist_ok=True)
+        ctx.path("reports", "t.json").write_text(json.dumps({"beta": ctx.cfg.dpo.beta}))
+        return {}
+
+    specs = [StageSpec("t", t, reads=("dpo.beta",), outputs=["models/t", "reports/t.json"],
+                       mode="resume")]
+    for beta in (0.1, 0.1, 0.3):
+        run_pipeline(_cfg(dpo={"beta": beta}), base, run_dir=base / "run", stages=specs,
+                     progress=False)
+        report = base / "run" / "reports" / "t.json"
+        assert report.is_file() and json.loads(report.read_text()) == {"beta": beta}
+        assert (base / "run" / "models" / "t" / KEY_STAMP).is_file()
+
+
 def test_failed_stage_is_recorded_and_rerun(base: Path) -> None:
     with pytest.raises(RuntimeError):
         _run(base, _cfg(), fail={"b"})

@@ -50,6 +50,10 @@ log = logging.getLogger("kailin.run")
 #: reads only ``executor`` (kind, rows_per_shard, Ray options), ``run_dir`` and ``model_dump``
 ConfigLike = Any
 KEY_STAMP = "_kailin_key.json"
+#: an output named with one of these is a file, also in ``resume`` mode (whose outputs are
+#: otherwise folders made before the stage runs)
+FILE_SUFFIXES = frozenset({".json", ".jsonl", ".parquet", ".md", ".html", ".svg", ".txt",
+                           ".csv", ".tsv"})
 
 
 @dataclass
@@ -66,8 +70,9 @@ class StageSpec:
     outputs: list[str] = field(default_factory=list)
     #: how a re-run treats existing outputs: ``self`` (the stage keys its own parts: shard
     #: markers, incremental ingestion), ``resume`` (trainers, prediction caches: folders; one
-    #: stamped with another key is replaced, one with this key resumes), ``replace`` (files or
-    #: folders removed before the stage runs)
+    #: stamped with another key is replaced, one with this key resumes; a file output, named
+    #: with a :data:`FILE_SUFFIXES` suffix, is removed before the stage runs), ``replace``
+    #: (files or folders removed before the stage runs)
     mode: Literal["self", "resume", "replace"] = "replace"
     #: input files outside the run folder, keyed by content
     files: Callable[[ConfigLike, Path], list[Path]] | None = None
@@ -320,6 +325,9 @@ def _prepare_outputs(ctx: RunContext, spec: StageSpec, key: str) -> None:
                 shutil.rmtree(out)
             elif out.exists():
                 out.unlink()
+        elif spec.mode == "resume" and (out.is_file() or (
+                not out.exists() and out.suffix in FILE_SUFFIXES)):
+            out.unlink(missing_ok=True)  # a report file beside the resumed folders: rewritten
         elif spec.mode == "resume":
             stamp = out / KEY_STAMP
             old = json.loads(stamp.read_text()).get("key") if stamp.is_file() else None
