@@ -215,15 +215,22 @@ def per_text_path(json_out: str | os.PathLike[str]) -> Path:
     return p.with_name(p.stem + ".per_text.parquet")
 
 
-class PerplexityConfig(StageConfig):
+class ScoringWindows(StageConfig):
+    """How texts are cut into windows and batched for scoring (the command's and the run
+    step's settings share them)."""
+
+    max_length: int = Field(1024, ge=2, description="tokens per forward pass (longer texts: "
+                            "sliding windows)")
+    stride: int | None = Field(None, ge=1, description="tokens each sliding window moves on "
+                               "(default max-length / 2)")
+    batch_size: int = Field(8, ge=1, description="windows per forward pass")
+
+
+class PerplexityConfig(ScoringWindows):
     """Settings of :func:`evaluate_perplexity` (``kailin evaluate perplexity``)."""
 
-    max_length: int = Field(1024, description="tokens per forward pass")
-    stride: int | None = Field(None, description="tokens each sliding window moves on "
-                               "(default max-length / 2)")
     truncate: bool = Field(False, description="score only the first max-length tokens of long "
                            "texts (default: sliding windows)")
-    batch_size: int = Field(8, description="windows per forward pass")
     limit: int | None = Field(None, description="only the first N texts")
     n_boot: int = Field(1000, description="bootstrap resamples (over texts)")
     seed: int = Field(0, description="seed of the bootstrap")
@@ -297,16 +304,12 @@ def evaluate_perplexity(
     return result
 
 
-class PerplexityStageConfig(StageConfig):
+class PerplexityStageConfig(ScoringWindows):
     """The pipeline's ``perplexity`` step: held-out NLL of every downstream model on texts no
     arm trained on (the run's held-out abstracts and the PubMedQA test items' contexts), after
     the contamination check of every arm's training data (:mod:`kailin.evaluate.contamination`)."""
 
     enabled: bool = Field(False, description="run the perplexity step")
-    max_length: int = Field(1024, ge=2, description="tokens per scoring window (longer texts: "
-                            "sliding windows)")
-    stride: int | None = Field(None, ge=1, description="window stride (default max_length // 2)")
-    batch_size: int = Field(8, ge=1, description="windows per forward pass")
     heldout_limit: int | None = Field(None, ge=1, description="score the first N held-out "
                                       "abstracts only (default: all of corpus.heldout)")
     pubmedqa: bool = Field(True, description="also score the PubMedQA test items' contexts")
