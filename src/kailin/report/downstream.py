@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from kailin.report.headline import ci_verdict
+
 #: the metrics of a contrast, as the page names them
 METRIC_NAMES = {"heldout_nll": "held-out NLL (nats/token)",
                 "gold_margin": "PubMedQA gold-label margin",
@@ -45,9 +47,10 @@ def verdict(c: dict[str, Any]) -> str:
     lo, hi, mde = c.get("ci_low"), c.get("ci_high"), c.get("mde")
     if lo is None or hi is None:
         return "not measured"
-    if lo > 0:
+    side = ci_verdict(lo, hi)
+    if side == "good":
         return "CI above 0: the first arm is better"
-    if hi < 0:
+    if side == "bad":
         return "CI below 0: the second arm is better"
     if mde is not None and not math.isnan(mde):
         return f"null: could have seen |delta| ≥ {mde:.3g}"
