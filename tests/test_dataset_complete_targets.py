@@ -262,10 +262,13 @@ def test_answer_settings_reach_the_teacher_and_yes_no_keeps_its_decision(
 
     def fake_complete_fn(spec, max_new_tokens=256, batch_size=4, device=None, use_cache=True,
                          cache_path=None, stop=(), repetition_penalty=1.0):
-        def complete(prompts: list[str]) -> list[Completion]:
-            calls.append((tuple(stop), repetition_penalty, prompts))
+        default_stop = stop
+
+        def complete(prompts: list[str], stop=None) -> list[Completion]:
+            used = tuple(default_stop if stop is None else stop)
+            calls.append((used, repetition_penalty, prompts))
             text = "It is shown.\n\nDecision: yes"
-            return [Completion(apply_stop(text, stop)[0] if stop else text, 5, 9,
+            return [Completion(apply_stop(text, used)[0] if used else text, 5, 9,
                                "stop") for _ in prompts]
         return complete
 

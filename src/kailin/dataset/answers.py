@@ -45,6 +45,8 @@ Grounding modes (what each one is, honestly):
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -259,9 +261,11 @@ def llm_complete_fn(spec: str, max_new_tokens: int = 256, batch_size: int = 4,
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=tuple(stop),
                             repetition_penalty=repetition_penalty)
 
-    def complete(prompts: list[str]) -> list[Completion]:
+    def complete(prompts: list[str], stop: Sequence[str] | None = None) -> list[Completion]:
+        """``stop`` replaces the stop strings for this call (one model serves both)."""
         reqs = [[{"role": "user", "content": p}] for p in prompts]
-        return list(backend.generate(reqs, params))
+        p = params if stop is None else dataclasses.replace(params, stop=tuple(stop))
+        return list(backend.generate(reqs, p))
 
     return complete
 
@@ -371,12 +375,11 @@ class AnswerStage(Stage):
         if callable(self.teacher):
             self._generate = self._generate_yes_no = self.teacher
             return
-        def make(stop: Sequence[str]) -> Callable[[list[str]], list[Any]]:
-            return llm_complete_fn(self.teacher, self.max_new_tokens, self.batch_size,
-                                   self.device, self.use_cache, self.cache_path, stop=stop,
+        complete = llm_complete_fn(self.teacher, self.max_new_tokens, self.batch_size,
+                                   self.device, self.use_cache, self.cache_path, stop=self.stop,
                                    repetition_penalty=self.repetition_penalty)
-        self._generate = make(self.stop)
-        self._generate_yes_no = make(()) if self.stop else self._generate
+        self._generate = complete
+        self._generate_yes_no = functools.partial(complete, stop=()) if self.stop else complete
 
     def process(self, batch: pa.Table) -> pa.Table:
         t = attach_texts(batch, self.corpus_dir, self.n_contexts, source=False)
