@@ -46,6 +46,10 @@ def test_copies_have_new_pmids_and_shuffled_sentences(bs):
     assert bs._copy_table(base, 3, 1).num_rows == 1
     # the same copy is the same every time (the sizes share their input files)
     assert bs._copy_table(base, 3, None).equals(c3)
+    # a title question carries no copy marker (its word would hit every copied title)
+    assert [bs.question_title(t) for t in c3["title"].to_pylist()] == [
+        "Aspirin and the heart.", "Statins."]
+    assert bs.question_title("Copy number variation (copy 12)") == "Copy number variation"
 
 
 def test_input_files_cut_the_last_copy(bs, tmp_path):
