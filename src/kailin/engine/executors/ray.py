@@ -185,13 +185,15 @@ class RayExecutor:
                 n_gpu = ray.available_resources().get("GPU", 0)
                 conc = max(1, min(conc, int(n_gpu // gpus) or 1))
             if stage.stateful:
-                # one model copy per actor: SPREAD puts the actors on different nodes (their
-                # memory and GPUs) rather than packing them onto the first node with room; a
-                # shard is a large unit of work, so an actor takes the next one only when it is
-                # free (none waits queued behind a busy actor while another is idle or starting)
+                # one model copy per actor; Ray Data places an actor pool with its default
+                # strategy, SPREAD (DataContext.scheduling_strategy): the actors go to
+                # different nodes (their memory and GPUs) rather than packing onto the first
+                # node with room. Passing scheduling_strategy here is a deprecated remote arg
+                # (removed in Ray 2.64). A shard is a large unit of work, so an actor takes the
+                # next one only when it is free (none waits queued behind a busy actor while
+                # another is idle or starting)
                 compute = ray.data.ActorPoolStrategy(size=conc, max_tasks_in_flight_per_actor=1)
-                kwargs.update(fn_constructor_args=(stage, str(out), keys), compute=compute,
-                              scheduling_strategy="SPREAD")
+                kwargs.update(fn_constructor_args=(stage, str(out), keys), compute=compute)
                 ds = ds.map_batches(_ShardWorker, **kwargs)
             else:
                 worker = _ShardWorker(stage, str(out), keys)
