@@ -106,6 +106,21 @@ def _ray_start(args: list[str], env: dict[str, str]) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def _driver_token_auth() -> None:
+    """Token auth for this process's next ray.init, as `ray start --head` decides it: Ray
+    reads RAY_AUTH_MODE into a config it caches at its first use, so setting the variable
+    alone did not reach a process that had used Ray before (the driver stayed 'disabled')."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # another Ray: the variable is all there is
+        return
+    del os.environ["RAY_AUTH_MODE"]
+    assert maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     ray = pytest.importorskip("ray")
@@ -123,9 +138,20 @@ def cluster():
            # a dead node is declared dead after ~3 s, not ~30 s
            "RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
            "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "2",
-           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           # the driver (this process) and both nodes in one auth mode, token auth with Ray's
+           # own token file, whatever ran before: `ray start --head` turns token auth on when
+           # ~/.ray/auth_token exists, a joining node only when RAY_AUTH_MODE says so, and a
+           # driver after an in-process ray.init (which writes the file) is in token mode. Mixed
+           # modes failed: InvalidAuthToken when the worker node joined, OwnerDiedError when
+           # the nodes' workers fetched the driver's objects.
+           "RAY_AUTH_MODE": "token"}
+    subprocess.run([str(RAY_BIN), "get-auth-token", "--generate"], env=env,
+                   capture_output=True, check=True, timeout=60)
     gcs, client = _ports(2)
     c = Cluster(f"127.0.0.1:{gcs}", dirs, env)
+    mode = os.environ.pop("RAY_AUTH_MODE", None)
+    _driver_token_auth()  # this process's ray.init below
     try:
         _ray_start(["--head", "--port", str(gcs), "--ray-client-server-port", str(client),
                     "--num-cpus", "2", "--num-gpus", "0", "--resources", json.dumps({"head": 1}),
@@ -144,6 +170,10 @@ def cluster():
         yield c
     finally:
         ray.shutdown()
+        if mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = mode
         for node in ("worker", "head"):
             c.kill(node)
         deadline = time.time() + 20
