@@ -133,37 +133,69 @@ def test_results_renders_a_downstream_json(tmp_path: Path) -> None:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _tiny_config(sections: dict):
+    """The tiny pipeline of test_pipeline_run without answers, with these sections."""
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from kailin.pipeline.config import RunConfig
+    from test_pipeline_run import TINY
+
+    raw = yaml.safe_load(TINY)
+    raw.update({"answers": {"enabled": False}, **sections})
+    return RunConfig.model_validate(raw)
+
+
+UPSTREAM = {"downstream": {"enabled": False}, "pubmedqa": {"enabled": False}}
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny run up to its export (questions, scores, DPO, the policy's questions), run once
+    for the module: each test copies it and adds its downstream steps."""
+    from kailin.pipeline.stages import run_config
+
+    root = tmp_path_factory.mktemp("tiny_upstream")
+    m = run_config(_tiny_config(UPSTREAM), root, run_dir=root / "run", progress=False)
+    assert m["status"] == "done" and "export" in m["ran"]
+    return root / "run"
+
+
+def _downstream_run(upstream: Path, tmp_path: Path, sections: dict) -> tuple:
+    """A copy of the upstream run in ``tmp_path`` run again with ``sections``: only the steps
+    from the downstream training on run (the copy's upstream keys are unchanged)."""
+    import shutil
+
+    from kailin.pipeline.stages import run_config
+
+    run = tmp_path / "run"
+    shutil.copytree(upstream, run)
+    cfg = _tiny_config(sections)
+    m = run_config(cfg, tmp_path, run_dir=run, progress=False)
+    assert m["status"] == "done"
+    assert not {"corpus", "questions", "dpo", "policy_questions", "export"} & set(m["ran"])
+    return cfg, run, m
+
+
 @pytest.mark.slow
-def test_per_model_layout_perplexity_and_results_in_a_tiny_run(tmp_path: Path) -> None:
+def test_per_model_layout_perplexity_and_results_in_a_tiny_run(upstream: Path,
+                                                               tmp_path: Path) -> None:
     """The tiny pipeline of test_pipeline_run with every downstream option on (one model, one
     seed, a tiny token budget): arms trained on equal tokens, the perplexity step on held-out
     abstracts and PubMedQA contexts after the contamination check, downstream.json; then a
     killed downstream step re-runs training only the arm that had not finished."""
-    tiny_downstream_run(tmp_path)
+    import shutil
 
-
-def tiny_downstream_run(tmp_path: Path) -> None:
-    """The test's body (a run folder in ``tmp_path``; a finished part of one is reused)."""
-    import yaml
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from kailin.io import read_parquet
-    from kailin.pipeline.config import RunConfig
     from kailin.pipeline.stages import run_config
-    from test_pipeline_run import TINY
 
-    raw = yaml.safe_load(TINY)
-    raw.update({
-        "answers": {"enabled": False},
+    cfg, run, m = _downstream_run(upstream, tmp_path, {
         "downstream": {"model": "smollm2", "batch_size": 1, "max_length": 64, "controls": True,
                        "adaptllm": True, "equal_tokens": True, "token_budget": 192},
         "perplexity": {"enabled": True, "max_length": 128, "heldout_limit": 3,
                        "pubmedqa_limit": 2, "n_boot": 200},
         "pubmedqa": {"limit": 3, "n_boot": 200, "settings": ["reasoning_required"]}})
-    cfg = RunConfig.model_validate(raw)
-    run = tmp_path / "run"
-    m = run_config(cfg, tmp_path, run_dir=run, progress=False)
-    assert m["status"] == "done" and {"perplexity", "downstream_results"} <= set(m["ran"])
+    assert {"perplexity", "downstream_results"} <= set(m["ran"])
     tr = json.loads((run / "models" / "downstream" / "training.json").read_text())
     arms = tr["models"]["smollm2"]["arms"]
     assert set(arms) == {"export", "raw_abstracts", "pre_dpo", "adaptllm"}
@@ -189,8 +221,6 @@ def tiny_downstream_run(tmp_path: Path) -> None:
     folders = run / "models" / "downstream" / "smollm2"
     stamps = {p.name: (p / "kailin_train.json").stat().st_mtime_ns for p in folders.iterdir()
               if p.is_dir()}
-    import shutil
-
     shutil.rmtree(folders / "adaptllm-s0")
     st = run / "state" / "downstream.json"
     state = json.loads(st.read_text())
@@ -204,30 +234,18 @@ def tiny_downstream_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_pubmedqa_finetune_step_in_a_tiny_run(tmp_path: Path) -> None:
+def test_pubmedqa_finetune_step_in_a_tiny_run(upstream: Path, tmp_path: Path) -> None:
     """The fine-tuned PubMedQA step on every arm of the tiny run (one step on PQA-L fold 0, two
     test items): every arm is fine-tuned with the same settings, none of the train items is
     dropped, and downstream.json gains finetuned_macro_f1 in every contrast, paired on the test
     items."""
-    import yaml
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from kailin.pipeline.config import RunConfig
-    from kailin.pipeline.stages import run_config
-    from test_pipeline_run import TINY
-
-    raw = yaml.safe_load(TINY)
-    raw.update({
-        "answers": {"enabled": False},
+    _, run, m = _downstream_run(upstream, tmp_path, {
         "downstream": {"model": "smollm2", "batch_size": 1, "max_length": 64, "controls": True,
                        "adaptllm": True, "equal_tokens": True, "token_budget": 128},
         "pubmedqa": {"limit": 2, "n_boot": 200, "settings": ["reasoning_required"]},
         "pubmedqa_finetune": {"enabled": True, "max_steps": 1, "batch_size": 2,
                               "max_length": 192, "limit": 2, "eval_batch_size": 16}})
-    cfg = RunConfig.model_validate(raw)
-    run = tmp_path / "run"
-    m = run_config(cfg, tmp_path, run_dir=run, progress=False)
-    assert m["status"] == "done" and "pubmedqa_finetune" in m["ran"]
+    assert "pubmedqa_finetune" in m["ran"]
     ft = json.loads((run / "reports" / "pubmedqa_finetune.json").read_text())
     assert set(ft["runs"]) == {"smollm2.base", *(f"smollm2.{a}.s0" for a in
                                                  ("export", "raw_abstracts", "pre_dpo",
