@@ -360,3 +360,30 @@ def test_validity_share_prefers_pmids_without_a_mesh_pair() -> None:
     # the default (no share) keeps the documented rule: only pmid 1 qualifies
     out, stats = build_preferences(t, PreferConfig(invalid_rejected=True))
     assert stats["validity_pairs"] == 1 and "validity_candidates" not in stats
+
+
+def test_preferences_run_under_the_bounded_duckdb_memory(monkeypatch, tmp_path) -> None:
+    """Prefer groups every scored question by PMID: its DuckDB connection gets kailin's bound
+    (it spills past it) instead of DuckDB's default of 80% of the machine's memory."""
+    import kailin.align.prefer as pr
+
+    monkeypatch.delenv("KAILIN_DUCKDB_MEMORY", raising=False)
+    limits: list[tuple[str, str]] = []
+    real = pr.bound_duckdb_memory
+
+    def spy(con, temp_dir=None):
+        limit = real(con, tmp_path / "spill")
+        limits.append((limit, con.execute(
+            "SELECT current_setting('memory_limit')").fetchall()[0][0]))
+        return limit
+
+    monkeypatch.setattr(pr, "bound_duckdb_memory", spy)
+    out, stats = build_preferences(table([(1, "a", "q1", 0.9), (1, "b", "q2", 0.1)]))
+    assert out.num_rows == 1 and stats["kept"] == 1
+    assert len(limits) == 1
+    # DuckDB reports the limit in its own units ("976.5 MiB" for kailin's 1024MB); its default
+    # would be 80% of this machine's memory
+    limit, reported = limits[0]
+    value, unit = reported.split()
+    mib = float(value) * {"KiB": 2**-10, "MiB": 1, "GiB": 2**10, "TiB": 2**20}[unit]
+    assert mib == pytest.approx(int(limit.removesuffix("MB")) * 10**6 / 2**20, rel=0.01)
