@@ -185,15 +185,16 @@ class RayExecutor:
                 n_gpu = ray.available_resources().get("GPU", 0)
                 conc = max(1, min(conc, int(n_gpu // gpus) or 1))
             if stage.stateful:
-                # one model copy per actor; Ray Data places an actor pool with its default
-                # strategy, SPREAD (DataContext.scheduling_strategy): the actors go to
-                # different nodes (their memory and GPUs) rather than packing onto the first
-                # node with room. Passing scheduling_strategy here is a deprecated remote arg
-                # (removed in Ray 2.64). A shard is a large unit of work, so an actor takes the
-                # next one only when it is free (none waits queued behind a busy actor while
-                # another is idle or starting)
+                # one model copy per actor: SPREAD puts the actors on different nodes (their
+                # memory and GPUs) rather than packing them onto the first node with room; a
+                # shard is a large unit of work, so an actor takes the next one only when it is
+                # free (none waits queued behind a busy actor while another is idle or starting).
+                # scheduling_strategy is a remote arg Ray 2.60 deprecates, with no named
+                # replacement; without it the pool's actors landed on one node (the two-node
+                # test failed in a full run), so it stays until Ray offers one
                 compute = ray.data.ActorPoolStrategy(size=conc, max_tasks_in_flight_per_actor=1)
-                kwargs.update(fn_constructor_args=(stage, str(out), keys), compute=compute)
+                kwargs.update(fn_constructor_args=(stage, str(out), keys), compute=compute,
+                              scheduling_strategy="SPREAD")
                 ds = ds.map_batches(_ShardWorker, **kwargs)
             else:
                 worker = _ShardWorker(stage, str(out), keys)
