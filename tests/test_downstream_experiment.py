@@ -13,6 +13,8 @@ import pytest
 
 from kailin.evaluate.downstream import contrast, model_report, pool_seeds
 
+sys.path.insert(0, str(Path(__file__).parent))  # test_pipeline_run's tiny config
+
 
 def test_contrasts_hand_worked_signs_and_seed_pooling() -> None:
     # held-out NLL per text: export (two seeds, pooled 2.1 / 2.9) is lower than raw (2.6 / 3.6):
@@ -130,14 +132,10 @@ def test_results_renders_a_downstream_json(tmp_path: Path) -> None:
     assert out.read_text() == page
 
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 def _tiny_config(sections: dict):
     """The tiny pipeline of test_pipeline_run without answers, with these sections."""
     import yaml
 
-    sys.path.insert(0, str(Path(__file__).parent))
     from kailin.pipeline.config import RunConfig
     from test_pipeline_run import TINY
 

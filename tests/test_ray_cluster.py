@@ -110,14 +110,13 @@ def _driver_token_auth() -> None:
     """Token auth for this process's next ray.init, as `ray start --head` decides it: Ray
     reads RAY_AUTH_MODE into a config it caches at its first use, so setting the variable
     alone did not reach a process that had used Ray before (the driver stayed 'disabled')."""
-    os.environ["RAY_AUTH_MODE"] = "token"
     try:
         from ray._private.authentication.authentication_token_setup import (
             maybe_enable_token_auth_if_token_available,
         )
     except ImportError:  # another Ray: the variable is all there is
+        os.environ["RAY_AUTH_MODE"] = "token"
         return
-    del os.environ["RAY_AUTH_MODE"]
     assert maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
