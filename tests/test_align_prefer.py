@@ -366,18 +366,20 @@ def test_preferences_run_under_the_bounded_duckdb_memory(monkeypatch, tmp_path) 
     """Prefer groups every scored question by PMID: its DuckDB connection gets kailin's bound
     (it spills past it) instead of DuckDB's default of 80% of the machine's memory."""
     import kailin.align.prefer as pr
+    from kailin.io import duckdb_memory_limit
 
     monkeypatch.delenv("KAILIN_DUCKDB_MEMORY", raising=False)
     limits: list[tuple[str, str]] = []
-    real = pr.bound_duckdb_memory
+    real = pr.connect_duckdb
 
-    def spy(con, temp_dir=None):
-        limit = real(con, tmp_path / "spill")
-        limits.append((limit, con.execute(
+    def spy(temp_dir=None):
+        con = real(tmp_path / "spill")
+        limits.append((duckdb_memory_limit(int(con.execute(
+            "SELECT current_setting('threads')").fetchall()[0][0])), con.execute(
             "SELECT current_setting('memory_limit')").fetchall()[0][0]))
-        return limit
+        return con
 
-    monkeypatch.setattr(pr, "bound_duckdb_memory", spy)
+    monkeypatch.setattr(pr, "connect_duckdb", spy)
     out, stats = build_preferences(table([(1, "a", "q1", 0.9), (1, "b", "q2", 0.1)]))
     assert out.num_rows == 1 and stats["kept"] == 1
     assert len(limits) == 1
@@ -392,3 +394,47 @@ def test_preferences_run_under_the_bounded_duckdb_memory(monkeypatch, tmp_path) 
     ref.execute(f"SET memory_limit='{limit}'")
     assert reported == ref.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
     assert reported != default
+
+
+def test_ties_inside_the_top_and_bottom_break_by_generator_then_question() -> None:
+    """chosen: highest score, then generator A-Z, then question A-Z; rejected: lowest score,
+    then generator Z-A, then question Z-A; the pair's prompt is the chosen question's."""
+    rows = [
+        (1, "a", "q1?", 0.9), (1, "b", "q0?", 0.9), (1, "c", "x?", 0.1), (1, "d", "y?", 0.1),
+        (2, "g", "qb?", 0.9), (2, "g", "qa?", 0.9), (2, "g", "r1?", 0.1), (2, "g", "r2?", 0.1),
+    ]
+    t = table(rows).set_column(2, "prompt", pa.array([f"prompt of {r[1]} {r[2]}" for r in rows]))
+    got = pairs_by_pmid(build_preferences(t)[0])
+    assert (got[1]["chosen"], got[1]["chosen_generator"]) == ("q1?", "a")
+    assert (got[1]["rejected"], got[1]["rejected_generator"]) == ("y?", "d")
+    assert got[1]["prompt"] == "prompt of a q1?"
+    assert (got[2]["chosen"], got[2]["rejected"]) == ("qa?", "r2?")
+    assert got[2]["prompt"] == "prompt of g qa?"
+
+
+def test_written_pairs_equal_the_built_ones_batch_by_batch(tmp_path) -> None:
+    """write_preferences streams the pairs to the file a batch at a time (memory bounded
+    whatever the number of questions): the same rows as build_preferences, one per PMID even
+    where a scores file holds the chosen question twice (two runs' parts), NaN scores and all."""
+    from kailin.align.prefer import write_preferences
+
+    rows = []
+    for p in range(1, 41):
+        rows += [(p, "a", f"qa{p}?", (p % 7) / 10), (p, "b", f"qb{p}?", (p % 5) / 10)]
+    rows += [(6, "a", "qa6?", 0.6), (41, "a", "q?", NAN), (41, "b", "r?", 0.2)]
+    t = table(rows)
+    t = t.set_column(2, "prompt", pa.array([f"prompt {r[0]}" + (" again" if i >= 80 else "")
+                                            for i, r in enumerate(rows)]))
+    folder = tmp_path / "scores"
+    folder.mkdir()
+    pq.write_table(t.slice(0, 50), folder / "part-00000.parquet")
+    pq.write_table(t.slice(50), folder / "part-00001.parquet")
+    built, stats = build_preferences(t)
+    written = write_preferences(folder, tmp_path / "pairs.parquet", batch_size=2)
+    got = pq.read_table(tmp_path / "pairs.parquet")
+    assert got.equals(built) and written == stats
+    assert got["pmid"].to_pylist() == sorted(set(got["pmid"].to_pylist()))
+    assert stats["dropped"]["nan_score"] == 1 and 41 not in got["pmid"].to_pylist()
+    # pmid 6's chosen question is in the table twice: one pair, the first prompt in order
+    (p6,) = [r for r in got.to_pylist() if r["pmid"] == 6]
+    assert p6["prompt"] == "prompt 6"

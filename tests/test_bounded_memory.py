@@ -229,3 +229,57 @@ def test_preferences_from_a_folder_equal_those_of_the_table(tmp_path: Path) -> N
     b, sb = build_preferences(folder, c)
     assert table_digest(a) == table_digest(b) and sa == sb
     assert sa["dropped"]["nan_score"] > 0 and sa["kept"] == 20
+
+
+def test_parquet_scans_see_nan_scores_that_pyarrow_left_out_of_its_statistics(
+        tmp_path: Path) -> None:
+    """pyarrow writes a float column's min/max without its NaNs; DuckDB's own reader took those
+    bounds to mean "no NaN" and folded isnan() to false (duckdb/duckdb#25521). kailin's scans
+    (register_parquet, parquet_scan) see every NaN, in WHERE and in an aggregate's FILTER."""
+    import duckdb
+
+    from kailin.io import connect_duckdb, parquet_scan, register_parquet
+
+    scores = [0.25, float("nan"), 0.75, float("nan"), None]
+    pq.write_table(pa.table({"pmid": [1, 2, 3, 4, 5], "score": scores}), tmp_path / "s.parquet")
+    meta = pq.ParquetFile(tmp_path / "s.parquet").metadata.row_group(0).column(1).statistics
+    assert (meta.min, meta.max) == (0.25, 0.75)  # the statistics this is about
+    plain = duckdb.connect().execute(
+        f"SELECT count(*) FROM read_parquet('{tmp_path / 's.parquet'}') WHERE isnan(score)")
+    assert plain.fetchall()[0][0] == 0  # DuckDB's own reader, left alone: the bug is there
+    con = connect_duckdb(tmp_path / "spill")
+    register_parquet(con, "s", tmp_path)
+    assert con.execute("SELECT count(*) FROM s WHERE isnan(score)").fetchall()[0][0] == 2
+    assert con.execute("SELECT count(*) FILTER (WHERE isnan(score)), "
+                       "count(*) FILTER (WHERE score > 0.5) FROM s").fetchall()[0] == (2, 3)
+    scan = parquet_scan([tmp_path / "s.parquet"])
+    assert con.execute(f"SELECT count(*) FROM {scan} WHERE isnan(score)").fetchall()[0][0] == 2
+
+
+def test_every_duckdb_connection_is_bounded() -> None:
+    """DuckDB's default memory limit is 80% of the machine: every connection kailin opens comes
+    from kailin.io.connect_duckdb (bounded, spilling), none from duckdb.connect directly."""
+    import ast
+
+    from kailin.io import connect_duckdb, duckdb_memory_limit
+
+    src = Path(__file__).resolve().parents[1] / "src" / "kailin"
+    direct = []
+    for f in sorted(src.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "connect" and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "duckdb"):
+                direct.append(f"{f.relative_to(src)}:{node.lineno}")
+    # the one in kailin.io itself
+    assert len(direct) == 1 and direct[0].startswith("io.py:"), direct
+    import duckdb
+
+    con = connect_duckdb()
+    threads = int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
+    ref = duckdb.connect()
+    default = ref.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    ref.execute(f"SET memory_limit='{duckdb_memory_limit(threads)}'")
+    limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    assert limit == ref.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    assert limit != default

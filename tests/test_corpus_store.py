@@ -311,14 +311,20 @@ def test_corpus_queries_bound_duckdb_memory(tmp_path: Path, monkeypatch: pytest.
     bounds: list[str] = []
     import kailin.corpus.merge as merge
 
-    real = merge.bound_duckdb_memory
-    monkeypatch.setattr(merge, "bound_duckdb_memory",
-                        lambda con, d=None: bounds.append(real(con, d)) or bounds[-1])
+    real = merge.connect_duckdb
+
+    def spy(temp_dir=None):
+        con = real(temp_dir)
+        bounds.append(limit(con))
+        assert temp_dir is not None  # the merge spills beside the corpus, not in /tmp
+        return con
+
+    monkeypatch.setattr(merge, "connect_duckdb", spy)
     monkeypatch.delenv("KAILIN_DUCKDB_MEMORY", raising=False)
     _ingest([BASE], tmp_path / "c")
     con = connect(tmp_path / "c")
     threads = int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
-    assert bounds == [duckdb_memory_limit(threads)]
+    assert bounds == [ref(duckdb_memory_limit(threads))]
     assert limit(con) == ref(duckdb_memory_limit(threads)) != limit(duckdb.connect())
     rows = con.sql("SELECT pmid FROM corpus ORDER BY pmid").fetchall()
     assert [r[0] for r in rows] == sorted(r[0] for r in rows) and len(rows) > 0

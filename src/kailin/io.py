@@ -99,19 +99,32 @@ def write_batches_atomic(batches: Iterable[pa.RecordBatch], schema: pa.Schema,
 
 def register_parquet(con: Any, name: str, path: str | os.PathLike[str]) -> list[str]:
     """Register the Parquet file/folder ``path`` as the view ``name`` of a DuckDB connection,
-    scanned batch by batch (a pyarrow dataset over the unified schema of its files): SQL over
-    it holds what the query keeps, not the files. Returns the column names.
-
-    Not DuckDB's own ``read_parquet``: with it, ``isnan(score)`` inside an aggregate's FILTER
-    was false for NaN scores (duckdb 2.0.1), which would let NaN-scored questions into pairs."""
-    import pyarrow.dataset as pads
-
+    read by DuckDB itself (:func:`parquet_scan`: its files' columns united by name, NaN-safe):
+    SQL over it holds what the query keeps, within the connection's memory bound, not the
+    files. Returns the column names."""
     files = parquet_files(path)
     if not files:
         raise FileNotFoundError(f"{path}: holds no Parquet files")
-    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="default")
-    con.register(name, pads.dataset([str(f) for f in files], schema=schema, format="parquet"))
-    return list(schema.names)
+    con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS SELECT * FROM {parquet_scan(files)}')
+    return [r[0] for r in con.execute(f'DESCRIBE "{name}"').fetchall()]
+
+
+def parquet_scan(files: Iterable[str | os.PathLike[str]]) -> str:
+    """The SQL of a DuckDB scan of Parquet ``files``, for every query kailin runs over Parquet.
+
+    ``can_have_nan``: pyarrow writes the min/max of a float column without its NaNs (as the
+    Parquet format says), and DuckDB (2.0.1) otherwise takes those bounds to mean "no NaN" and
+    folds ``isnan(score)`` to false, in a WHERE clause (row groups pruned) and in an aggregate's
+    FILTER alike: NaN scores would pass as numbers (duckdb/duckdb#25521). With it, every
+    question of a pyarrow-written scores file is judged by its value. ``union_by_name``: files
+    written at different times may differ in their columns."""
+    lst = ", ".join(sql_string(Path(f).as_posix()) for f in files)
+    return f"read_parquet([{lst}], union_by_name=true, can_have_nan=true)"
+
+
+def sql_string(text: str) -> str:
+    """``text`` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def parquet_files(path: str | os.PathLike[str]) -> list[Path]:
@@ -211,6 +224,18 @@ def duckdb_memory_limit(threads: int) -> str:
     if env:
         return env
     return f"{max(2**30, DUCKDB_MEMORY_PER_THREAD * max(1, threads)) // 2**20}MB"
+
+
+def connect_duckdb(temp_dir: str | os.PathLike[str] | None = None) -> Any:
+    """A DuckDB connection for kailin's queries over Parquet: in memory, its memory bounded by
+    :func:`bound_duckdb_memory` (spilling to ``temp_dir``). Every DuckDB connection kailin
+    opens comes from here, so no query over a corpus or a scores folder of any size runs under
+    DuckDB's default limit of 80% of the machine's memory."""
+    import duckdb
+
+    con = duckdb.connect()
+    bound_duckdb_memory(con, temp_dir)
+    return con
 
 
 def bound_duckdb_memory(con: Any, temp_dir: str | os.PathLike[str] | None = None) -> str:

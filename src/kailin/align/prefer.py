@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -59,12 +60,12 @@ from pydantic import Field, field_validator, model_validator
 from kailin.config import StageConfig
 from kailin.errors import InputError
 from kailin.io import (
-    bound_duckdb_memory,
-    duckdb_table,
+    connect_duckdb,
+    duckdb_reader,
     read_parquet,
     register_parquet,
+    write_batches_atomic,
     write_json_atomic,
-    write_parquet_atomic,
 )
 
 if TYPE_CHECKING:
@@ -128,6 +129,29 @@ class PreferConfig(StageConfig):
         return v
 
 
+#: the kept pairs of the table ``judged`` that :func:`_judge` leaves, each with the prompt of
+#: its chosen question, in PMID order (a PMID's rows, more than one only where the same
+#: generator gave the same question twice, ordered by prompt: :func:`_first_per_pmid` keeps one)
+KEPT_PAIRS = """
+    SELECT t.prompt, j.chosen, j.rejected, j.pmid, j.chosen_score, j.rejected_score,
+           j.chosen_generator, j.rejected_generator, j.n_questions
+    FROM judged j JOIN t ON t.pmid IS NOT DISTINCT FROM j.pmid AND t.question = j.chosen
+                        AND t.generator IS NOT DISTINCT FROM j.chosen_generator
+    WHERE j.verdict = 'kept' ORDER BY j.pmid, t.prompt"""
+
+
+def _first_per_pmid(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The batches of :data:`KEPT_PAIRS` with one row per PMID (the first)."""
+    last: Any = None
+    for b in batches:
+        if not b.num_rows:
+            continue
+        pmids = b.column("pmid").to_pylist()
+        keep = [p != q for p, q in zip(pmids, [last, *pmids[:-1]], strict=True)]
+        last = pmids[-1]
+        yield b if all(keep) else b.filter(pa.array(keep))
+
+
 def build_preferences(
     scores: pa.Table | str | os.PathLike[str], settings: PreferConfig | None = None,
     source: str = "scores"
@@ -135,15 +159,43 @@ def build_preferences(
     """Apply the rules to a scores table (ranked by its ``score`` column, whatever
     ``settings.labeller``: :func:`prefer` relabels); return (pairs table, stats dict).
 
-    ``scores`` may be a Parquet file or folder: DuckDB then reads it itself, and memory holds one
-    row per PMID (the judged pairs), not every scored question."""
-    s = settings or PreferConfig()
-    import duckdb  # (imported here: the CLI loads this module for its settings)
-
-    con = duckdb.connect()
+    The pairs come back as one in-memory table; :func:`write_preferences` streams them to a
+    file instead (what :func:`prefer` does, for scores of any size)."""
     # it groups every scored question by PMID: bounded, DuckDB spills instead of holding them
-    # all (the scale rehearsal: 313 -> 1,071 MiB from 20k to 200k questions unbounded)
-    bound_duckdb_memory(con)
+    con = connect_duckdb()
+    try:
+        stats = _judge(con, scores, settings or PreferConfig(), source)
+        reader = duckdb_reader(con.sql(KEPT_PAIRS))
+        out = pa.Table.from_batches(list(_first_per_pmid(reader)), reader.schema)
+    finally:
+        con.close()
+    return out, stats
+
+
+def write_preferences(
+    scores: pa.Table | str | os.PathLike[str], target: str | os.PathLike[str],
+    settings: PreferConfig | None = None, source: str = "scores", batch_size: int = 8192
+) -> dict[str, Any]:
+    """:func:`build_preferences`, with the pairs written to the Parquet file ``target``
+    (atomically) a batch at a time: memory stays within DuckDB's bound whatever the number of
+    questions (the scale rehearsal: 2M questions peaked at 3.2 GiB when the pairs were first
+    gathered into one table). Returns the stats."""
+    # it groups every scored question by PMID: bounded, DuckDB spills instead of holding them
+    con = connect_duckdb()
+    try:
+        stats = _judge(con, scores, settings or PreferConfig(), source)
+        reader = duckdb_reader(con.sql(KEPT_PAIRS), batch_size)
+        write_batches_atomic(_first_per_pmid(reader), reader.schema, target)
+    finally:
+        con.close()
+    return stats
+
+
+def _judge(con: duckdb.DuckDBPyConnection, scores: pa.Table | str | os.PathLike[str],
+           s: PreferConfig, source: str) -> dict[str, Any]:
+    """Judge every PMID of ``scores`` into the table ``judged`` (one row per PMID with its
+    verdict); return the stats. A Parquet file or folder is read by DuckDB itself, which spills
+    past its bound, so memory does not hold every scored question."""
     if isinstance(scores, pa.Table):
         con.register("src", scores)
         columns = scores.column_names
@@ -163,20 +215,21 @@ def build_preferences(
     n_rows = int(con.execute("SELECT count(*) FROM t").fetchall()[0][0])
     tau = "NULL" if s.tau is None else repr(float(s.tau))
     lo, hi = ("NULL", "NULL") if s.band is None else (repr(float(s.band[0])), repr(float(s.band[1])))
+    # chosen = the first non-empty question by (score DESC, generator, question), rejected =
+    # the first by (score ASC, generator DESC, question DESC), in DuckDB's order (NaN above every
+    # number, NULL last): one pass of arg_min / arg_max over rank keys, holding one chosen and
+    # one rejected question per PMID. (Two window functions and two self-joins, carrying the
+    # prompt, peaked at 2.6 GiB on 2M questions against ~1 GiB; the prompt is fetched for the
+    # kept pairs only, by :data:`KEPT_PAIRS`.)
     sql = f"""
     WITH q AS (
-        SELECT pmid, generator, prompt, question, score,
+        SELECT pmid, generator, question, score,
                (question IS NOT NULL AND trim(question) <> '') AS nonempty,
-               (score IS NULL OR isnan(score)) AS isnanscore
+               (score IS NULL OR isnan(score)) AS isnanscore,
+               CASE WHEN score IS NULL THEN 2 WHEN isnan(score) THEN 0 ELSE 1 END AS hi_rank,
+               CASE WHEN score IS NULL THEN 0 WHEN isnan(score) THEN 1 ELSE 2 END AS lo_rank,
+               CASE WHEN score IS NULL OR isnan(score) THEN 0.0 ELSE -score END AS neg_score
         FROM t
-    ),
-    ne AS (
-        SELECT *,
-          row_number() OVER (PARTITION BY pmid ORDER BY score DESC, generator ASC, question ASC)
-            AS r_hi,
-          row_number() OVER (PARTITION BY pmid ORDER BY score ASC, generator DESC, question DESC)
-            AS r_lo
-        FROM q WHERE nonempty
     ),
     agg AS (
         SELECT pmid,
@@ -185,16 +238,21 @@ def build_preferences(
                coalesce(bool_and(NOT isnanscore AND score <= {tau})
                         FILTER (WHERE nonempty), false) AS all_le_tau,
                coalesce(bool_and(NOT isnanscore AND score > {lo} AND score < {hi})
-                        FILTER (WHERE nonempty), false) AS all_in_band
+                        FILTER (WHERE nonempty), false) AS all_in_band,
+               arg_min(struct_pack(question := question, score := score, generator := generator),
+                       struct_pack(a := hi_rank, s := neg_score, g := generator, q := question))
+                 FILTER (WHERE nonempty) AS c,
+               arg_max(struct_pack(question := question, score := score, generator := generator),
+                       struct_pack(a := lo_rank, s := neg_score, g := generator, q := question))
+                 FILTER (WHERE nonempty) AS r
         FROM q GROUP BY pmid
     ),
     pairs AS (
-        SELECT a.*, c.prompt AS prompt, c.question AS chosen, r.question AS rejected,
+        SELECT pmid, n_questions, any_nan, all_le_tau, all_in_band,
+               c.question AS chosen, r.question AS rejected,
                c.score AS chosen_score, r.score AS rejected_score,
                c.generator AS chosen_generator, r.generator AS rejected_generator
-        FROM agg a
-        LEFT JOIN ne c ON c.pmid = a.pmid AND c.r_hi = 1
-        LEFT JOIN ne r ON r.pmid = a.pmid AND r.r_lo = 1
+        FROM agg
     )
     SELECT *,
       CASE
@@ -228,14 +286,6 @@ def build_preferences(
             "SELECT verdict, count(*) FROM judged GROUP BY verdict").fetchall())
     validity = int(con.execute("SELECT count(*) FROM judged WHERE verdict = 'kept' AND "
                                "rejected_score IS NULL").fetchall()[0][0])
-    out = duckdb_table(con.sql(
-        """
-        SELECT prompt, chosen, rejected, pmid, chosen_score, rejected_score,
-               chosen_generator, rejected_generator, n_questions
-        FROM judged WHERE verdict = 'kept' ORDER BY pmid
-        """
-    ))
-    con.close()
     n_pmids = sum(counts.values())
     stats: dict[str, Any] = {
         "input_rows": n_rows,
@@ -253,7 +303,7 @@ def build_preferences(
             **({"validity_share": s.validity_share} if s.validity_share is not None else {}),
         },
     }
-    return out, stats
+    return stats
 
 
 #: per PMID, one output the extractor rejected through the model's fault (the view ``src``)
@@ -337,9 +387,8 @@ def prefer(
             from kailin.align.evaluator import relabel_scores
 
             scores = relabel_scores(scores, evaluator)
-    table, stats = build_preferences(scores, s, source=str(scores_path))
     out = Path(out_dir)
-    write_parquet_atomic(table, out / PREFERENCES_FILE)
+    stats = write_preferences(scores, out / PREFERENCES_FILE, s, source=str(scores_path))
     stats["settings"].update({k: v for k, v in s.model_dump(mode="json").items()
                               if k not in stats["settings"]})
     stats["output"] = str(out / PREFERENCES_FILE)

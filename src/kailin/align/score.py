@@ -272,9 +272,9 @@ class CorpusMeshLookup:
         pmids = [int(p) for p in pmids]
         want = sorted(set(pmids) - set(self._cache))
         if want:
-            import duckdb
+            from kailin.io import connect_duckdb
 
-            con = duckdb.connect()
+            con = connect_duckdb()
             con.register("want", pa.table({"pmid": pa.array(want, pa.int64())}))
             rows = con.execute(
                 "SELECT c.pmid, c.mesh_uis, c.mesh_major FROM read_parquet($files) c "

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from kailin.corpus import layout as _layout
 from kailin.corpus.schema import CORPUS_SCHEMA
-from kailin.io import bound_duckdb_memory, duckdb_reader, duckdb_table, write_json_atomic
+from kailin.io import connect_duckdb, duckdb_reader, duckdb_table, write_json_atomic
 
 log = logging.getLogger("kailin.corpus.store")
 
@@ -132,7 +132,6 @@ def _merge(
     generation, only the shards holding a (pmid, version) that this commit replaces, deletes or
     excludes are rewritten, and records with new keys go into new shards; then small shards are
     compacted (:class:`ShardPolicy`). Otherwise every live record is rewritten (full merge)."""
-    import duckdb
     import numpy as np
 
     policy = policy or ShardPolicy()
@@ -156,9 +155,8 @@ def _merge(
         name_rank[e["name"]] = max(name_rank.get(e["name"], -1), rank_of_entry[i])
     n_old = len(all_entries) - len(new_entries)
 
-    con = duckdb.connect()
     tmpdir = root / ".duckdb_tmp"
-    bound_duckdb_memory(con, tmpdir)  # the merge sorts every staged row: spill, don't grow
+    con = connect_duckdb(tmpdir)  # the merge sorts every staged row: spill, don't grow
     con.execute("SET preserve_insertion_order=false")
     ranks = pa.table({"name": list(name_rank), "rank": list(name_rank.values())})
     con.register("ranks_t", ranks)

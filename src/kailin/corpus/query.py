@@ -15,21 +15,18 @@ from kailin.corpus.reader import open_corpus
 from kailin.corpus.schema import CORPUS_SCHEMA
 from kailin.corpus.store import ROWS_PER_SHARD
 from kailin.errors import InputError
-from kailin.io import bound_duckdb_memory, duckdb_reader, duckdb_table, write_json_atomic
+from kailin.io import connect_duckdb, duckdb_reader, duckdb_table, parquet_scan, write_json_atomic
 
 
 def connect(corpus_dir: str | Path) -> Any:
     """A DuckDB connection with the view ``corpus`` over the live shards."""
-    import duckdb
 
     c = open_corpus(corpus_dir)
     files = c.files()
     if not files:
         raise InputError(f"{c.root}: the corpus is empty (no data/*.parquet)")
-    con = duckdb.connect()
-    bound_duckdb_memory(con)  # sorts and aggregates over the corpus spill instead of growing
-    lst = ", ".join(f"'{f.as_posix()}'" for f in files)
-    con.execute(f"CREATE VIEW corpus AS SELECT * FROM read_parquet([{lst}])")
+    con = connect_duckdb()  # sorts and aggregates over the corpus spill instead of growing
+    con.execute(f"CREATE VIEW corpus AS SELECT * FROM {parquet_scan(files)}")
     return con
 
 

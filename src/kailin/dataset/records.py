@@ -39,12 +39,12 @@ def _corpus_glob(corpus_dir: str | os.PathLike[str]) -> str:
 
 def fetch_documents(corpus_dir: str | os.PathLike[str], pmids: list[int]) -> dict[int, dict]:
     """``{pmid: {title, abstract, mesh_uis, mesh_names, year}}`` for the PMIDs found."""
-    import duckdb
+    from kailin.io import connect_duckdb
 
     want = sorted({int(p) for p in pmids if p is not None})
     if not want:
         return {}
-    con = duckdb.connect()
+    con = connect_duckdb()
     try:
         con.register("want", pa.table({"pmid": pa.array(want, pa.int64())}))
         rows = con.execute(

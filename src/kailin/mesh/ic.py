@@ -149,9 +149,7 @@ def read_frequency_table(path: str | Path, vocab) -> tuple[np.ndarray, dict]:
 def frequencies_from_corpus(corpus_dir: str | Path, vocab) -> tuple[np.ndarray, dict]:
     """Document frequencies of descriptors over a corpus of Parquet shards (``mesh_uis``): each
     descriptor counted once per record."""
-    import duckdb
-
-    from kailin.io import parquet_files
+    from kailin.io import connect_duckdb, parquet_files
 
     # a corpus folder (kailin.corpus.store) keeps its shards under data/; read here without the
     # corpus package, which sits above MeSH (it selects records by descriptor)
@@ -162,7 +160,7 @@ def frequencies_from_corpus(corpus_dir: str | Path, vocab) -> tuple[np.ndarray, 
     files = [str(f) for f in parquet_files(data)]
     if not files:
         raise InputError(f"{corpus_dir}: corpus has no shards")
-    con = duckdb.connect()
+    con = connect_duckdb()  # a group-by over every (record, descriptor): spill, don't grow
     rows = con.execute(
         "select ui, count(distinct pmid) from (select pmid, unnest(mesh_uis) as ui "
         "from read_parquet($files)) group by ui",

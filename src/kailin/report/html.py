@@ -202,11 +202,9 @@ def _answers(run: RunFolder) -> str:
 def _question_tally(path: Path) -> list[tuple[str, str | None, int, int, str | None]] | None:
     """(generator, reject_reason, questions, the generator's questions, an example raw text of
     a rejected one) from a questions folder, tallied by DuckDB (bounded memory)."""
-    import duckdb
+    from kailin.io import connect_duckdb, register_parquet
 
-    from kailin.io import register_parquet
-
-    con = duckdb.connect()
+    con = connect_duckdb()
     try:
         cols = register_parquet(con, "q", path)
     except FileNotFoundError:

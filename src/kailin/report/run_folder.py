@@ -120,7 +120,7 @@ class RunFolder:
             return out
         import duckdb
 
-        from kailin.io import duckdb_table, parquet_files
+        from kailin.io import connect_duckdb, duckdb_table, parquet_files
 
         sources: list[list[Path]] = []
         if self.corpus_dir is not None:
@@ -128,7 +128,7 @@ class RunFolder:
         for name in ("work.parquet", "heldout.parquet"):
             if (self.root / "corpus" / name).is_file():
                 sources.append([self.root / "corpus" / name])
-        con = duckdb.connect()
+        con = connect_duckdb()
         con.register("want", pa.table({"pmid": pa.array(want, pa.int64())}))
         for files in sources:
             missing = [p for p in want if p not in out]

@@ -174,11 +174,9 @@ def best_questions(scores: pa.Table | Path) -> pa.Table:
     """Per PMID, the best-scoring non-empty question (the one a preference pair would choose).
     Given a folder, DuckDB reads its Parquet parts itself: the driver holds the best rows only,
     never every scored question."""
-    import duckdb
+    from kailin.io import connect_duckdb, register_parquet
 
-    from kailin.io import register_parquet
-
-    con = duckdb.connect()
+    con = connect_duckdb()
     if isinstance(scores, pa.Table):
         con.register("s", scores)
     else:
