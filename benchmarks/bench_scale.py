@@ -268,7 +268,7 @@ def child_index(work: Path, size: int) -> dict:
 def child_workset(work: Path, size: int) -> dict:
     """The pipeline's workset stage (``kailin.pipeline.stages.workset_stage``, no limit): the
     abstracts with MeSH, by PMID, written from DuckDB's record batches."""
-    from kailin.corpus.query import connect
+    from kailin.corpus.query import connect, pmid_ordered
     from kailin.corpus.schema import CORPUS_SCHEMA
     from kailin.io import write_batches_atomic
 
@@ -276,10 +276,10 @@ def child_workset(work: Path, size: int) -> dict:
 
     def run() -> dict:
         con = connect(d / "corpus")
-        rel = con.sql("select * from corpus where coalesce(length(abstract), 0) > 0 and "
-                      "coalesce(len(mesh_uis), 0) > 0 order by pmid")
-        reader = getattr(rel, "to_arrow_reader", None) or rel.fetch_record_batch
-        n = write_batches_atomic(reader(8192), CORPUS_SCHEMA, d / "work.parquet")
+        n = pmid_ordered(
+            con, d / "corpus",
+            "coalesce(length(abstract), 0) > 0 and coalesce(len(mesh_uis), 0) > 0",
+            lambda b: write_batches_atomic(b, CORPUS_SCHEMA, d / "work.parquet"))
         con.close()
         return {"rows": n, "out": d / "work.parquet"}
 

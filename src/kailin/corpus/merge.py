@@ -51,7 +51,7 @@ def _read_tombstones(path: Path) -> pa.Table:
     return t.select(_layout.TOMB_SCHEMA.names).cast(_layout.TOMB_SCHEMA)
 
 
-def _pmid_range(f: Path) -> tuple[float, float]:
+def pmid_range(f: Path) -> tuple[float, float]:
     """(min, max) PMID of a shard from its Parquet footer ((-inf, inf) without statistics)."""
     md = pq.ParquetFile(f).metadata
     lo, hi = float("inf"), float("-inf")
@@ -244,7 +244,7 @@ def _merge(
         # shards whose PMID range holds a touched PMID (footer statistics), then their keys
         cands = []
         for f in live:
-            lo, hi = _pmid_range(f)
+            lo, hi = pmid_range(f)
             a = np.searchsorted(touched, lo, "left") if np.isfinite(lo) else 0
             b = np.searchsorted(touched, hi, "right") if np.isfinite(hi) else len(touched)
             if b > a:
@@ -407,7 +407,7 @@ def _applied_deletions(
     def holding(files: list[Path]) -> str:
         keep = []
         for f in files:
-            lo, hi = _pmid_range(f)
+            lo, hi = pmid_range(f)
             a = np.searchsorted(pmids, lo, "left") if np.isfinite(lo) else 0
             b = np.searchsorted(pmids, hi, "right") if np.isfinite(hi) else len(pmids)
             if b > a:

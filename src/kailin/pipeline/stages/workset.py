@@ -11,29 +11,31 @@ from kailin.pipeline.stages.common import CORPUS_DIR_READS, corpus_dir
 
 def run(ctx: RunContext) -> dict:
     """The working set: abstracts with MeSH, sorted by PMID; the first ``corpus.limit`` are
-    distilled, the next ``corpus.heldout`` are held out for the generator evaluation. DuckDB
-    sorts and cuts on disk and the rows are written batch by batch, so the driver holds one
-    batch at a time, whatever the corpus size (``corpus.limit`` unset: the whole corpus)."""
-    from kailin.corpus.query import connect
+    distilled, the next ``corpus.heldout`` are held out for the generator evaluation. The
+    shards are streamed in PMID order (sorted by DuckDB on disk only where they overlap:
+    :func:`kailin.corpus.query.pmid_ordered`) and the rows written batch by batch, so the
+    driver holds a few batches, whatever the corpus size (``corpus.limit`` unset: the whole
+    corpus)."""
+    from kailin.corpus.query import connect, pmid_ordered
     from kailin.corpus.schema import CORPUS_SCHEMA
     from kailin.io import write_batches_atomic
 
     c = ctx.cfg.corpus
-    con = connect(corpus_dir(ctx))
-    rows = ("select * from corpus where coalesce(length(abstract), 0) > 0 and "
-            "coalesce(len(mesh_uis), 0) > 0 order by pmid")
+    src = corpus_dir(ctx)
+    con = connect(src)
+    where = "coalesce(length(abstract), 0) > 0 and coalesce(len(mesh_uis), 0) > 0"
 
-    def write(sql: str | None, name: str) -> int:
-        if sql is None:
-            return write_batches_atomic(iter(()), CORPUS_SCHEMA, ctx.path("corpus", name))
-        rel = con.sql(sql)
-        reader = getattr(rel, "to_arrow_reader", None) or rel.fetch_record_batch  # duckdb < 1.4
-        batches = reader(8192)
-        return write_batches_atomic(batches, CORPUS_SCHEMA, ctx.path("corpus", name))
+    def writer(name: str) -> Any:
+        return lambda batches: write_batches_atomic(batches, CORPUS_SCHEMA,
+                                                    ctx.path("corpus", name))
 
-    n_work = write(rows + (f" limit {int(c.limit)}" if c.limit else ""), "work.parquet")
-    n_held = write(f"{rows} limit {int(c.heldout)} offset {int(c.limit)}"
-                   if c.limit and c.heldout else None, "heldout.parquet")
+    n_work = pmid_ordered(con, src, where, writer("work.parquet"), limit=c.limit)
+    if c.limit and c.heldout:
+        n_held = pmid_ordered(con, src, where, writer("heldout.parquet"), limit=c.heldout,
+                              offset=c.limit)
+    else:
+        n_held = writer("heldout.parquet")(iter(()))
+    con.close()
     return {"distil": n_work, "heldout": n_held}
 
 
