@@ -642,6 +642,13 @@ def _f(x: Any, fmt: str = ",.0f") -> str:
     return "" if x is None else format(x, fmt)
 
 
+def _when(r: dict) -> str:
+    """When a row was measured (month-day hour:minute): rows of one table may come from runs of
+    different code (a rerun remeasures only the stages it was asked to)."""
+    t = str(r.get("finished_at", ""))
+    return t[5:16] if len(t) >= 16 else ""
+
+
 def render_markdown(res: dict, planned: dict | None = None) -> str:
     """The measured rows of ``res`` as markdown tables; sizes and counts of ``res['settings']``
     not yet measured get a row marked *not yet measured*."""
@@ -663,7 +670,8 @@ def render_markdown(res: dict, planned: dict | None = None) -> str:
                   "seconds. Rows marked *not yet measured* are still running or to come.", ""]
     lines += ["Corpus-sized work (each stage in its own process; RSS in MiB):", "",
              "| corpus records | stage | rows out | wall s | CPU s | records/s | peak RSS | "
-             "workers' peak RSS | on disk (MiB) |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "workers' peak RSS | on disk (MiB) | measured (UTC) |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for size in sizes:
         cs = res.get("corpus", {}).get(str(size), {})
         for stage in CORPUS_STAGES:
@@ -671,15 +679,16 @@ def render_markdown(res: dict, planned: dict | None = None) -> str:
             recs = _records(res, size)
             if r is None or "error" in r:
                 note = "failed: " + r["error"] if r else "*not yet measured*"
-                lines.append(f"| {recs:,} | {stage} | {note} | | | | | | |")
+                lines.append(f"| {recs:,} | {stage} | {note} | | | | | | | |")
                 continue
             lines.append(
                 f"| {recs:,} | {stage} | {r['rows']:,} | {r['wall_s']:,.1f} | {r['cpu_s']:,.1f} | "
                 f"{_f(recs / r['wall_s'])} | {_f(r['rss_peak_mib'])} | "
-                f"{_f(r['workers_rss_peak_mib'])} | {r['bytes'] / 2**20:,.1f} |")
+                f"{_f(r['workers_rss_peak_mib'])} | {r['bytes'] / 2**20:,.1f} | {_when(r)} |")
     lines += ["", "Per-question work (score: BM25 retrieval + MeSH document score, k = 6):", "",
               "| corpus records | questions | stage | wall s | CPU s | questions/s | "
-              "CPU ms/question | peak RSS | setup s |", "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+              "CPU ms/question | peak RSS | setup s | measured (UTC) |",
+              "|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for size in sizes:
         for nq in [questions[0], *(questions[1:] if size == q_at else [])] if questions else []:
             qs = res.get("questions", {}).get(str(size), {}).get(str(nq), {})
@@ -688,12 +697,12 @@ def render_markdown(res: dict, planned: dict | None = None) -> str:
                 r = qs.get(stage)
                 if r is None or "error" in r:
                     note = "failed: " + r["error"] if r else "*not yet measured*"
-                    lines.append(f"| {recs:,} | {nq:,} | {stage} | {note} | | | | | |")
+                    lines.append(f"| {recs:,} | {nq:,} | {stage} | {note} | | | | | | |")
                     continue
                 lines.append(
                     f"| {recs:,} | {nq:,} | {stage} | {r['wall_s']:,.1f} | {r['cpu_s']:,.1f} | "
                     f"{_f(r['rows'] / r['wall_s'])} | {1000 * r['cpu_s'] / r['rows']:.2f} | "
-                    f"{_f(r['rss_peak_mib'])} | {_f(r.get('setup_s'), ',.1f')} |")
+                    f"{_f(r['rss_peak_mib'])} | {_f(r.get('setup_s'), ',.1f')} | {_when(r)} |")
     summ = summarize(res)
     lines += ["", "Fits (`CPU s ~ n^alpha`, log-log least squares; RSS ratio: largest / smallest "
               "n):", "", "| work | stage | n | alpha (CPU) | alpha (wall) | peak RSS ratio |",

@@ -76,6 +76,8 @@ def test_markdown_marks_what_is_not_measured_and_fits(bs, tmp_path):
     md = bs.render_markdown(res)
     assert "| 4,000 | index | *not yet measured* |" in md
     assert "| 1,000 | 100 | prefer | *not yet measured* |" in md
+    # each row says when it was measured (a rerun may remeasure only some stages)
+    assert "| 1,000 | ingest | 1,000 | 2.0 | 1.0 | 500 | 300 | 0 | 1.0 | 12-07 14:00 |" in md
     summ = bs.summarize(res)
     assert summ["corpus"]["ingest"]["alpha_cpu"] == pytest.approx(1.0)
     assert summ["questions_vs_corpus"]["score"]["alpha_cpu"] == pytest.approx(0.5)

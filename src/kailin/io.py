@@ -235,6 +235,13 @@ def connect_duckdb(temp_dir: str | os.PathLike[str] | None = None) -> Any:
 
     con = duckdb.connect()
     bound_duckdb_memory(con, temp_dir)
+    # Parquet prefetching reads whole column chunks ahead, for remote storage; over local
+    # shards it held them outside the bound, and more of them the more shards there were (the
+    # corpus stats' scan at 3M records: 383 -> 160 MiB of peak RSS without it, at the same CPU)
+    con.execute("SET disable_parquet_prefetching=true")
+    # every Parquet scan on this connection, parquet_scan's or not, judges NaN by its value
+    # (see parquet_scan)
+    con.execute("SET parquet_can_have_nan=true")
     return con
 
 

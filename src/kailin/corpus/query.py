@@ -88,9 +88,9 @@ def pmid_ordered(con: Any, corpus_dir: str | Path, where: str,
         con.execute(f"CREATE OR REPLACE TEMP VIEW corpus_by_pmid AS SELECT * FROM "
                     f"{parquet_scan(ordered)}")
         con.execute("SET preserve_insertion_order=true")  # (DuckDB's default: file order)
-        # one thread: a second one decodes a second row group (~60 MB of records) ahead and
-        # the order buffer holds it, for no CPU saved (rehearsal, 1M records: 574 -> 415 MiB
-        # of peak RSS, 4.9 -> 4.8 CPU s; 0.1M: 327 MiB)
+        # one thread: a second one decodes the next row group (~60 MB of records) ahead and the
+        # order buffer holds it, for no CPU saved (rehearsal, work set of 3M records: 489 ->
+        # 312 MiB of peak RSS, 13.4 -> 12.6 CPU s; 0.1M: 269 MiB)
         threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
         con.execute("SET threads=1")
         rel = con.sql(f"SELECT {columns} FROM corpus_by_pmid AS corpus WHERE {where}{cut}")
@@ -108,9 +108,6 @@ def stats(corpus_dir: str | Path) -> dict:
     """Record counts, MeSH coverage, year range, top journals, per-file ingestion counts."""
     c = open_corpus(corpus_dir)
     con = connect(corpus_dir)
-    # scans and small aggregates: one thread holds one row group of records at a time (two
-    # threads: 358 MiB of peak RSS at 1M records, one: 260 MiB, 0.1M: 179 MiB; 1.3 CPU s)
-    con.execute("SET threads=1")
     row = con.execute(
         "SELECT count(*), count(*) FILTER (WHERE abstract IS NOT NULL "
         "AND abstract <> ''), count(*) FILTER (WHERE len(mesh_uis) > 0), "
