@@ -327,3 +327,56 @@ def test_new_exclusions_remove_live_records_from_their_shards_only(base: Path) -
     assert (p[65], 1) not in _rows(base) and len(_rows(base)) == 176
     assert rep.commit["shards_rewritten"] == 1  # p[65] and p[66] share shard 3
     assert sum(v in before.values() for v in _files(base).values()) == 8
+
+
+def _sha_by_file(out: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((out / "data").glob("*.parquet"))}
+
+
+def test_full_merge_of_files_in_pmid_order_streams_to_the_same_shards(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first ingest of files that each hold a PMID range of their own, in order (MEDLINE's
+    baseline), merges without sorting: every record filtered and de-duplicated as the sorted
+    merge does (a record given twice in a file: the later wins; a deletion from a later file;
+    an excluded PMID), into the same shards (byte-identical here, where a shard is one row
+    group; bench_scale compares 1M records). Files out of order, or overlapping, are sorted as
+    before."""
+    import kailin.corpus.merge as merge
+
+    pmids = sorted(ARTS)
+    a, b = pmids[:60], pmids[60:120]
+    sorted_files = [
+        _update(tmp_path / "a.xml.gz", [ARTS[p] for p in a[:30]] + [_retitle(a[29], "LATER")]
+                + [ARTS[p] for p in a[30:]]),
+        _update(tmp_path / "b.xml.gz", [ARTS[p] for p in b]),
+        _update(tmp_path / "c.xml.gz", [], deletes=[(a[5], 1)]),
+    ]
+    backwards = [_update(tmp_path / "d.xml.gz", [ARTS[p] for p in reversed(a)])]
+    interleaved = [_update(tmp_path / "e.xml.gz", [ARTS[p] for p in pmids[0:120:2]]),
+                   _update(tmp_path / "f.xml.gz", [ARTS[p] for p in pmids[1:120:2]])]
+
+    def both(files: list[Path], name: str) -> tuple[dict, dict]:
+        outs = {}
+        for how in ("default", "sorted"):
+            out = tmp_path / f"{name}-{how}"
+            with monkeypatch.context() as m:
+                if how == "sorted":
+                    m.setattr(merge, "_staged_in_order", lambda files: None)
+                _ingest(files, out, exclude_pmids=[b[7]], **NO_COMPACT)
+            manifest = json.loads((out / "manifest.json").read_text())
+            rows = open_corpus(out).read(["pmid", "version", "title"]).to_pylist()
+            outs[how] = (manifest["last_commit"]["merge"], _sha_by_file(out), rows)
+        assert outs["default"][1] == outs["sorted"][1]  # the same shards, byte for byte
+        return outs["default"], outs["sorted"]
+
+    (how, shas, rows), _ = both(sorted_files, "ordered")
+    assert how == "streamed" and len(shas) == 6  # 118 records in shards of 20
+    by_pmid = {r["pmid"]: r for r in rows}
+    assert len(rows) == 118 and a[5] not in by_pmid and b[7] not in by_pmid
+    assert by_pmid[a[29]]["title"].startswith("LATER ")
+    assert [r["pmid"] for r in rows] == sorted(by_pmid)
+    assert both(backwards, "backwards")[0][0] == "sorted"  # found out of order, then sorted
+    assert both(interleaved, "interleaved")[0][0] == "sorted"  # overlapping ranges
