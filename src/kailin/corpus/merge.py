@@ -117,6 +117,9 @@ class _NotInOrder(Exception):
 #: rows per row group of a streamed merge's shards (DuckDB's batch size: the sorted merge
 #: writes row groups of up to this many rows, cut where DuckDB's batches end)
 MERGE_BATCH_ROWS = 65536
+#: rows per batch a streamed merge reads (smaller than a row group: 1M records, 1,016 -> 840 MiB
+#: of peak RSS with 16,384 rows instead of 65,536)
+MERGE_READ_ROWS = 16384
 
 
 def _staged_in_order(files: list[Path]) -> list[int] | None:
@@ -195,7 +198,7 @@ def _streamed_full_merge(con: Any, shards: _ShardWriter, staged: list[Path],
                 "WHERE NOT EXISTS (SELECT 1 FROM tomb t WHERE t.pmid = c.pmid "
                 f"AND t.version = c.version AND t.rank >= {int(ranks[k])}) "
                 "AND c.pmid NOT IN (SELECT pmid FROM excl)")
-            reader = duckdb_reader(rel, MERGE_BATCH_ROWS)
+            reader = duckdb_reader(rel, MERGE_READ_ROWS)
             try:  # (DuckDB runs no other query on the connection while a result is open)
                 for b in reader:
                     yield pa.Table.from_batches([b])
