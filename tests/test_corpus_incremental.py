@@ -380,3 +380,30 @@ def test_full_merge_of_files_in_pmid_order_streams_to_the_same_shards(
     assert [r["pmid"] for r in rows] == sorted(by_pmid)
     assert both(backwards, "backwards")[0][0] == "sorted"  # found out of order, then sorted
     assert both(interleaved, "interleaved")[0][0] == "sorted"  # overlapping ranges
+
+
+def test_last_record_per_key_across_batch_boundaries() -> None:
+    """The streamed merge's de-duplication sees a key's records split over two batches, and
+    its re-chunking cuts row groups of a fixed size whatever the batches."""
+    import pyarrow as pa
+
+    from kailin.corpus.merge import _last_per_key, _NotInOrder, _rechunk
+
+    def t(rows):
+        return pa.table({"pmid": [r[0] for r in rows], "version": [r[1] for r in rows],
+                         "_seq": [r[2] for r in rows], "title": [r[3] for r in rows]})
+
+    batches = [t([(1, 1, 0, "a"), (2, 1, 1, "b")]), t([(2, 1, 2, "b later"), (2, 2, 3, "v2")]),
+               t([]), t([(2, 2, 4, "v2 later")]), t([(3, 1, 5, "c")])]
+    out = pa.concat_tables(list(_last_per_key(batches)))
+    assert out.select(["pmid", "version", "title"]).to_pylist() == [
+        {"pmid": 1, "version": 1, "title": "a"}, {"pmid": 2, "version": 1, "title": "b later"},
+        {"pmid": 2, "version": 2, "title": "v2 later"}, {"pmid": 3, "version": 1, "title": "c"}]
+    for bad in ([t([(2, 1, 0, "x"), (1, 1, 1, "y")])],            # PMID goes back
+                [t([(1, 1, 0, "x")]), t([(1, 1, 0, "y")])],       # a repeated key, _seq not after
+                [t([(1, 2, 0, "x")]), t([(1, 1, 1, "y")])]):      # Version goes back
+        with pytest.raises(_NotInOrder):
+            list(_last_per_key(bad))
+    chunks = list(_rechunk([out.slice(0, 1), out.slice(1, 2), out.slice(3)], 3))
+    assert [c.num_rows for c in chunks] == [3, 1]
+    assert pa.Table.from_batches(chunks).equals(out)
