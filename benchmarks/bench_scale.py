@@ -125,16 +125,42 @@ def fit_alpha(ns: list[float], ts: list[float]) -> float | None:
 
 
 # ------------------------------------------------------------------ stage bodies (children)
+class _AnonPeak:
+    """The peak of ``RssAnon`` (memory not backed by a file), sampled every 0.1 s in a thread.
+    ``VmHWM`` also counts the pages of memory-mapped files that were read (the score stage maps
+    its BM25 index), which the kernel can drop and read again: that part grows with the index,
+    not with what the process holds."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = _status_mib("RssAnon")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self.peak = max(self.peak, _status_mib("RssAnon"))
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, _status_mib("RssAnon"))
+
+
 def _timed(fn: Any) -> dict:
     """Run ``fn()`` (returns a dict with ``rows`` and ``out``); wall, CPU and memory of it."""
     rss_before = _status_mib("VmRSS")
     c_cpu0, _ = _children_usage()
+    anon = _AnonPeak()
     t0, p0 = time.perf_counter(), time.process_time()
     res = fn()
     wall, cpu = time.perf_counter() - t0, time.process_time() - p0
     c_cpu, c_rss = _children_usage()
     res.update(wall_s=wall, cpu_s=cpu + (c_cpu - c_cpu0), rss_before_mib=rss_before,
-               rss_peak_mib=_status_mib("VmHWM"), workers_rss_peak_mib=c_rss)
+               rss_peak_mib=_status_mib("VmHWM"), workers_rss_peak_mib=c_rss,
+               rss_anon_peak_mib=anon.stop())
     res["bytes"] = du(Path(res.pop("out")))
     return res
 
@@ -687,8 +713,8 @@ def render_markdown(res: dict, planned: dict | None = None) -> str:
                 f"{_f(r['workers_rss_peak_mib'])} | {r['bytes'] / 2**20:,.1f} | {_when(r)} |")
     lines += ["", "Per-question work (score: BM25 retrieval + MeSH document score, k = 6):", "",
               "| corpus records | questions | stage | wall s | CPU s | questions/s | "
-              "CPU ms/question | peak RSS | setup s | measured (UTC) |",
-              "|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+              "CPU ms/question | peak RSS | of it not file-backed | setup s | measured (UTC) |",
+              "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for size in sizes:
         for nq in [questions[0], *(questions[1:] if size == q_at else [])] if questions else []:
             qs = res.get("questions", {}).get(str(size), {}).get(str(nq), {})
@@ -697,12 +723,13 @@ def render_markdown(res: dict, planned: dict | None = None) -> str:
                 r = qs.get(stage)
                 if r is None or "error" in r:
                     note = "failed: " + r["error"] if r else "*not yet measured*"
-                    lines.append(f"| {recs:,} | {nq:,} | {stage} | {note} | | | | | | |")
+                    lines.append(f"| {recs:,} | {nq:,} | {stage} | {note} | | | | | | | |")
                     continue
                 lines.append(
                     f"| {recs:,} | {nq:,} | {stage} | {r['wall_s']:,.1f} | {r['cpu_s']:,.1f} | "
                     f"{_f(r['rows'] / r['wall_s'])} | {1000 * r['cpu_s'] / r['rows']:.2f} | "
-                    f"{_f(r['rss_peak_mib'])} | {_f(r.get('setup_s'), ',.1f')} | {_when(r)} |")
+                    f"{_f(r['rss_peak_mib'])} | {_f(r.get('rss_anon_peak_mib'))} | "
+                    f"{_f(r.get('setup_s'), ',.1f')} | {_when(r)} |")
     summ = summarize(res)
     lines += ["", "Fits (`CPU s ~ n^alpha`, log-log least squares; RSS ratio: largest / smallest "
               "n):", "", "| work | stage | n | alpha (CPU) | alpha (wall) | peak RSS ratio |",

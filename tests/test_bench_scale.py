@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -123,3 +124,31 @@ def test_every_stage_runs_on_a_small_corpus(bs, tmp_path, monkeypatch):
     assert pr["pmids"] == nq // 2 and 0 <= pr["pairs"] <= pr["pmids"]
     ex = bs.child_export(work, size, nq)
     assert 0 < ex["records"] <= nq // 2
+
+
+def test_timed_reports_the_peak_of_memory_not_backed_by_a_file(bs, tmp_path):
+    """The score stage maps its BM25 index: VmHWM counts the mapped pages read, RssAnon does
+    not. An allocation shows in both; reading a mapped file only in VmHWM."""
+    import mmap
+
+    import numpy as np
+
+    big = tmp_path / "mapped.bin"
+    big.write_bytes(np.ones(64 * 2**20, np.uint8).tobytes())
+
+    def allocate():
+        x = np.ones(96 * 2**20, np.uint8)  # 96 MiB of anonymous memory, held for 0.3 s
+        time.sleep(0.3)
+        return {"rows": int(x[:1].sum()), "out": tmp_path}
+
+    def read_mapped():
+        with open(big, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            total = sum(m[i] for i in range(0, len(m), 4096))
+        time.sleep(0.3)
+        return {"rows": total, "out": tmp_path}
+
+    before = bs._status_mib("RssAnon")
+    m = bs._timed(read_mapped)  # 64 MiB of a file read through a mapping: not anonymous
+    assert m["rss_anon_peak_mib"] < before + 32
+    a = bs._timed(allocate)
+    assert a["rss_anon_peak_mib"] > before + 80
