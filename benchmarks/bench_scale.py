@@ -447,27 +447,18 @@ def child_prefer(work: Path, size: int, nq: int) -> dict:
 
 
 def child_export(work: Path, size: int, nq: int) -> dict:
-    """Per PMID the best-scoring question (the pipeline's ``_best_questions``: DuckDB over the
+    """Per PMID the best-scoring question (the pipeline's ``best_questions``: DuckDB over the
     score parts), then ``export_dataset`` with the default settings."""
-    import duckdb
-
     from kailin.dataset.export import export_dataset
-    from kailin.io import duckdb_table, register_parquet
     from kailin.mesh import load_mesh
+    from kailin.pipeline.stages.common import best_questions
 
     d = work / f"n{size}"
     q = d / f"q{nq}"
     mesh = load_mesh(None)
 
     def run() -> dict:
-        con = duckdb.connect()
-        register_parquet(con, "s", q / "scores")
-        best = duckdb_table(con.sql(
-            "select * exclude (rk) from (select *, row_number() over (partition by pmid order by "
-            "score desc nulls last, generator) as rk from s where question is not null and "
-            "trim(question) <> '' and score is not null and not isnan(score)) where rk = 1 "
-            "order by pmid"))
-        con.close()
+        best = best_questions(q / "scores")
         res = export_dataset(best, q / "export", corpus_dir=d / "corpus", mesh=mesh, plots=False)
         return {"rows": nq, "records": res.get("records"), "out": q / "export"}
 

@@ -177,15 +177,18 @@ def best_questions(scores: pa.Table | Path) -> pa.Table:
     from kailin.io import connect_duckdb, register_parquet
 
     con = connect_duckdb()
-    if isinstance(scores, pa.Table):
-        con.register("s", scores)
-    else:
-        register_parquet(con, "s", scores)
-    return duckdb_table(con.sql(
-        "select * exclude (rk) from (select *, row_number() over (partition by pmid order by "
-        "score desc nulls last, generator) as rk from s where question is not null and "
-        "trim(question) <> '' and score is not null and not isnan(score)) where rk = 1 "
-        "order by pmid"))
+    try:
+        if isinstance(scores, pa.Table):
+            con.register("s", scores)
+        else:
+            register_parquet(con, "s", scores)
+        return duckdb_table(con.sql(
+            "select * exclude (rk) from (select *, row_number() over (partition by pmid order "
+            "by score desc nulls last, generator) as rk from s where question is not null and "
+            "trim(question) <> '' and score is not null and not isnan(score)) where rk = 1 "
+            "order by pmid"))
+    finally:
+        con.close()
 
 
 def export_scores(ctx: RunContext) -> Path:
