@@ -297,15 +297,14 @@ def child_workset(work: Path, size: int) -> dict:
     from kailin.corpus.query import connect, pmid_ordered
     from kailin.corpus.schema import CORPUS_SCHEMA
     from kailin.io import write_batches_atomic
+    from kailin.pipeline.stages.workset import WORKSET_WHERE
 
     d = work / f"n{size}"
 
     def run() -> dict:
         con = connect(d / "corpus")
-        n = pmid_ordered(
-            con, d / "corpus",
-            "coalesce(length(abstract), 0) > 0 and coalesce(len(mesh_uis), 0) > 0",
-            lambda b: write_batches_atomic(b, CORPUS_SCHEMA, d / "work.parquet"))
+        n = pmid_ordered(con, d / "corpus", WORKSET_WHERE,
+                         lambda b: write_batches_atomic(b, CORPUS_SCHEMA, d / "work.parquet"))
         con.close()
         return {"rows": n, "out": d / "work.parquet"}
 

@@ -364,7 +364,7 @@ def test_full_merge_of_files_in_pmid_order_streams_to_the_same_shards(
             out = tmp_path / f"{name}-{how}"
             with monkeypatch.context() as m:
                 if how == "sorted":
-                    m.setattr(merge, "_staged_in_order", lambda files: None)
+                    m.setattr(merge, "files_in_pmid_order", lambda files: None)
                 _ingest(files, out, exclude_pmids=[b[7]], **NO_COMPACT)
             manifest = json.loads((out / "manifest.json").read_text())
             rows = open_corpus(out).read(["pmid", "version", "title"]).to_pylist()

@@ -14,10 +14,11 @@ import kailin.corpus.store as store
 from kailin.corpus import CORPUS_SCHEMA, open_corpus
 from kailin.corpus.query import connect, pmid_ordered, stats
 from kailin.io import duckdb_table, write_batches_atomic
+from kailin.pipeline.stages.workset import WORKSET_WHERE
 
 ROOT = Path(__file__).resolve().parents[1]
 PQA = ROOT / "src" / "kailin" / "data" / "pubmedqa" / "ori_pqal.json"
-WHERE = "coalesce(length(abstract), 0) > 0 and coalesce(len(mesh_uis), 0) > 0"
+WHERE = WORKSET_WHERE
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ class Spy:
     """Runs pmid_ordered, noting whether DuckDB was asked to sort and how often the rows were
     consumed; the rows are written as a file (atomically, as the workset stage does)."""
 
-    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, root: Path) -> None:
         self.root, self.sorted, self.tries = root, False, 0
         self.con = connect(root)
         real = self.con.sql
@@ -73,11 +74,11 @@ class Spy:
         return got
 
 
-def test_disjoint_sorted_shards_stream_without_a_sort(records, tmp_path, monkeypatch) -> None:
+def test_disjoint_sorted_shards_stream_without_a_sort(records, tmp_path) -> None:
     # three shards of consecutive PMID ranges, listed out of order by name
     root = corpus_of(tmp_path / "c", [records.slice(300), records.slice(0, 150),
                                       records.slice(150, 150)])
-    spy = Spy(root, monkeypatch)
+    spy = Spy(root)
     assert spy() == sorted_rows(root) and not spy.sorted and spy.tries == 1
     want = sorted_rows(root)
     assert len(want) > 300
@@ -87,20 +88,20 @@ def test_disjoint_sorted_shards_stream_without_a_sort(records, tmp_path, monkeyp
     assert not spy.sorted
 
 
-def test_overlapping_shards_are_sorted_by_duckdb(records, tmp_path, monkeypatch) -> None:
+def test_overlapping_shards_are_sorted_by_duckdb(records, tmp_path) -> None:
     odd = pc.equal(pc.bit_wise_and(records["pmid"], 1), 1)
     root = corpus_of(tmp_path / "c", [records.filter(odd), records.filter(pc.invert(odd))])
-    spy = Spy(root, monkeypatch)
+    spy = Spy(root)
     assert spy() == sorted_rows(root) and spy.sorted and spy.tries == 1
     assert spy(limit=20, offset=7) == sorted_rows(root, 20, 7)
 
 
-def test_a_shard_unsorted_inside_falls_back_to_the_sort(records, tmp_path, monkeypatch) -> None:
+def test_a_shard_unsorted_inside_falls_back_to_the_sort(records, tmp_path) -> None:
     """The footers say the ranges are disjoint, but one shard's rows run backwards: the streamed
     try stops at the first PMID out of order, its file is not kept, and DuckDB sorts."""
     backwards = records.slice(250).take(pa.array(range(249, -1, -1)))
     root = corpus_of(tmp_path / "c", [records.slice(0, 250), backwards])
-    spy = Spy(root, monkeypatch)
+    spy = Spy(root)
     got = spy()
     assert got == sorted_rows(root) and spy.sorted and spy.tries == 2
     assert [p.name for p in root.iterdir() if p.name.startswith(".out")] == []

@@ -245,6 +245,26 @@ def connect_duckdb(temp_dir: str | os.PathLike[str] | None = None) -> Any:
     return con
 
 
+@contextlib.contextmanager
+def duckdb_in_file_order(con: Any) -> Iterator[Any]:
+    """Within the block, ``con``'s scans return rows in the order of their files and of the
+    rows in them (``preserve_insertion_order``, one thread); the settings are restored after.
+    One thread also decodes one row group at a time: a second one read the next ~60 MB row
+    group of records ahead and the order buffer held it, for no CPU saved (the work set of
+    3M records: 489 -> 312 MiB of peak RSS, 13.4 -> 12.6 CPU s)."""
+    def setting(name: str) -> Any:
+        return con.execute(f"SELECT current_setting('{name}')").fetchall()[0][0]
+
+    threads, order = setting("threads"), setting("preserve_insertion_order")
+    con.execute("SET preserve_insertion_order=true")
+    con.execute("SET threads=1")
+    try:
+        yield con
+    finally:
+        con.execute(f"SET threads={int(threads)}")
+        con.execute(f"SET preserve_insertion_order={'true' if order else 'false'}")
+
+
 def bound_duckdb_memory(con: Any, temp_dir: str | os.PathLike[str] | None = None) -> str:
     """Bound the memory of a DuckDB connection that sorts or aggregates a whole corpus, so that
     DuckDB spills to ``temp_dir`` (default: a folder per process under the system's temporary

@@ -50,9 +50,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
@@ -78,6 +78,7 @@ FILTERS = ("too_few_questions", "tau", "band", "nan_score", "tie", "margin", "sa
 NOT_THE_MODELS_FAULT = ("no_abstract",)
 PREFERENCES_FILE = Path("data") / "train.parquet"
 STATS_FILE = "prefer_stats.json"
+T = TypeVar("T")
 
 
 class PreferConfig(StageConfig):
@@ -161,15 +162,10 @@ def build_preferences(
 
     The pairs come back as one in-memory table; :func:`write_preferences` streams them to a
     file instead (what :func:`prefer` does, for scores of any size)."""
-    # it groups every scored question by PMID: bounded, DuckDB spills instead of holding them
-    con = connect_duckdb()
-    try:
-        stats = _judge(con, scores, settings or PreferConfig(), source)
-        reader = duckdb_reader(con.sql(KEPT_PAIRS))
-        out = pa.Table.from_batches(list(_first_per_pmid(reader)), reader.schema)
-    finally:
-        con.close()
-    return out, stats
+    def gather(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
+        return pa.Table.from_batches(list(batches), schema)
+
+    return _pairs(scores, settings, source, gather, 65536)
 
 
 def write_preferences(
@@ -180,15 +176,25 @@ def write_preferences(
     (atomically) a batch at a time: memory stays within DuckDB's bound whatever the number of
     questions (the scale rehearsal: 2M questions peaked at 3.2 GiB when the pairs were first
     gathered into one table). Returns the stats."""
-    # it groups every scored question by PMID: bounded, DuckDB spills instead of holding them
+    def write(batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> int:
+        return write_batches_atomic(batches, schema, target)
+
+    return _pairs(scores, settings, source, write, batch_size)[1]
+
+
+def _pairs(scores: pa.Table | str | os.PathLike[str], settings: PreferConfig | None,
+           source: str, consume: Callable[[Iterator[pa.RecordBatch], pa.Schema], T],
+           batch_size: int) -> tuple[T, dict[str, Any]]:
+    """Judge ``scores`` on a bounded DuckDB connection (it groups every scored question by
+    PMID: DuckDB spills instead of holding them all), then ``consume`` the kept pairs, one row
+    per PMID, batch by batch; returns (what ``consume`` returns, the stats)."""
     con = connect_duckdb()
     try:
         stats = _judge(con, scores, settings or PreferConfig(), source)
         reader = duckdb_reader(con.sql(KEPT_PAIRS), batch_size)
-        write_batches_atomic(_first_per_pmid(reader), reader.schema, target)
+        return consume(_first_per_pmid(reader), reader.schema), stats
     finally:
         con.close()
-    return stats
 
 
 def _judge(con: duckdb.DuckDBPyConnection, scores: pa.Table | str | os.PathLike[str],

@@ -17,7 +17,14 @@ import pyarrow.parquet as pq
 
 from kailin.corpus import layout as _layout
 from kailin.corpus.schema import CORPUS_SCHEMA
-from kailin.io import connect_duckdb, duckdb_reader, duckdb_table, write_json_atomic
+from kailin.io import (
+    connect_duckdb,
+    duckdb_in_file_order,
+    duckdb_reader,
+    duckdb_table,
+    parquet_scan,
+    write_json_atomic,
+)
 
 log = logging.getLogger("kailin.corpus.store")
 
@@ -122,9 +129,11 @@ MERGE_BATCH_ROWS = 65536
 MERGE_READ_ROWS = 16384
 
 
-def _staged_in_order(files: list[Path]) -> list[int] | None:
-    """The indexes of the staged ``files`` in PMID order when their footers give them disjoint
-    PMID ranges (one baseline file each: MEDLINE numbers its files in PMID order), else None."""
+def files_in_pmid_order(files: list[Path]) -> list[int] | None:
+    """The indexes of the Parquet ``files`` in PMID order when their footers give them disjoint
+    PMID ranges, else None: staged baseline files (MEDLINE numbers them in PMID order), and the
+    shards kailin's merge writes (one sorted run cut into shards, updates in shards of their
+    own)."""
     import itertools
 
     ranged = sorted((pmid_range(f), k) for k, f in enumerate(files))
@@ -178,24 +187,23 @@ def _rechunk(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.RecordBatch]:
 
 
 def _streamed_full_merge(con: Any, shards: _ShardWriter, staged: list[Path],
-                         ranks: list[int], order: list[int]) -> None:
+                         ranks: list[int]) -> bool:
     """The full merge of staged files with disjoint PMID ranges and no live shards, without
     sorting: each file in PMID order, its deleted and excluded records filtered as in the
     sorted merge, the last record per (pmid, version) kept: the same records in the same
     shards (row groups may be cut elsewhere). Memory: a few batches, whatever the corpus (the
     rehearsal's ingest of 1M records: 1,814 -> 806 MiB of peak RSS, 3M: 809 MiB; the sorted
-    merge fills DuckDB's 1 GiB budget). Raises :class:`_NotInOrder` when a file is not
-    sorted."""
+    merge fills DuckDB's 1 GiB budget). False, with nothing written, when the files' ranges
+    overlap or a file turns out not to be sorted: the caller then sorts."""
+    order = files_in_pmid_order(staged)
+    if order is None:
+        return False
     cols = ", ".join(f'"{c}"' for c in CORPUS_SCHEMA.names)
-    threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
-    con.execute("SET preserve_insertion_order=true")
-    con.execute("SET threads=1")  # one thread keeps each file's order, and one row group read
 
     def tables() -> Iterator[pa.Table]:
         for k in order:
-            q = staged[k].as_posix().replace("'", "''")
             rel = con.sql(
-                f"SELECT {cols}, _seq FROM read_parquet('{q}') c "
+                f"SELECT {cols}, _seq FROM {parquet_scan([staged[k]])} c "
                 "WHERE NOT EXISTS (SELECT 1 FROM tomb t WHERE t.pmid = c.pmid "
                 f"AND t.version = c.version AND t.rank >= {int(ranks[k])}) "
                 "AND c.pmid NOT IN (SELECT pmid FROM excl)")
@@ -206,14 +214,18 @@ def _streamed_full_merge(con: Any, shards: _ShardWriter, staged: list[Path],
             finally:
                 reader.close()
 
-    source = tables()
-    try:
-        out = (t.drop_columns(["_seq"]) for t in _last_per_key(source))
-        shards.write_batches(_rechunk(out, MERGE_BATCH_ROWS))
-    finally:
-        source.close()
-        con.execute("SET preserve_insertion_order=false")
-        con.execute(f"SET threads={int(threads)}")
+    with duckdb_in_file_order(con):
+        source = tables()
+        try:
+            out = (t.drop_columns(["_seq"]) for t in _last_per_key(source))
+            shards.write_batches(_rechunk(out, MERGE_BATCH_ROWS))
+        except _NotInOrder:
+            log.info("a staged file is not in PMID order: the merge sorts the records")
+            shards.discard()
+            return False
+        finally:
+            source.close()
+    return True
 
 
 def _count(con: Any, where: str) -> int:
@@ -314,21 +326,10 @@ def _merge(
     stats: dict[str, Any] = {"mode": "incremental" if incremental and live else "full"}
     kept: list[Path] = []
     copied = 0
-    staged = [staging / (e["sha256"] + ".parquet") for e in new_entries]
-    in_order = _staged_in_order(staged) if stats["mode"] == "full" and not live else None
-    streamed = False
-    if in_order is not None:
-        try:
-            _streamed_full_merge(con, shards, staged,
-                                 [rank_of_entry[n_old + k] for k in range(len(new_entries))],
-                                 in_order)
-            stats.update(shards_rewritten=0, shards_kept=0, merge="streamed")
-            streamed = True
-        except _NotInOrder:
-            log.info("a staged file is not in PMID order: the merge sorts the records")
-            shards.discard()
-    if streamed:
-        pass
+    if stats["mode"] == "full" and not live and _streamed_full_merge(
+            con, shards, [staging / (e["sha256"] + ".parquet") for e in new_entries],
+            [rank_of_entry[n_old + k] for k in range(len(new_entries))]):
+        stats.update(shards_rewritten=0, shards_kept=0, merge="streamed")
     elif stats["mode"] == "full":
         stats["merge"] = "sorted"
         parts = []

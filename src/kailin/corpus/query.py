@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import re
@@ -14,11 +13,19 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kailin.corpus.merge import files_in_pmid_order
 from kailin.corpus.reader import open_corpus
 from kailin.corpus.schema import CORPUS_SCHEMA
 from kailin.corpus.store import ROWS_PER_SHARD
 from kailin.errors import InputError
-from kailin.io import connect_duckdb, duckdb_reader, duckdb_table, parquet_scan, write_json_atomic
+from kailin.io import (
+    connect_duckdb,
+    duckdb_in_file_order,
+    duckdb_reader,
+    duckdb_table,
+    parquet_scan,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -26,7 +33,6 @@ T = TypeVar("T")
 
 def connect(corpus_dir: str | Path) -> Any:
     """A DuckDB connection with the view ``corpus`` over the live shards."""
-
     c = open_corpus(corpus_dir)
     files = c.files()
     if not files:
@@ -39,18 +45,6 @@ def connect(corpus_dir: str | Path) -> Any:
 class _OutOfOrder(Exception):
     """A shard's rows turned out not to be in PMID order (the ordered scan falls back to a
     sort)."""
-
-
-def _shards_in_pmid_order(files: list[Path]) -> list[Path] | None:
-    """The shards by PMID when their footers give them disjoint PMID ranges (what kailin's
-    merge writes: one sorted run cut into shards, updates in shards of their own), else None."""
-    from kailin.corpus.merge import pmid_range
-
-    ranged = sorted(((pmid_range(f), f) for f in files), key=lambda r: r[0])
-    for (a, _), (b, _) in itertools.pairwise(ranged):
-        if not a[1] < b[0]:
-            return None
-    return [f for _, f in ranged]
 
 
 def _checked_order(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -83,23 +77,18 @@ def pmid_ordered(con: Any, corpus_dir: str | Path, where: str,
     rehearsal's work set at 1M records: 998 MiB of peak RSS sorted)."""
     cut = (f" LIMIT {int(limit)}" if limit is not None else "") + (
         f" OFFSET {int(offset)}" if offset else "")
-    ordered = _shards_in_pmid_order(open_corpus(corpus_dir).files())
-    if ordered is not None:
+    files = open_corpus(corpus_dir).files()
+    order = files_in_pmid_order(files)
+    if order is not None:
         con.execute(f"CREATE OR REPLACE TEMP VIEW corpus_by_pmid AS SELECT * FROM "
-                    f"{parquet_scan(ordered)}")
-        con.execute("SET preserve_insertion_order=true")  # (DuckDB's default: file order)
-        # one thread: a second one decodes the next row group (~60 MB of records) ahead and the
-        # order buffer holds it, for no CPU saved (rehearsal, work set of 3M records: 489 ->
-        # 312 MiB of peak RSS, 13.4 -> 12.6 CPU s; 0.1M: 269 MiB)
-        threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
-        con.execute("SET threads=1")
-        rel = con.sql(f"SELECT {columns} FROM corpus_by_pmid AS corpus WHERE {where}{cut}")
-        try:
-            return consume(_checked_order(duckdb_reader(rel, batch_size)))
-        except _OutOfOrder:
-            log.info("%s: a shard is not sorted by PMID; sorting the corpus instead", corpus_dir)
-        finally:
-            con.execute(f"SET threads={int(threads)}")
+                    f"{parquet_scan([files[k] for k in order])}")
+        with duckdb_in_file_order(con):
+            rel = con.sql(f"SELECT {columns} FROM corpus_by_pmid AS corpus WHERE {where}{cut}")
+            try:
+                return consume(_checked_order(duckdb_reader(rel, batch_size)))
+            except _OutOfOrder:
+                log.info("%s: a shard is not sorted by PMID; sorting the corpus instead",
+                         corpus_dir)
     rel = con.sql(f"SELECT {columns} FROM corpus WHERE {where} ORDER BY pmid{cut}")
     return consume(duckdb_reader(rel, batch_size))
 
@@ -120,7 +109,6 @@ def stats(corpus_dir: str | Path) -> dict:
         "SELECT count(*) FROM (SELECT pmid, version FROM corpus WHERE version > 1) c "
         "WHERE EXISTS (SELECT 1 FROM corpus d WHERE d.pmid = c.pmid AND d.version < c.version)"
     ).fetchone()[0]
-    row = (row[0], row[0] - repeated, *row[1:])
     distinct_mesh = con.execute(
         "SELECT count(DISTINCT u) FROM (SELECT unnest(mesh_uis) AS u FROM corpus)"
     ).fetchone()[0]
@@ -136,13 +124,13 @@ def stats(corpus_dir: str | Path) -> dict:
     return {
         "corpus_dir": str(c.root),
         "records": row[0],
-        "distinct_pmids": row[1],
-        "with_abstract": row[2],
-        "with_mesh": row[3],
-        "mesh_headings": int(row[4]),
+        "distinct_pmids": row[0] - repeated,
+        "with_abstract": row[1],
+        "with_mesh": row[2],
+        "mesh_headings": int(row[3]),
         "distinct_mesh_uis": distinct_mesh,
-        "year_min": row[5],
-        "year_max": row[6],
+        "year_min": row[4],
+        "year_max": row[5],
         "top_journals": {j: n for j, n in journals},
         "live_by_source_file": {s: n for s, n in sources},
         "ingested_files": len(files),

@@ -8,6 +8,9 @@ from typing import Any
 from kailin.engine.run import RunContext, StageSpec
 from kailin.pipeline.stages.common import CORPUS_DIR_READS, corpus_dir
 
+#: the corpus records a run distils: those with an abstract and MeSH descriptors
+WORKSET_WHERE = "coalesce(length(abstract), 0) > 0 and coalesce(len(mesh_uis), 0) > 0"
+
 
 def run(ctx: RunContext) -> dict:
     """The working set: abstracts with MeSH, sorted by PMID; the first ``corpus.limit`` are
@@ -23,15 +26,14 @@ def run(ctx: RunContext) -> dict:
     c = ctx.cfg.corpus
     src = corpus_dir(ctx)
     con = connect(src)
-    where = "coalesce(length(abstract), 0) > 0 and coalesce(len(mesh_uis), 0) > 0"
 
     def writer(name: str) -> Any:
         return lambda batches: write_batches_atomic(batches, CORPUS_SCHEMA,
                                                     ctx.path("corpus", name))
 
-    n_work = pmid_ordered(con, src, where, writer("work.parquet"), limit=c.limit)
+    n_work = pmid_ordered(con, src, WORKSET_WHERE, writer("work.parquet"), limit=c.limit)
     if c.limit and c.heldout:
-        n_held = pmid_ordered(con, src, where, writer("heldout.parquet"), limit=c.heldout,
+        n_held = pmid_ordered(con, src, WORKSET_WHERE, writer("heldout.parquet"), limit=c.heldout,
                               offset=c.limit)
     else:
         n_held = writer("heldout.parquet")(iter(()))
