@@ -134,7 +134,7 @@ class _AnonPeak:
     def __init__(self) -> None:
         import threading
 
-        self.peak = _status_mib("RssAnon")
+        self.before = self.peak = _status_mib("RssAnon")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -160,7 +160,7 @@ def _timed(fn: Any) -> dict:
     c_cpu, c_rss = _children_usage()
     res.update(wall_s=wall, cpu_s=cpu + (c_cpu - c_cpu0), rss_before_mib=rss_before,
                rss_peak_mib=_status_mib("VmHWM"), workers_rss_peak_mib=c_rss,
-               rss_anon_peak_mib=anon.stop())
+               rss_anon_peak_mib=anon.stop(), rss_anon_before_mib=anon.before)
     res["bytes"] = du(Path(res.pop("out")))
     return res
 
